@@ -1,0 +1,70 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies are deliberate: CI builds from scratch every run (see docs/ARCHITECTURE.md).
+let package = Package(
+    name: "weft",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "weft", targets: ["weft"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+    ],
+    targets: [
+        // Linux glue that Swift's Glibc module does not expose: setns, SO_ORIGINAL_DST,
+        // netns creation, netlink (libmnl), privilege dropping (libcap), fork+exec in a netns.
+        .target(
+            name: "CWeftLinux",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("mnl"), .linkedLibrary("cap")]
+        ),
+        .target(name: "WeftCore"),
+        .target(
+            name: "WeftNetns",
+            dependencies: ["WeftCore", "CWeftLinux"]
+        ),
+        .target(
+            name: "WeftProxy",
+            dependencies: [
+                "WeftCore", "CWeftLinux",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "WeftAgent",
+            dependencies: [
+                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "weft",
+            dependencies: [
+                "WeftCore", "WeftNetns", "WeftAgent", "CWeftLinux",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "WeftNetnsTests", dependencies: ["WeftNetns", "WeftCore"]),
+        .testTarget(
+            name: "WeftProxyTests",
+            dependencies: [
+                "WeftProxy", "WeftCore", "WeftAgent",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        // Root + network namespaces. Skipped loudly (XCTSkip with the reason) when not root.
+        .testTarget(name: "WeftIntegrationTests", dependencies: ["weft", "WeftCore"]),
+    ]
+)

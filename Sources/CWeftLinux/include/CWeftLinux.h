@@ -1,0 +1,84 @@
+// Linux glue for Weft. Every function returns 0 (or a non-negative value) on success and a
+// negative errno on failure, so Swift can turn the code into a precise error. Nothing here
+// keeps state: the calling thread's network namespace is always restored before returning.
+#ifndef CWEFTLINUX_H
+#define CWEFTLINUX_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <netinet/in.h>
+#include <signal.h>
+
+// SO_ORIGINAL_DST from <linux/netfilter_ipv4.h>; that header clashes with <netinet/in.h>.
+#define WEFT_SO_ORIGINAL_DST 80
+#define WEFT_SO_NETNS_COOKIE 71
+
+// ---- network namespaces -------------------------------------------------------------
+
+/// Creates a named netns the way iproute2 does (/run/netns/NAME bind mount, /run/netns
+/// shared), so `ip netns` sees it. -EEXIST if the name is taken.
+int weft_netns_create(const char *name);
+/// Unmounts and removes /run/netns/NAME.
+int weft_netns_delete(const char *name);
+/// Opens a netns file (O_RDONLY|O_CLOEXEC); the fd is a handle for the other calls.
+int weft_netns_open_path(const char *path);
+/// Moves the *calling thread* into the netns. Used only by a thread that lives there.
+int weft_setns_net(int nsfd);
+/// Creates a socket inside the netns without leaving the calling thread there.
+int weft_socket_in_netns(int nsfd, int domain, int type, int protocol);
+/// The kernel's cookie of the netns a socket belongs to (0 and -errno on failure).
+int weft_socket_netns_cookie(int fd, uint64_t *cookie);
+/// The cookie of the netns behind a netns fd (a throwaway socket is made inside it).
+int weft_netns_cookie(int nsfd, uint64_t *cookie);
+
+// ---- SO_ORIGINAL_DST ----------------------------------------------------------------
+
+/// Reads the pre-NAT destination of an accepted TCP socket (used by tests on raw fds; the
+/// proxy reads it through NIO's SocketOptionProvider). addr receives 4 or 16 bytes in
+/// network order, port in host order.
+int weft_original_dst(int fd, int family, uint8_t addr[16], uint16_t *port);
+
+// ---- netlink (libmnl) ---------------------------------------------------------------
+// nsfd < 0 means "the calling thread's netns".
+
+int weft_link_index(int nsfd, const char *ifname);
+int weft_link_add_bridge(int nsfd, const char *name);
+/// Creates a veth pair: `host` stays in the calling netns, `peer` is created directly in
+/// the netns behind peer_nsfd.
+int weft_link_add_veth(const char *host, const char *peer, int peer_nsfd);
+/// Sets the link up, and (if master_ifindex > 0) enslaves it to that bridge.
+int weft_link_up(int nsfd, const char *ifname, int master_ifindex);
+int weft_link_delete(int nsfd, const char *ifname);
+/// Adds an address (4 or 16 bytes) with a prefix length to a link.
+int weft_addr_add(int nsfd, const char *ifname, int family, const uint8_t *addr, int prefixlen);
+/// Adds a default route via an IPv4 gateway.
+int weft_route_add_default4(int nsfd, const uint8_t gateway[4]);
+/// Writes up to max IPv4 addresses (4 bytes each) of non-loopback links; returns the count.
+int weft_netns_ipv4_addresses(int nsfd, uint8_t *out, int max);
+
+// ---- processes ----------------------------------------------------------------------
+
+/// Forks; the child enters the netns, takes the supplementary groups, gid and uid, drops
+/// every capability (bounding, ambient, permitted), sets no_new_privs and a parent-death
+/// signal, restores the default signal mask, and execve()s path. Returns the child's pid,
+/// or -errno of the step that failed in the child (reported over a CLOEXEC pipe).
+/// failed_step names the step on failure (see weft_spawn_step_name).
+pid_t weft_spawn_dropped(int nsfd, uid_t uid, gid_t gid, const gid_t *groups, int ngroups,
+                         const char *path, char *const argv[], char *const envp[],
+                         int *failed_step);
+const char *weft_spawn_step_name(int step);
+
+/// Blocks the signals `weft run` forwards in the calling thread (call before threads start).
+int weft_block_forwarded_signals(void);
+/// Waits for pid, forwarding the blocked signals to it. Signals the kernel generated for
+/// the terminal (si_code == SI_KERNEL) already reached the child's process group and are
+/// not sent twice. Returns the raw wait status.
+int weft_wait_forwarding(pid_t pid);
+
+/// Layout of struct ucred (SO_PEERCRED), which Glibc only declares under _GNU_SOURCE.
+typedef struct { pid_t pid; uid_t uid; gid_t gid; } weft_ucred;
+#define WEFT_SO_PEERCRED 17
+#define WEFT_SO_MARK 36
+
+#endif

@@ -1,0 +1,19 @@
+import NIOCore
+import WeftCore
+
+/// Everything `weft agent` is started with. A Sendable value with documented defaults.
+public struct AgentConfiguration: Sendable {
+    /// Root-only Unix socket of the local API.
+    public var socketPath = WeftDefaults.agentSocket
+    /// Host bridge that pod veths attach to; its address is the pods' gateway.
+    public var bridge = WeftDefaults.bridge
+    /// Block pod addresses come from (first host = gateway).
+    public var podCIDR = CIDR(WeftDefaults.podCIDR)!
+    public var stateDirectory = WeftDefaults.stateDirectory
+    /// Capture ports and the proxy's SO_MARK; handed to `weft run` so rules and proxy agree.
+    public var capture = CaptureSettings()
+    /// Upstream connect timeout for L4 forwarding.
+    public var connectTimeout: TimeAmount = .seconds(10)
+
+    public init() {}
+}

@@ -1,0 +1,41 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import WeftCore
+import WeftNetns
+
+/// `weft agent`: prepares the node network (bridge + gateway), serves the local API, hosts
+/// one WorkloadProxy per attached netns, tells systemd it is ready, and on SIGTERM/SIGINT
+/// stops its proxies and removes its socket. Capture rules stay in place on purpose: while
+/// the agent is away, meshed traffic fails closed instead of bypassing the mesh.
+public struct AgentService: Service {
+    let config: AgentConfiguration
+    let logger: Logger
+
+    public init(config: AgentConfiguration, logger: Logger) {
+        self.config = config
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let registry = try WorkloadRegistry(config: config, logger: logger)
+        try PodNetworking.ensureBridge(config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength)
+        let api = LocalAPI(registry: registry, capture: config.capture, logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await api.bind(path: config.socketPath, group: group)
+        logger.info("weft agent ready", metadata: ["socket": "\(config.socketPath)", "bridge": "\(config.bridge)",
+                                                   "podCIDR": "\(config.podCIDR)", "version": "\(WeftVersion.current)"])
+        SystemdNotify.send("READY=1\nSTATUS=serving \(config.socketPath)")
+
+        try? await gracefulShutdown()
+
+        SystemdNotify.send("STOPPING=1")
+        logger.info("weft agent stopping")
+        try? await server.close()
+        try? FileManager.default.removeItem(atPath: config.socketPath)
+        await registry.stopAll()
+        try? await group.shutdownGracefully()
+    }
+}

@@ -1,0 +1,105 @@
+import CWeftLinux
+import Foundation
+import Logging
+import WeftCore
+import WeftNetns
+import WeftProxy
+
+/// The agent's record of meshed namespaces: address reservations and running proxies.
+/// An actor, so attach/detach from concurrent API calls are serialised per operation; a
+/// netns being attached is marked so a second attach during the await is refused.
+public actor WorkloadRegistry {
+    private struct Attached {
+        let proxy: WorkloadProxy
+        let handle: NetnsHandle
+    }
+
+    private let config: AgentConfiguration
+    private let logger: Logger
+    private var pool: PodAddressPool
+    private var reservedAt: [NetnsName: Date] = [:]
+    private var attached: [NetnsName: Attached] = [:]
+    private var attaching: Set<NetnsName> = []
+
+    public init(config: AgentConfiguration, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        self.pool = try PodAddressPool(cidr: config.podCIDR)
+    }
+
+    public var gateway: IPAddress { pool.gateway }
+
+    public func allocate(for netns: NetnsName) throws -> PodNetwork {
+        collectStaleReservations()
+        if let existing = attached[netns] {
+            throw WeftError(.alreadyExists, "netns \(netns) is already meshed as workload '\(existing.proxy.spec.name)'")
+        }
+        let ip = try pool.allocate(for: netns)
+        reservedAt[netns] = Date()
+        return PodNetwork(podIP: ip, prefixLength: pool.cidr.prefixLength, gateway: pool.gateway, bridge: config.bridge)
+    }
+
+    public func release(_ netns: NetnsName) {
+        guard attached[netns] == nil else { return }
+        pool.release(netns)
+        reservedAt[netns] = nil
+    }
+
+    public func attach(_ spec: WorkloadSpec) async throws {
+        if let existing = attached[spec.netns] {
+            throw WeftError(.alreadyExists, "netns \(spec.netns) is already meshed as workload '\(existing.proxy.spec.name)'",
+                            hint: "detach it first with `weft detach --netns \(spec.netns)`")
+        }
+        if let clash = attached.values.first(where: { $0.proxy.spec.name == spec.name }) {
+            throw WeftError(.alreadyExists, "a workload named '\(spec.name)' is already attached (netns \(clash.handle.name))",
+                            hint: "pick another --name")
+        }
+        guard attaching.insert(spec.netns).inserted else {
+            throw WeftError(.alreadyExists, "netns \(spec.netns) is being attached by another request")
+        }
+        defer { attaching.remove(spec.netns) }
+        let handle = try NetnsHandle(opening: spec.netns)
+        // A namespace made with `ip netns add` has lo down; the outbound listener needs it.
+        let rc = weft_link_up(handle.fd, "lo", 0)
+        guard rc == 0 else { throw WeftError(.system, "cannot bring up lo in netns \(spec.netns): \(errnoText(-rc))") }
+        var spec = spec
+        if spec.podIP == nil { spec.podIP = handle.ipv4Addresses().first }
+        let proxy = try await WorkloadProxy.start(
+            spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
+            connectTimeout: config.connectTimeout, logger: logger, now: Date().timeIntervalSince1970)
+        attached[spec.netns] = Attached(proxy: proxy, handle: handle)
+        reservedAt[spec.netns] = nil
+        logger.info("attached workload", metadata: ["workload": "\(spec.name)", "netns": "\(spec.netns)",
+                                                    "service": "\(spec.service)", "ip": "\(spec.podIP.map { "\($0)" } ?? "-")"])
+    }
+
+    public func detach(_ netns: NetnsName) async throws {
+        guard let entry = attached.removeValue(forKey: netns) else {
+            throw WeftError(.notFound, "netns \(netns) is not attached to this agent", hint: "see `weft get workloads`")
+        }
+        await entry.proxy.stop()
+        pool.release(netns)
+        logger.info("detached workload", metadata: ["workload": "\(entry.proxy.spec.name)", "netns": "\(netns)"])
+    }
+
+    public func list() -> [WorkloadStatus] {
+        attached.values.map(\.proxy.status).sorted { $0.spec.name < $1.spec.name }
+    }
+
+    public func stopAll() async {
+        for (_, entry) in attached { await entry.proxy.stop() }
+        attached.removeAll()
+    }
+
+    /// Reservations from a `weft run` that died before attaching: freed after a minute if
+    /// their netns never appeared or is gone.
+    private func collectStaleReservations() {
+        let now = Date()
+        for (netns, at) in reservedAt where now.timeIntervalSince(at) > 60 && attached[netns] == nil {
+            if !NetnsManager.exists(netns) || now.timeIntervalSince(at) > 600 {
+                pool.release(netns)
+                reservedAt[netns] = nil
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+/// Messages of the agent's local API (/run/weft/agent.sock): one JSON request per line, one
+/// JSON response per line, one exchange per connection. Shared by the agent and the CLI.
+
+/// How the capture rules in a workload netns must look for the agent's proxy to work; the
+/// agent hands this to `weft run` so the two can never disagree.
+public struct CaptureSettings: Codable, Sendable, Equatable {
+    public var outboundPort: UInt16 = 15001
+    public var inboundPort: UInt16 = 15006
+    public var tunnelPort: UInt16 = 15008
+    public var proxyMark: UInt32 = 0x539
+
+    public init() {}
+}
+
+/// An address handed out for a new workload netns, with what its veth needs around it.
+public struct PodNetwork: Codable, Sendable, Equatable {
+    public var podIP: IPAddress
+    public var prefixLength: Int
+    public var gateway: IPAddress
+    public var bridge: String
+
+    public init(podIP: IPAddress, prefixLength: Int, gateway: IPAddress, bridge: String) {
+        self.podIP = podIP
+        self.prefixLength = prefixLength
+        self.gateway = gateway
+        self.bridge = bridge
+    }
+}
+
+/// What a workload is: the netns it lives in and the service it serves.
+public struct WorkloadSpec: Codable, Sendable, Equatable {
+    public var name: String
+    public var netns: NetnsName
+    public var service: ServiceName
+    public var ports: [PortMapping]
+    public var labels: [String: String]
+    /// Set for namespaces created by `weft run` (the agent allocated the address).
+    public var podIP: IPAddress?
+
+    public init(name: String, netns: NetnsName, service: ServiceName, ports: [PortMapping],
+                labels: [String: String], podIP: IPAddress?) {
+        self.name = name
+        self.netns = netns
+        self.service = service
+        self.ports = ports
+        self.labels = labels
+        self.podIP = podIP
+    }
+}
+
+public struct TrafficCounters: Codable, Sendable, Equatable {
+    public var connectionsInbound: Int = 0
+    public var connectionsOutbound: Int = 0
+    public var bytesInboundReceived: Int = 0
+    public var bytesInboundSent: Int = 0
+    public var bytesOutboundSent: Int = 0
+    public var bytesOutboundReceived: Int = 0
+    /// Connections refused before forwarding (no original destination, loop, connect failure).
+    public var connectionErrors: Int = 0
+
+    public init() {}
+}
+
+public struct WorkloadStatus: Codable, Sendable, Equatable {
+    public var spec: WorkloadSpec
+    public var podIPs: [IPAddress]
+    public var counters: TrafficCounters
+    public var attachedAt: Double
+
+    public init(spec: WorkloadSpec, podIPs: [IPAddress], counters: TrafficCounters, attachedAt: Double) {
+        self.spec = spec
+        self.podIPs = podIPs
+        self.counters = counters
+        self.attachedAt = attachedAt
+    }
+}
+
+public enum AgentRequest: Codable, Sendable, Equatable {
+    case ping
+    /// Reserve a pod address for a netns `weft run` is about to create.
+    case allocate(netns: NetnsName)
+    /// Give back a reservation that was never attached (a failed `weft run`).
+    case release(netns: NetnsName)
+    case attach(WorkloadSpec)
+    case detach(netns: NetnsName)
+    case listWorkloads
+}
+
+public struct AgentResponse: Codable, Sendable, Equatable {
+    public var error: String?
+    public var errorCode: String?
+    public var capture: CaptureSettings?
+    public var network: PodNetwork?
+    public var workloads: [WorkloadStatus]?
+    public var version: String?
+
+    public init(error: String? = nil, errorCode: String? = nil, capture: CaptureSettings? = nil,
+                network: PodNetwork? = nil, workloads: [WorkloadStatus]? = nil, version: String? = nil) {
+        self.error = error
+        self.errorCode = errorCode
+        self.capture = capture
+        self.network = network
+        self.workloads = workloads
+        self.version = version
+    }
+
+    public static func failure(_ e: WeftError) -> AgentResponse {
+        AgentResponse(error: e.description, errorCode: e.code.description)
+    }
+}
+
+public enum WeftVersion {
+    public static let current = "0.1.0"
+}
+
+public enum WeftDefaults {
+    public static let agentSocket = "/run/weft/agent.sock"
+    public static let bridge = "weft0"
+    public static let podCIDR = "10.231.0.0/16"
+    public static let stateDirectory = "/var/lib/weft"
+}

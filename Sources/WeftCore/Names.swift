@@ -1,0 +1,124 @@
+/// The name of a network namespace under /run/netns. Restricted to characters that are safe
+/// in paths, iptables comments and log lines.
+public struct NetnsName: Hashable, Sendable, CustomStringConvertible, Codable, Comparable {
+    public let rawValue: String
+
+    public init(_ raw: String) throws {
+        guard !raw.isEmpty, raw.count <= 64,
+              raw.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }),
+              raw != ".", raw != ".."
+        else {
+            throw WeftError(.invalidArgument,
+                            "invalid netns name '\(raw)': use 1-64 letters, digits, '-', '_' or '.'")
+        }
+        self.rawValue = raw
+    }
+
+    public var path: String { "/run/netns/\(rawValue)" }
+    public var description: String { rawValue }
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+
+    public init(from decoder: Decoder) throws {
+        try self.init(decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(rawValue)
+    }
+}
+
+/// A service name: a DNS label (RFC 1123), as Istio and Kubernetes require.
+public struct ServiceName: Hashable, Sendable, CustomStringConvertible, Codable {
+    public let rawValue: String
+
+    public init(_ raw: String) throws {
+        let ok = !raw.isEmpty && raw.count <= 63
+            && raw.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") })
+            && raw.first != "-" && raw.last != "-"
+        guard ok else {
+            throw WeftError(.invalidArgument,
+                            "invalid service name '\(raw)': use a DNS label (lowercase letters, digits, '-', at most 63)")
+        }
+        self.rawValue = raw
+    }
+
+    public var description: String { rawValue }
+
+    public init(from decoder: Decoder) throws {
+        try self.init(decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(rawValue)
+    }
+}
+
+/// Application protocol named on a service port (`--port 80:3000/http`).
+public enum PortProtocol: String, Sendable, Codable, CaseIterable {
+    case tcp, http, http2, grpc, tls
+}
+
+/// `P[:TARGET][/PROTO]`: the service port callers use, the port the app listens on, and the
+/// protocol. Without a target the app listens on the service port; without a protocol it is
+/// sniffed (`tcp` disables sniffing).
+public struct PortMapping: Hashable, Sendable, Codable, CustomStringConvertible {
+    public let port: UInt16
+    public let targetPort: UInt16
+    public let proto: PortProtocol?
+
+    public init(port: UInt16, targetPort: UInt16? = nil, proto: PortProtocol? = nil) {
+        self.port = port
+        self.targetPort = targetPort ?? port
+        self.proto = proto
+    }
+
+    public init(parsing text: String) throws {
+        var rest = Substring(text)
+        var proto: PortProtocol?
+        if let slash = rest.firstIndex(of: "/") {
+            let name = rest[rest.index(after: slash)...].lowercased()
+            guard let p = PortProtocol(rawValue: name) else {
+                let known = PortProtocol.allCases.map(\.rawValue).joined(separator: ", ")
+                throw WeftError(.invalidArgument, "--port \(text): unknown protocol '\(name)' (known: \(known))")
+            }
+            proto = p
+            rest = rest[..<slash]
+        }
+        let parts = rest.split(separator: ":", omittingEmptySubsequences: false)
+        func number(_ s: Substring) throws -> UInt16 {
+            guard let n = UInt16(s), n > 0 else {
+                throw WeftError(.invalidArgument, "--port \(text): '\(s)' is not a port number (1-65535)")
+            }
+            return n
+        }
+        guard parts.count == 1 || parts.count == 2 else {
+            throw WeftError(.invalidArgument, "--port \(text): expected PORT[:TARGET][/PROTO]")
+        }
+        self.init(port: try number(parts[0]), targetPort: parts.count == 2 ? try number(parts[1]) : nil, proto: proto)
+    }
+
+    public var description: String {
+        var s = "\(port)"
+        if targetPort != port { s += ":\(targetPort)" }
+        if let proto { s += "/\(proto.rawValue)" }
+        return s
+    }
+}
+
+/// A `key=value` workload label (`--label version=v2`).
+public struct Label: Hashable, Sendable {
+    public let key: String
+    public let value: String
+
+    public init(parsing text: String) throws {
+        guard let eq = text.firstIndex(of: "="), eq != text.startIndex else {
+            throw WeftError(.invalidArgument, "--label \(text): expected KEY=VALUE")
+        }
+        key = String(text[..<eq])
+        value = String(text[text.index(after: eq)...])
+        let okKey = key.count <= 63 && key.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_./".contains($0)) }
+        guard okKey else { throw WeftError(.invalidArgument, "--label \(text): invalid key '\(key)'") }
+    }
+}

@@ -1,0 +1,49 @@
+import WeftCore
+
+/// Hands out pod addresses from the node's pod CIDR. The first host address is the bridge's
+/// gateway; network and broadcast addresses are never given out. Pure state, owned by the
+/// agent, so concurrent `weft run`s cannot collide.
+public struct PodAddressPool: Sendable {
+    public let cidr: CIDR
+    public let gateway: IPAddress
+    private let first: UInt32
+    private let last: UInt32
+    public private(set) var assigned: [NetnsName: IPAddress] = [:]
+
+    public init(cidr: CIDR) throws {
+        guard let network = cidr.ipv4Network else {
+            throw WeftError(.invalidArgument, "--pod-cidr \(cidr): must be an IPv4 block")
+        }
+        guard cidr.prefixLength <= 30 else {
+            throw WeftError(.invalidArgument, "--pod-cidr \(cidr): too small; needs room for a gateway and at least one pod (/30 or larger)")
+        }
+        let size = UInt32(1) << UInt32(32 - cidr.prefixLength)
+        self.cidr = CIDR("\(IPAddress.v4(network))/\(cidr.prefixLength)")!
+        self.gateway = .v4(network + 1)
+        self.first = network + 2
+        self.last = network + size - 2
+    }
+
+    public var capacity: Int { Int(last - first + 1) }
+
+    /// The address for `netns`: the one it already has, or the lowest free one.
+    public mutating func allocate(for netns: NetnsName) throws -> IPAddress {
+        if let existing = assigned[netns] { return existing }
+        let used = Set(assigned.values)
+        var candidate = first
+        while candidate <= last {
+            let ip = IPAddress.v4(candidate)
+            if !used.contains(ip) {
+                assigned[netns] = ip
+                return ip
+            }
+            candidate += 1
+        }
+        throw WeftError(.exhausted, "pod CIDR \(cidr) is exhausted (\(capacity) addresses, all in use)",
+                        hint: "stop unused workloads (`weft get workloads`) or restart the agent with a larger --pod-cidr")
+    }
+
+    public mutating func release(_ netns: NetnsName) {
+        assigned[netns] = nil
+    }
+}

@@ -1,0 +1,145 @@
+import Glibc
+import NIOCore
+import NIOPosix
+
+/// Joins two TCP channels into one byte pipe (the L4 path). Sits alone in each pipeline.
+///
+/// Backpressure: a side reads only while its partner is writable, so a slow reader on one
+/// end slows the sender on the other instead of growing buffers. Half-close: a FIN from one
+/// side becomes a FIN to the other once everything before it has been written (the write of
+/// an empty buffer orders the shutdown after pending data). Reset: an error on one side
+/// resets the other (SO_LINGER 0), so the app sees what the remote end did.
+final class GlueHandler {
+    typealias Counter = (Int) -> Void
+
+    private var partner: GlueHandler?
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private let countReceived: Counter
+
+    private init(countReceived: @escaping Counter) {
+        self.countReceived = countReceived
+    }
+
+    /// A linked pair; the first goes in the downstream pipeline, the second upstream.
+    static func matchedPair(downstreamReceived: @escaping Counter, upstreamReceived: @escaping Counter)
+        -> (GlueHandler, GlueHandler)
+    {
+        let down = GlueHandler(countReceived: downstreamReceived)
+        let up = GlueHandler(countReceived: upstreamReceived)
+        down.partner = up
+        up.partner = down
+        return (down, up)
+    }
+
+    // MARK: - called by the partner
+
+    private func partnerWrite(_ data: NIOAny) {
+        context?.write(data, promise: nil)
+    }
+
+    private func partnerFlush() {
+        context?.flush()
+    }
+
+    private func partnerShutdownOutput() {
+        guard let context else { return }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(capacity: 0)), promise: promise)
+        promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { _ in
+            context.close(mode: .output, promise: nil)
+        }
+    }
+
+    private func partnerClose(reset: Bool) {
+        guard let context else { return }
+        if reset {
+            context.channel.closeWithReset()
+            return
+        }
+        // Let queued data drain first, then close.
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(capacity: 0)), promise: promise)
+        promise.futureResult.assumeIsolatedUnsafeUnchecked().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    private var partnerWritable: Bool {
+        context?.channel.isWritable ?? false
+    }
+
+    private func partnerBecameWritable() {
+        if pendingRead {
+            pendingRead = false
+            context?.read()
+        }
+    }
+}
+
+extension GlueHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.partner = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        countReceived(unwrapInboundIn(data).readableBytes)
+        partner?.partnerWrite(data)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        partner?.partnerFlush()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        partner?.partnerClose(reset: false)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            partner?.partnerShutdownOutput()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let reset = (error as? IOError)?.errnoCode == ECONNRESET
+        partner?.partnerClose(reset: reset)
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            partner?.partnerBecameWritable()
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if partner?.partnerWritable ?? false {
+            context.read()
+        } else {
+            pendingRead = true
+        }
+    }
+}
+
+extension Channel {
+    /// Closes with SO_LINGER 0 so the peer gets an RST instead of a FIN.
+    func closeWithReset() {
+        let linger0 = linger(l_onoff: 1, l_linger: 0)
+        if let provider = self as? SocketOptionProvider {
+            provider.setSoLinger(linger0).whenComplete { _ in self.close(promise: nil) }
+        } else {
+            close(promise: nil)
+        }
+    }
+}

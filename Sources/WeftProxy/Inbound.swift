@@ -1,0 +1,30 @@
+import NIOCore
+import WeftCore
+
+/// The inbound data path, top to bottom: a peer connected to this workload's address; the
+/// PREROUTING REDIRECT rule delivered it to the inbound listener on 15006.
+///
+/// 1. recover the original destination (the pod address and the port the caller dialled)
+/// 2. decide: the app is reached on loopback in its own netns, on that port; proxy ports
+///    are never forwarded
+/// 3. connect to the app from inside the netns (marked; loopback is never captured anyway)
+/// 4. splice, counting bytes both ways
+enum Inbound {
+    static func accept(_ downstream: Channel, context: WorkloadContext, listener: OriginalDestination) -> EventLoopFuture<Void> {
+        context.counters.connectionsInbound.add(1)
+        return OriginalDestination.read(from: downstream).flatMap { original in
+            switch CaptureDecisions.inbound(original: original, listener: listener, ports: context.ports) {
+            case .refuse(let reason):
+                return context.refuse(downstream, direction: .inbound, reason: reason)
+            case .forward(let target):
+                let counters = context.counters
+                return context.forward(downstream, to: target, direction: .inbound) { received, sent in
+                    counters.bytesInboundReceived.add(received)
+                    counters.bytesInboundSent.add(sent)
+                }
+            }
+        }.flatMapError { error in
+            context.refuse(downstream, direction: .inbound, reason: "no original destination: \(WorkloadContext.describe(error))")
+        }
+    }
+}

@@ -1,0 +1,59 @@
+import Logging
+import Glibc
+import NIOCore
+import NIOPosix
+import WeftCore
+
+/// What every connection handler of one workload needs. Immutable; shared across its loop.
+public struct WorkloadContext: Sendable {
+    public let spec: WorkloadSpec
+    public let loop: NetnsEventLoop
+    public let counters: ProxyCounters
+    public let ports: ProxyPorts
+    public let mark: UInt32
+    public let connectTimeout: TimeAmount
+    public let logger: Logger
+}
+
+enum Direction: String {
+    case inbound, outbound
+}
+
+extension WorkloadContext {
+    /// The common tail of both directions: connect (marked, inside the netns), splice, count.
+    /// On a failed connect the downstream is reset, so the app sees a refused/reset
+    /// connection rather than an accepted one that then goes silent.
+    func forward(_ downstream: Channel, to target: OriginalDestination, direction: Direction,
+                 onBytes: @escaping @Sendable (_ fromDownstream: Int, _ fromUpstream: Int) -> Void) -> EventLoopFuture<Void> {
+        let address: SocketAddress
+        do { address = try target.socketAddress } catch {
+            return refuse(downstream, direction: direction, reason: "bad destination \(target): \(error)")
+        }
+        let client = downstream.remoteAddress.map { "\($0)" } ?? "?"
+        return loop.connect(to: address, mark: mark, timeout: connectTimeout) { _ in
+            downstream.eventLoop.makeSucceededVoidFuture()
+        }.flatMapThrowing { upstream in
+            try Splice.join(downstream: downstream, upstream: upstream,
+                            downstreamReceived: { onBytes($0, 0) }, upstreamReceived: { onBytes(0, $0) })
+            logger.debug("\(direction.rawValue) connection", metadata: ["client": "\(client)", "destination": "\(target)"])
+        }.flatMapError { error in
+            self.refuse(downstream, direction: direction, reason: "upstream \(target): \(Self.describe(error))")
+        }
+    }
+
+    func refuse(_ channel: Channel, direction: Direction, reason: String) -> EventLoopFuture<Void> {
+        counters.connectionErrors.add(1)
+        logger.notice("\(direction.rawValue) connection refused: \(reason)",
+                      metadata: ["workload": "\(spec.name)", "client": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+        // RST rather than FIN: the app learns at once that nothing is there.
+        channel.closeWithReset()
+        return channel.eventLoop.makeSucceededVoidFuture()
+    }
+
+    static func describe(_ error: Error) -> String {
+        if let io = error as? IOError { return io.description }
+        if case ChannelError.connectTimeout(let t) = error { return "connect timed out after \(t.nanoseconds / 1_000_000) ms" }
+        if let e = error as? NIOConnectionError, let first = e.connectionErrors.first { return "\(first.error)" }
+        return "\(error)"
+    }
+}

@@ -1,0 +1,90 @@
+import CWeftLinux
+import Logging
+import NIOCore
+import NIOPosix
+import WeftCore
+
+/// The proxy of one meshed netns: its loop thread inside the netns, and the capture
+/// listeners there — outbound on loopback (OUTPUT REDIRECT lands on 127.0.0.1 / ::1) and
+/// inbound on the wildcard address (PREROUTING REDIRECT lands on the interface address).
+public final class WorkloadProxy: Sendable {
+    public let spec: WorkloadSpec
+    public let counters: ProxyCounters
+    public let attachedAt: Double
+    private let loop: NetnsEventLoop
+    private let listeners: [Channel]
+
+    private init(spec: WorkloadSpec, counters: ProxyCounters, loop: NetnsEventLoop, listeners: [Channel], attachedAt: Double) {
+        self.spec = spec
+        self.counters = counters
+        self.loop = loop
+        self.listeners = listeners
+        self.attachedAt = attachedAt
+    }
+
+    public static func start(
+        spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
+        connectTimeout: TimeAmount = .seconds(10), logger: Logger, now: Double
+    ) async throws -> WorkloadProxy {
+        let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
+        var logger = logger
+        logger[metadataKey: "workload"] = "\(spec.name)"
+        let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), ports: ProxyPorts(settings),
+                                      mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger)
+        let plan: [(String, UInt16, Direction, required: Bool)] = [
+            ("127.0.0.1", settings.outboundPort, .outbound, true),
+            ("0.0.0.0", settings.inboundPort, .inbound, true),
+            ("::1", settings.outboundPort, .outbound, false),
+            ("::", settings.inboundPort, .inbound, false),
+        ]
+        var listeners: [Channel] = []
+        do {
+            for (host, port, direction, required) in plan {
+                do {
+                    listeners.append(try await bind(host: host, port: port, direction: direction, context: context))
+                } catch let error as IOError where !required && (error.errnoCode == EADDRNOTAVAIL || error.errnoCode == EAFNOSUPPORT) {
+                    logger.notice("IPv6 unavailable in netns \(spec.netns); \(direction.rawValue) IPv6 not proxied")
+                }
+            }
+        } catch {
+            for l in listeners { try? await l.close() }
+            await loop.shutdown()
+            throw error
+        }
+        return WorkloadProxy(spec: spec, counters: context.counters, loop: loop, listeners: listeners, attachedAt: now)
+    }
+
+    private static func bind(host: String, port: UInt16, direction: Direction, context: WorkloadContext) async throws -> Channel {
+        let address = try SocketAddress(ipAddress: host, port: Int(port))
+        guard let listenerIP = address.weftIP else { throw WeftError(.system, "bad listener address \(host)") }
+        let listener = OriginalDestination(ip: listenerIP, port: port)
+        do {
+            return try await context.loop.listen(on: address) { channel in
+                // Start after the channel is registered (the initializer's future resolves
+                // first); reads stay off until the upstream is connected and glued.
+                channel.eventLoop.execute {
+                    let local = channel.localAddress?.weftIP.map { OriginalDestination(ip: $0, port: port) } ?? listener
+                    switch direction {
+                    case .outbound: _ = Outbound.accept(channel, context: context, listener: local)
+                    case .inbound: _ = Inbound.accept(channel, context: context, listener: local)
+                    }
+                }
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }.get()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw WeftError(.addressInUse, "port \(port) (\(direction.rawValue) capture) is already in use inside netns \(context.spec.netns) on \(host)",
+                            hint: "another proxy or the app itself holds it; the capture ports must be free in a meshed netns")
+        }
+    }
+
+    /// Stops accepting and closes the listeners; established connections are closed with
+    /// the loop (graceful drain arrives with the agent's drain timeout).
+    public func stop() async {
+        for l in listeners { try? await l.close() }
+        await loop.shutdown()
+    }
+
+    public var status: WorkloadStatus {
+        WorkloadStatus(spec: spec, podIPs: spec.podIP.map { [$0] } ?? [], counters: counters.snapshot, attachedAt: attachedAt)
+    }
+}

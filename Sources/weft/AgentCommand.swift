@@ -1,0 +1,58 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import WeftAgent
+import WeftCore
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Run the node agent (foreground; systemd Type=notify).",
+        discussion: "Hosts one workload proxy per attached network namespace and serves the local API."
+    )
+
+    @Option(help: "Local API socket (root only).") var socket: String = WeftDefaults.agentSocket
+    @Option(help: "Host bridge for pod veths.") var bridge: String = WeftDefaults.bridge
+    @Option(help: "IPv4 block for pod addresses; the first address is the gateway.") var podCidr: String = WeftDefaults.podCIDR
+    @Option(help: "State directory.") var stateDir: String = WeftDefaults.stateDirectory
+    @Option(help: "SO_MARK on the proxy's sockets (must match the capture rules).") var proxyMark: UInt32 = 0x539
+    @Option(help: "Upstream connect timeout in milliseconds.") var connectTimeoutMs: Int64 = 10_000
+    @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+    func run() async throws {
+        do {
+            try requireRoot("weft agent (it enters network namespaces and manages the pod bridge)")
+            guard let level = Logger.Level(rawValue: logLevel) else {
+                throw WeftError(.invalidArgument, "--log-level \(logLevel): use trace, debug, info, notice, warning or error")
+            }
+            guard let cidr = CIDR(podCidr) else {
+                throw WeftError(.invalidArgument, "--pod-cidr \(podCidr): not a CIDR (e.g. 10.231.0.0/16)")
+            }
+            guard !bridge.isEmpty, bridge.utf8.count <= 15 else {
+                throw WeftError(.invalidArgument, "--bridge \(bridge): interface names are 1-15 characters")
+            }
+            var config = AgentConfiguration()
+            config.socketPath = socket
+            config.bridge = bridge
+            config.podCIDR = cidr
+            config.stateDirectory = stateDir
+            config.capture.proxyMark = proxyMark
+            config.connectTimeout = .milliseconds(connectTimeoutMs)
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            let logger = Logger(label: "weft.agent")
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: AgentService(config: config, logger: logger))],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+            try await group.run()
+        } catch {
+            fail(error)
+        }
+    }
+}

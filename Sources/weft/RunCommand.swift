@@ -1,0 +1,238 @@
+import ArgumentParser
+import CWeftLinux
+import Foundation
+import WeftAgent
+import WeftCore
+import WeftNetns
+
+/// `weft run`: wraps an unmodified command in a new meshed netns and cleans up after it.
+///
+/// Steps, each undone in reverse on failure or when the command exits: reserve an address
+/// from the agent → create the netns → veth to the bridge → attach to the agent → capture
+/// rules → run CMD as an unprivileged user with no capabilities → wait, forwarding signals.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run an unmodified command inside a new meshed network namespace.",
+        discussion: """
+            Exit status: the command's own; 128+N if it was killed by signal N; 125 if Weft \
+            could not set the workload up; 126 if the command could not be started; 127 if \
+            it was not found.
+            """
+    )
+
+    @Option(help: "Workload name; also the netns name (default: SERVICE-xxxxx).") var name: String?
+    @Option(help: "Service this workload serves.") var service: String
+    @Option(help: "PORT[:TARGET][/PROTO] the service listens on (repeatable).") var port: [String] = []
+    @Option(help: "KEY=VALUE label (repeatable).") var label: [String] = []
+    @Option(help: "User to run the command as (default: the sudo user, else nobody).") var user: String?
+    @OptionGroup var agent: AgentSocketOption
+    @Argument(parsing: .postTerminator, help: "The command and its arguments (after --).")
+    var command: [String] = []
+
+    func run() throws {
+        // main.swift blocked the forwarded signals process-wide; ones that arrive during
+        // set-up wait until the command runs, then are forwarded to it.
+        let plan: RunPlan
+        do {
+            plan = try RunPlan.make(self)
+        } catch let e as WeftError where e.code == .commandNotFound {
+            fail(e, exitCode: 127)
+        } catch {
+            fail(error, exitCode: 125)
+        }
+        var cleanup = Cleanup()
+        let status: Int32
+        do {
+            try plan.setUp(&cleanup)
+            status = try plan.execute()
+        } catch let e as SpawnError {
+            cleanup.run()
+            fail(e.error, exitCode: e.exitCode)
+        } catch {
+            cleanup.run()
+            fail(error, exitCode: 125)
+        }
+        cleanup.run()
+        // Exited: its code; killed by a signal: 128 + the signal, as shells report it.
+        let signal = status & 0x7f
+        Foundation.exit(signal == 0 ? (status >> 8) & 0xff : 128 + signal)
+    }
+}
+
+/// Undo actions, run last-in first-out; each failure is reported and the rest still run.
+struct Cleanup {
+    private var steps: [(String, () throws -> Void)] = []
+
+    mutating func push(_ what: String, _ action: @escaping () throws -> Void) {
+        steps.append((what, action))
+    }
+
+    mutating func run() {
+        while let (what, action) = steps.popLast() {
+            do { try action() } catch { warn("cleanup: \(what): \(error)") }
+        }
+    }
+}
+
+struct SpawnError: Error {
+    let error: WeftError
+    let exitCode: Int32
+}
+
+/// Everything `weft run` resolved before touching the system, so bad input fails before
+/// anything is created.
+struct RunPlan {
+    let spec: WorkloadSpec
+    let executable: String
+    let argv: [String]
+    let account: Account
+    let client: AgentClient
+
+    static func make(_ cmd: RunCommand) throws -> RunPlan {
+        guard !cmd.command.isEmpty else {
+            throw WeftError(.invalidArgument, "no command given", hint: "usage: weft run --service S -- CMD ARGS...")
+        }
+        try requireRoot("weft run (it creates a network namespace and capture rules)")
+        let executable = try Executables.resolve(cmd.command[0])
+        _ = try HostCommand.require("iptables-restore", package: "iptables")
+        _ = try HostCommand.require("nsenter", package: "util-linux")
+        let service = try ServiceName(cmd.service)
+        let name = cmd.name ?? "\(service)-\(String(UInt32.random(in: 0...0xfffff), radix: 16))"
+        let netns = try NetnsName(name)
+        let spec = WorkloadSpec(name: name, netns: netns, service: service, ports: try cmd.port.map(PortMapping.init(parsing:)),
+                                labels: try ListParsing.labels(cmd.label), podIP: nil)
+        let account = try Account.resolve(cmd.user)
+        return RunPlan(spec: spec, executable: executable, argv: cmd.command, account: account,
+                       client: AgentClient(socketPath: cmd.agent.path))
+    }
+
+    func setUp(_ cleanup: inout Cleanup) throws {
+        let netns = spec.netns
+        _ = try client.call(.ping)
+        if NetnsManager.exists(netns) {
+            throw WeftError(.alreadyExists, "network namespace '\(netns)' already exists",
+                            hint: "pick another --name, or mesh it as it is with `weft attach --netns \(netns)`")
+        }
+        let reply = try client.call(.allocate(netns: netns))
+        guard let network = reply.network, let capture = reply.capture else {
+            throw WeftError(.protocolError, "the agent did not return an address")
+        }
+        let client = self.client
+        cleanup.push("release \(network.podIP)") { _ = try client.call(.release(netns: netns)) }
+
+        try NetnsManager.create(netns)
+        cleanup.push("delete netns \(netns)") { try NetnsManager.delete(netns) }
+        let handle = try NetnsHandle(opening: netns)
+        try PodNetworking.connect(handle, network: network)
+        cleanup.push("delete veth \(PodNetworking.hostVethName(for: netns))") { try PodNetworking.disconnect(netns) }
+
+        var spec = self.spec
+        spec.podIP = network.podIP
+        _ = try client.call(.attach(spec))
+        cleanup.push("detach \(netns)") { _ = try client.call(.detach(netns: netns)) }
+
+        let installer = CaptureInstaller(netns: netns)
+        try installer.apply(CaptureOptions(capture))
+        cleanup.push("remove capture rules in \(netns)") { try installer.remove() }
+        FileHandle.standardError.write(Data("weft: workload \(spec.name) (service \(spec.service)) at \(network.podIP) in netns \(netns)\n".utf8))
+    }
+
+    /// Starts the command inside the netns and waits for it. Returns the raw wait status.
+    func execute() throws -> Int32 {
+        let handle = try NetnsHandle(opening: spec.netns)
+        var env = ProcessInfo.processInfo.environment
+        env["HOME"] = account.home
+        env["USER"] = account.name
+        env["LOGNAME"] = account.name
+        env["WEFT_WORKLOAD"] = spec.name
+        env["WEFT_SERVICE"] = spec.service.rawValue
+        if let ip = spec.podIP { env["WEFT_POD_IP"] = ip.description }
+        let envp = env.map { "\($0.key)=\($0.value)" }
+        var step: Int32 = 0
+        let pid = withCStrings(argv) { cargv in
+            withCStrings(envp) { cenvp in
+                account.groups.withUnsafeBufferPointer { groups in
+                    weft_spawn_dropped(handle.fd, account.uid, account.gid, groups.baseAddress, Int32(groups.count),
+                                       executable, cargv, cenvp, &step)
+                }
+            }
+        }
+        if pid < 0 {
+            let what = String(cString: weft_spawn_step_name(step))
+            let e = WeftError(.system, "cannot start \(argv[0]) (\(what)): \(errnoText(-pid))")
+            throw SpawnError(error: e, exitCode: -pid == ENOENT ? 127 : 126)
+        }
+        let status = weft_wait_forwarding(pid)
+        guard status >= 0 else { throw WeftError(.system, "waiting for \(argv[0]) failed: \(errnoText(-status))") }
+        return status
+    }
+}
+
+/// The unprivileged account the command runs as.
+struct Account {
+    let name: String
+    let uid: uid_t
+    let gid: gid_t
+    let groups: [gid_t]
+    let home: String
+
+    static func resolve(_ requested: String?) throws -> Account {
+        let env = ProcessInfo.processInfo.environment
+        let pw: UnsafeMutablePointer<passwd>?
+        let label: String
+        if let requested {
+            label = "--user \(requested)"
+            if let uid = uid_t(requested) { pw = getpwuid(uid) } else { pw = getpwnam(requested) }
+        } else if let sudoUID = env["SUDO_UID"].flatMap({ uid_t($0) }), sudoUID != 0 {
+            label = "the sudo user (uid \(sudoUID))"
+            pw = getpwuid(sudoUID)
+        } else {
+            label = "the default user nobody"
+            pw = getpwnam("nobody")
+        }
+        guard let pw else {
+            throw WeftError(.invalidArgument, "\(label): no such user")
+        }
+        let name = String(cString: pw.pointee.pw_name)
+        let uid = pw.pointee.pw_uid, gid = pw.pointee.pw_gid
+        guard uid != 0 else {
+            throw WeftError(.invalidArgument, "\(label) is root; wrapped commands never run as root",
+                            hint: "pass --user with an unprivileged account")
+        }
+        var count: Int32 = 64
+        var groups = [gid_t](repeating: 0, count: 64)
+        if getgrouplist(name, gid, &groups, &count) < 0 {
+            groups = [gid_t](repeating: 0, count: Int(count))
+            _ = getgrouplist(name, gid, &groups, &count)
+        }
+        return Account(name: name, uid: uid, gid: gid, groups: Array(groups.prefix(Int(max(count, 0)))),
+                       home: String(cString: pw.pointee.pw_dir))
+    }
+}
+
+enum Executables {
+    /// Finds CMD the way execvp would, so "not found" is reported before anything is made.
+    static func resolve(_ command: String) throws -> String {
+        let fm = FileManager.default
+        if command.contains("/") {
+            guard fm.fileExists(atPath: command) else {
+                throw WeftError(.commandNotFound, "command not found: \(command)")
+            }
+            return command
+        }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for dir in path.split(separator: ":") {
+            let candidate = "\(dir)/\(command)"
+            if fm.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw WeftError(.commandNotFound, "command not found: \(command) (searched PATH=\(path))")
+    }
+}
+
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { for p in pointers { free(p) } }
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+}

@@ -138,3 +138,15 @@ int weft_wait_forwarding(pid_t pid) {
         kill(pid, sig);
     }
 }
+
+// `weft run` forwards signals to the wrapped command and must clean up after it, so the
+// signals it forwards are blocked before main() — before the Swift runtime, Dispatch or NIO
+// start any thread. Every thread inherits the mask; none can be killed by these signals, and
+// weft_wait_forwarding() collects them with sigtimedwait(). glibc passes argv to ELF
+// constructors.
+__attribute__((constructor)) static void weft_block_signals_for_run(int argc, char **argv, char **envp) {
+    (void)envp;
+    if (argc > 1 && argv != NULL && argv[1] != NULL && strcmp(argv[1], "run") == 0) {
+        weft_block_forwarded_signals();
+    }
+}

@@ -29,7 +29,8 @@ public actor WorkloadRegistry {
 
     public var gateway: IPAddress { pool.gateway }
 
-    public func allocate(for netns: NetnsName) throws -> PodNetwork {
+    public func allocate(for netns: NetnsName) async throws -> PodNetwork {
+        await reapVanished()
         collectStaleReservations()
         if let existing = attached[netns] {
             throw WeftError(.alreadyExists, "netns \(netns) is already meshed as workload '\(existing.proxy.spec.name)'")
@@ -46,6 +47,7 @@ public actor WorkloadRegistry {
     }
 
     public func attach(_ spec: WorkloadSpec) async throws {
+        await reapVanished()
         if let existing = attached[spec.netns] {
             throw WeftError(.alreadyExists, "netns \(spec.netns) is already meshed as workload '\(existing.proxy.spec.name)'",
                             hint: "detach it first with `weft detach --netns \(spec.netns)`")
@@ -82,8 +84,22 @@ public actor WorkloadRegistry {
         logger.info("detached workload", metadata: ["workload": "\(entry.proxy.spec.name)", "netns": "\(netns)"])
     }
 
-    public func list() -> [WorkloadStatus] {
-        attached.values.map(\.proxy.status).sorted { $0.spec.name < $1.spec.name }
+    /// Detaches workloads whose netns was deleted (or replaced by a new one of the same
+    /// name) behind the agent's back, e.g. by `ip netns del` or a killed `weft run`.
+    public func reapVanished() async {
+        for (name, entry) in attached {
+            let current = try? NetnsHandle(opening: name)
+            guard current?.cookie != entry.handle.cookie else { continue }
+            attached[name] = nil
+            await entry.proxy.stop()
+            pool.release(name)
+            logger.notice("netns \(name) disappeared; detached workload \(entry.proxy.spec.name)")
+        }
+    }
+
+    public func list() async -> [WorkloadStatus] {
+        await reapVanished()
+        return attached.values.map(\.proxy.status).sorted { $0.spec.name < $1.spec.name }
     }
 
     public func stopAll() async {

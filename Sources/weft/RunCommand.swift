@@ -31,8 +31,9 @@ struct RunCommand: ParsableCommand {
     var command: [String] = []
 
     func run() throws {
-        // main.swift blocked the forwarded signals process-wide; ones that arrive during
-        // set-up wait until the command runs, then are forwarded to it.
+        // A constructor in CWeftLinux blocked the forwarded signals before any thread
+        // started; ones that arrive during set-up wait until the command runs, then are
+        // forwarded to it.
         let plan: RunPlan
         do {
             plan = try RunPlan.make(self)

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import WeftCore
 
-
+@main
 struct Weft: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "weft",

@@ -1,0 +1,83 @@
+import WeftCore
+import XCTest
+@testable import WeftNetns
+
+final class PodAddressPoolTests: XCTestCase {
+    func netns(_ s: String) -> NetnsName { try! NetnsName(s) }
+
+    func testAllocatesAfterGatewayAndIsStablePerNetns() throws {
+        var pool = try PodAddressPool(cidr: CIDR("10.231.0.77/24")!)
+        XCTAssertEqual(pool.cidr.description, "10.231.0.0/24")
+        XCTAssertEqual(pool.gateway, IPAddress("10.231.0.1"))
+        XCTAssertEqual(try pool.allocate(for: netns("a")), IPAddress("10.231.0.2"))
+        XCTAssertEqual(try pool.allocate(for: netns("b")), IPAddress("10.231.0.3"))
+        XCTAssertEqual(try pool.allocate(for: netns("a")), IPAddress("10.231.0.2"))
+        pool.release(netns("a"))
+        XCTAssertEqual(try pool.allocate(for: netns("c")), IPAddress("10.231.0.2"))
+        XCTAssertEqual(pool.capacity, 253)
+    }
+
+    func testExhaustionIsAClearError() throws {
+        var pool = try PodAddressPool(cidr: CIDR("10.9.9.0/30")!)
+        XCTAssertEqual(try pool.allocate(for: netns("one")), IPAddress("10.9.9.2"))
+        XCTAssertThrowsError(try pool.allocate(for: netns("two"))) { error in
+            let e = error as! WeftError
+            XCTAssertEqual(e.code, .exhausted)
+            XCTAssertTrue(e.message.contains("10.9.9.0/30"))
+        }
+    }
+
+    func testRejectsUnusableBlocks() {
+        XCTAssertThrowsError(try PodAddressPool(cidr: CIDR("10.0.0.0/31")!))
+        XCTAssertThrowsError(try PodAddressPool(cidr: CIDR("fd00::/64")!))
+    }
+
+    func testHostVethNameFitsIFNAMSIZ() throws {
+        let long = try NetnsName(String(repeating: "x", count: 64))
+        let name = PodNetworking.hostVethName(for: long)
+        XCTAssertLessThanOrEqual(name.utf8.count, 15)
+        XCTAssertNotEqual(PodNetworking.hostVethName(for: netns("a")), PodNetworking.hostVethName(for: netns("b")))
+    }
+}
+
+final class VocabularyTests: XCTestCase {
+    func testPortMappingParsing() throws {
+        XCTAssertEqual(try PortMapping(parsing: "3000"), PortMapping(port: 3000))
+        XCTAssertEqual(try PortMapping(parsing: "80:3000/http"), PortMapping(port: 80, targetPort: 3000, proto: .http))
+        XCTAssertEqual(try PortMapping(parsing: "9000/TCP").proto, .tcp)
+        XCTAssertEqual(try PortMapping(parsing: "80:3000/http").description, "80:3000/http")
+        for bad in ["", "0", "70000", "80:", "a:b", "80/ftp", "1:2:3"] {
+            XCTAssertThrowsError(try PortMapping(parsing: bad), bad) { error in
+                XCTAssertTrue((error as! WeftError).message.hasPrefix("--port \(bad)"), "\(error)")
+            }
+        }
+    }
+
+    func testNamesAreValidated() {
+        XCTAssertNoThrow(try NetnsName("web-1.v2_x"))
+        for bad in ["", "a/b", "..", "has space", String(repeating: "n", count: 65)] {
+            XCTAssertThrowsError(try NetnsName(bad), bad)
+        }
+        XCTAssertNoThrow(try ServiceName("payments"))
+        for bad in ["Payments", "-x", "x-", "a.b", ""] { XCTAssertThrowsError(try ServiceName(bad), bad) }
+        XCTAssertThrowsError(try Label(parsing: "novalue"))
+        XCTAssertEqual(try Label(parsing: "version=v2").value, "v2")
+    }
+
+    func testAddressesAndCIDRs() {
+        XCTAssertEqual(IPAddress("10.1.2.3")?.description, "10.1.2.3")
+        XCTAssertNil(IPAddress("10.1.2"))
+        XCTAssertNil(IPAddress("10.1.2.256"))
+        XCTAssertNil(IPAddress("01.1.2.3"))
+        XCTAssertEqual(IPAddress("fd00:0:0:0:0:0:0:1")?.description, "fd00::1")
+        XCTAssertEqual(IPAddress("::1")?.isLoopback, true)
+        XCTAssertEqual(IPAddress("127.9.9.9")?.isLoopback, true)
+        XCTAssertNil(IPAddress("1::2::3"))
+        XCTAssertTrue(CIDR("10.0.0.0/8")!.contains(IPAddress("10.200.1.1")!))
+        XCTAssertFalse(CIDR("10.0.0.0/8")!.contains(IPAddress("11.0.0.1")!))
+        XCTAssertFalse(CIDR("10.0.0.0/8")!.contains(IPAddress("::1")!))
+        XCTAssertTrue(CIDR("fd00::/8")!.contains(IPAddress("fd12::1")!))
+        XCTAssertNil(CIDR("10.0.0.0/33"))
+        XCTAssertEqual(CIDR("10.0.0.1")?.prefixLength, 32)
+    }
+}

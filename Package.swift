@@ -65,6 +65,6 @@ let package = Package(
             ]
         ),
         // Root + network namespaces. Skipped loudly (XCTSkip with the reason) when not root.
-        .testTarget(name: "WeftIntegrationTests", dependencies: ["weft", "WeftCore"]),
+        .testTarget(name: "WeftIntegrationTests", dependencies: ["weft", "WeftCore", "WeftNetns"]),
     ]
 )

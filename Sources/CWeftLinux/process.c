@@ -39,12 +39,6 @@ const char *weft_spawn_step_name(int step) {
 
 static const int forwarded[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
 
-static void forwarded_set(sigset_t *set) {
-    sigemptyset(set);
-    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaddset(set, forwarded[i]);
-    sigaddset(set, SIGCHLD);
-}
-
 static void child_fail(int fd, int step) {
     int report[2] = {step, errno};
     ssize_t ignored = write(fd, report, sizeof report);
@@ -114,39 +108,61 @@ pid_t weft_spawn_dropped(int nsfd, uid_t uid, gid_t gid, const gid_t *groups, in
     return pid;
 }
 
-int weft_block_forwarded_signals(void) {
-    sigset_t set;
-    forwarded_set(&set);
-    int rc = pthread_sigmask(SIG_BLOCK, &set, NULL);
-    return rc == 0 ? 0 : -rc;
+// ---- signal forwarding for `weft run` ------------------------------------------------
+// A handler installed for the whole process, not a signal mask: the Swift runtime decides
+// which threads exist and what they block, but a disposition holds for every thread. The
+// handler only reads a pid and calls kill(), both async-signal-safe.
+
+static volatile sig_atomic_t child_pid_g = 0;
+static volatile sig_atomic_t pending_g = 0;  // bit n: signal n arrived before the child existed
+
+static void forward_handler(int sig, siginfo_t *info, void *ucontext) {
+    (void)ucontext;
+    pid_t pid = (pid_t)child_pid_g;
+    if (pid <= 0) {
+        pending_g |= (sig_atomic_t)(1u << sig);
+        return;
+    }
+    // A terminal's ^C reaches the whole foreground process group, the child included.
+    if (info != NULL && info->si_code == SI_KERNEL) return;
+    kill(pid, sig);
+}
+
+int weft_install_signal_forwarding(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = forward_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) {
+        if (sigaction(forwarded[i], &sa, NULL) != 0) return -errno;
+    }
+    return 0;
+}
+
+int weft_pending_termination(void) {
+    const int terminating[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+    for (size_t i = 0; i < 4; i++) {
+        if (pending_g & (1u << terminating[i])) return terminating[i];
+    }
+    return 0;
 }
 
 int weft_wait_forwarding(pid_t pid) {
-    sigset_t set;
-    forwarded_set(&set);
+    child_pid_g = pid;
+    // Forward what arrived between fork() and now (signals from before are handled by
+    // the caller through weft_pending_termination before it spawns).
+    sig_atomic_t early = pending_g;
+    pending_g = 0;
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) {
+        if (early & (1u << forwarded[i])) kill(pid, forwarded[i]);
+    }
+    int status;
     for (;;) {
-        int status;
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return status;
-        if (r < 0 && errno != EINTR) return -errno;
-        siginfo_t info;
-        struct timespec tick = {0, 200 * 1000 * 1000};
-        int sig = sigtimedwait(&set, &info, &tick);
-        if (sig < 0 || sig == SIGCHLD) continue;
-        // A terminal's ^C reaches the whole foreground process group, the child included.
-        if (info.si_code == SI_KERNEL) continue;
-        kill(pid, sig);
+        pid_t r = waitpid(pid, &status, 0);
+        if (r == pid) break;
+        if (r < 0 && errno != EINTR) { child_pid_g = 0; return -errno; }
     }
-}
-
-// `weft run` forwards signals to the wrapped command and must clean up after it, so the
-// signals it forwards are blocked before main() — before the Swift runtime, Dispatch or NIO
-// start any thread. Every thread inherits the mask; none can be killed by these signals, and
-// weft_wait_forwarding() collects them with sigtimedwait(). glibc passes argv to ELF
-// constructors.
-__attribute__((constructor)) static void weft_block_signals_for_run(int argc, char **argv, char **envp) {
-    (void)envp;
-    if (argc > 1 && argv != NULL && argv[1] != NULL && strcmp(argv[1], "run") == 0) {
-        weft_block_forwarded_signals();
-    }
+    child_pid_g = 0;
+    return status;
 }

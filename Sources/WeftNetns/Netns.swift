@@ -70,3 +70,33 @@ public enum NetnsManager {
 public func errnoText(_ code: Int32) -> String {
     String(cString: strerror(code))
 }
+
+extension NetnsHandle {
+    /// Processes whose network namespace is this one (matched by nsfs inode, /proc/PID/ns/net).
+    public func processes() -> [pid_t] {
+        var own = stat()
+        guard fstat(fd, &own) == 0 else { return [] }
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap { name -> pid_t? in
+            guard let pid = pid_t(name), pid != getpid() else { return nil }
+            var st = stat()
+            guard stat("/proc/\(name)/ns/net", &st) == 0 else { return nil }
+            return st.st_ino == own.st_ino && st.st_dev == own.st_dev ? pid : nil
+        }
+    }
+
+    /// Ends every process left in the namespace: SIGTERM, then SIGKILL after `grace`.
+    /// Returns how many there were. Used when a wrapped command exits and leaves children.
+    @discardableResult
+    public func terminateProcesses(grace: Double = 2) -> Int {
+        let found = processes()
+        guard !found.isEmpty else { return 0 }
+        for pid in found { kill(pid, SIGTERM) }
+        let deadline = Date().addingTimeInterval(grace)
+        while Date() < deadline && !processes().isEmpty { usleep(20_000) }
+        for pid in processes() { kill(pid, SIGKILL) }
+        let killDeadline = Date().addingTimeInterval(2)
+        while Date() < killDeadline && !processes().isEmpty { usleep(10_000) }
+        return found.count
+    }
+}

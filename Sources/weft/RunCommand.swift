@@ -31,9 +31,9 @@ struct RunCommand: ParsableCommand {
     var command: [String] = []
 
     func run() throws {
-        // A constructor in CWeftLinux blocked the forwarded signals before any thread
-        // started; ones that arrive during set-up wait until the command runs, then are
-        // forwarded to it.
+        // Signals that arrive during set-up are recorded; a terminating one aborts the run
+        // (after cleanup) instead of starting the command.
+        _ = weft_install_signal_forwarding()
         let plan: RunPlan
         do {
             plan = try RunPlan.make(self)
@@ -46,6 +46,12 @@ struct RunCommand: ParsableCommand {
         let status: Int32
         do {
             try plan.setUp(&cleanup)
+            let early = weft_pending_termination()
+            if early != 0 {
+                cleanup.run()
+                warn("received signal \(early) during set-up; not starting \(plan.argv[0])")
+                Foundation.exit(128 + early)
+            }
             status = try plan.execute()
         } catch let e as SpawnError {
             cleanup.run()
@@ -136,6 +142,11 @@ struct RunPlan {
         let installer = CaptureInstaller(netns: netns)
         try installer.apply(CaptureOptions(capture))
         cleanup.push("remove capture rules in \(netns)") { try installer.remove() }
+        // Runs first: the command's leftover children die with it, as in a container.
+        cleanup.push("stop processes left in \(netns)") {
+            let n = handle.terminateProcesses()
+            if n > 0 { warn("stopped \(n) process(es) \(spec.name) left behind in netns \(netns)") }
+        }
         FileHandle.standardError.write(Data("weft: workload \(spec.name) (service \(spec.service)) at \(network.podIP) in netns \(netns)\n".utf8))
     }
 

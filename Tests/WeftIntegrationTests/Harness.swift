@@ -1,1 +1,234 @@
+import Foundation
+import WeftCore
+import WeftNetns
 import XCTest
+
+/// One harness for every end-to-end test: a private agent (own socket, bridge and pod
+/// CIDR, so it never collides with a real one or another test), helpers to run `weft`
+/// commands, and a teardown that deletes every netns, veth, bridge and process it made —
+/// also when the test failed. Needs root; tests call `MeshHarness.start()` which skips
+/// loudly otherwise.
+final class MeshHarness {
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        var output: String { stdout + stderr }
+    }
+
+    final class Background {
+        let process: Process
+        let stdoutPath: String
+        let stderrPath: String
+        init(process: Process, stdoutPath: String, stderrPath: String) {
+            self.process = process
+            self.stdoutPath = stdoutPath
+            self.stderrPath = stderrPath
+        }
+        var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
+        var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+    }
+
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    static var weftBinary: String {
+        if let env = ProcessInfo.processInfo.environment["WEFT_BIN"] { return env }
+        for candidate in [".build/debug/weft", ".build/x86_64-unknown-linux-gnu/debug/weft", ".build/release/weft"] {
+            let path = packageRoot.appendingPathComponent(candidate).path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return packageRoot.appendingPathComponent(".build/debug/weft").path
+    }
+
+    let id: String
+    let dir: String
+    let socket: String
+    let bridge: String
+    let podCIDR: String
+    private(set) var agent: Process?
+    private var background: [Background] = []
+    private var extraNetns: [String] = []
+
+    /// Starts a harness with its own agent, or skips the test (loudly) when not root or
+    /// when a tool the tests need is missing.
+    static func start(podPrefix: Int = 24, file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
+        guard geteuid() == 0 else {
+            throw XCTSkip("SKIPPED: needs root and network namespaces (CI runs these as root): sudo swift test")
+        }
+        for tool in ["iptables-restore", "ip", "curl", "nsenter"] where HostTool.find(tool) == nil {
+            throw XCTSkip("SKIPPED: \(tool) is not installed; run scripts/setup-deps")
+        }
+        let h = try MeshHarness(podPrefix: podPrefix)
+        try h.startAgent()
+        return h
+    }
+
+    private init(podPrefix: Int) throws {
+        id = "t" + String(UInt32.random(in: 0..<0xffff), radix: 16)
+        dir = NSTemporaryDirectory() + "weft-it-\(id)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        socket = dir + "/agent.sock"
+        bridge = "wb" + id
+        // 10.234.x.0/24 (or smaller): one block per harness, inside ranges only tests use.
+        let third = Int.random(in: 0...255)
+        podCIDR = "10.234.\(third).0/\(podPrefix)"
+    }
+
+    func name(_ s: String) -> String { "\(id)-\(s)" }
+
+    private func startAgent() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.weftBinary)
+        p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug"]
+        p.standardOutput = FileHandle(forWritingAtPath: touch(dir + "/agent.out"))
+        p.standardError = FileHandle(forWritingAtPath: touch(dir + "/agent.err"))
+        try p.run()
+        agent = p
+        try waitUntil("agent serving \(socket)", timeout: 20) {
+            self.weft(["get", "workloads", "--agent-socket", self.socket]).status == 0
+        }
+    }
+
+    var agentLog: String { (try? String(contentsOfFile: dir + "/agent.err", encoding: .utf8)) ?? "" }
+
+    /// Runs `weft ARGS` to completion (bounded by `timeout`).
+    @discardableResult
+    func weft(_ args: [String], timeout: TimeInterval = 60, env: [String: String] = [:]) -> Result {
+        run([Self.weftBinary] + args, timeout: timeout, env: ["WEFT_AGENT_SOCKET": socket].merging(env) { $1 })
+    }
+
+    /// Runs any command to completion, bounded by `timeout` (then SIGKILL).
+    @discardableResult
+    func run(_ argv: [String], timeout: TimeInterval = 60, env: [String: String] = [:]) -> Result {
+        let tag = UUID().uuidString.prefix(8)
+        let out = touch("\(dir)/cmd-\(tag).out"), err = touch("\(dir)/cmd-\(tag).err")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : (HostTool.find(argv[0]) ?? argv[0]))
+        p.arguments = Array(argv.dropFirst())
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        p.standardOutput = FileHandle(forWritingAtPath: out)
+        p.standardError = FileHandle(forWritingAtPath: err)
+        p.standardInput = FileHandle.nullDevice
+        do { try p.run() } catch { return Result(status: -1, stdout: "", stderr: "cannot start \(argv): \(error)") }
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+                      stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    }
+
+    /// Starts `weft ARGS` in the background; stopped at teardown if still running.
+    func startWeft(_ args: [String]) throws -> Background {
+        let tag = UUID().uuidString.prefix(8)
+        let out = touch("\(dir)/bg-\(tag).out"), err = touch("\(dir)/bg-\(tag).err")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.weftBinary)
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(["WEFT_AGENT_SOCKET": socket]) { $1 }
+        p.standardOutput = FileHandle(forWritingAtPath: out)
+        p.standardError = FileHandle(forWritingAtPath: err)
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let bg = Background(process: p, stdoutPath: out, stderrPath: err)
+        background.append(bg)
+        return bg
+    }
+
+    /// Waits for a background process to exit (bounded); returns its status.
+    func wait(_ bg: Background, timeout: TimeInterval = 20) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while bg.process.isRunning && Date() < deadline { usleep(20_000) }
+        return bg.process.isRunning ? nil : bg.process.terminationStatus
+    }
+
+    func workloads() throws -> [WorkloadStatus] {
+        let r = weft(["get", "workloads", "-o", "json"])
+        guard r.status == 0 else { throw HarnessError("weft get workloads failed: \(r.output)") }
+        return try JSONDecoder().decode([WorkloadStatus].self, from: Data(r.stdout.utf8))
+    }
+
+    func workload(_ name: String) throws -> WorkloadStatus? {
+        try workloads().first { $0.spec.name == name }
+    }
+
+    /// Waits until a TCP port accepts connections on loopback inside a netns.
+    func waitForListener(netns: String, port: Int, timeout: TimeInterval = 20) throws {
+        try waitUntil("port \(port) listening in netns \(netns)", timeout: timeout) {
+            self.run(["ip", "netns", "exec", netns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"], timeout: 5).status == 0
+        }
+    }
+
+    /// A netns made by the test itself (`ip netns add`); deleted at teardown.
+    func makeNetns(_ suffix: String) throws -> String {
+        let ns = name(suffix)
+        let r = run(["ip", "netns", "add", ns])
+        guard r.status == 0 else { throw HarnessError("ip netns add \(ns): \(r.output)") }
+        extraNetns.append(ns)
+        _ = run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        return ns
+    }
+
+    func waitUntil(_ what: String, timeout: TimeInterval, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(100_000)
+        }
+        throw HarnessError("timed out after \(Int(timeout)) s waiting for \(what)\n--- agent log ---\n\(agentLog.suffix(3000))")
+    }
+
+    func netnsList() -> [String] {
+        run(["ip", "netns", "list"]).stdout.split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
+    }
+
+    func ourNetns() -> [String] { netnsList().filter { $0.hasPrefix(id + "-") } }
+
+    /// Stops everything the harness started and removes every trace of it.
+    func shutdown() {
+        for bg in background where bg.process.isRunning {
+            kill(bg.process.processIdentifier, SIGTERM)
+        }
+        for bg in background {
+            let deadline = Date().addingTimeInterval(10)
+            while bg.process.isRunning && Date() < deadline { usleep(20_000) }
+            if bg.process.isRunning { kill(bg.process.processIdentifier, SIGKILL) }
+        }
+        if let agent, agent.isRunning {
+            kill(agent.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(10)
+            while agent.isRunning && Date() < deadline { usleep(20_000) }
+            if agent.isRunning { kill(agent.processIdentifier, SIGKILL) }
+        }
+        for ns in Set(ourNetns() + extraNetns) {
+            _ = run(["ip", "netns", "pids", ns]).stdout.split(separator: "\n").compactMap { Int32($0) }.map { kill($0, SIGKILL) }
+            _ = run(["ip", "netns", "del", ns])
+        }
+        for ns in extraNetns + ourNetns() {
+            if let n = try? NetnsName(ns) { _ = run(["ip", "link", "del", PodNetworking.hostVethName(for: n)]) }
+        }
+        _ = run(["ip", "link", "del", bridge])
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    private func touch(_ path: String) -> String {
+        FileManager.default.createFile(atPath: path, contents: nil)
+        return path
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+enum HostTool {
+    static func find(_ tool: String) -> String? {
+        for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] where FileManager.default.isExecutableFile(atPath: "\(dir)/\(tool)") {
+            return "\(dir)/\(tool)"
+        }
+        return nil
+    }
+}
+

@@ -69,9 +69,12 @@ pid_t weft_spawn_dropped(int nsfd, uid_t uid, gid_t gid, const gid_t *groups, in
                          int *failed_step);
 const char *weft_spawn_step_name(int step);
 
-/// Blocks the signals `weft run` forwards in the calling thread (call before threads start).
-int weft_block_forwarded_signals(void);
-/// Waits for pid, forwarding the blocked signals to it. Signals the kernel generated for
+/// Installs process-wide handlers for the signals `weft run` forwards (HUP INT QUIT TERM
+/// USR1 USR2 WINCH CONT). Before a child exists they are only recorded.
+int weft_install_signal_forwarding(void);
+/// The first terminating signal (INT, TERM, HUP, QUIT) recorded before the child existed.
+int weft_pending_termination(void);
+/// Waits for pid, forwarding the handled signals to it. Signals the kernel generated for
 /// the terminal (si_code == SI_KERNEL) already reached the child's process group and are
 /// not sent twice. Returns the raw wait status.
 int weft_wait_forwarding(pid_t pid);

@@ -1,3 +1,4 @@
+import Glibc
 import Foundation
 import Logging
 import NIOCore
@@ -38,4 +39,8 @@ public struct AgentService: Service {
         await registry.stopAll()
         try? await group.shutdownGracefully()
     }
+}
+
+extension AgentService: CustomStringConvertible {
+    public var description: String { "AgentService(socket: \(config.socketPath), bridge: \(config.bridge))" }
 }

@@ -1,3 +1,5 @@
+import Glibc
+import CWeftLinux
 import Foundation
 
 /// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. A no-op when not run by

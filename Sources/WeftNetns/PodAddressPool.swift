@@ -1,3 +1,4 @@
+import Glibc
 import WeftCore
 
 /// Hands out pod addresses from the node's pod CIDR. The first host address is the bridge's

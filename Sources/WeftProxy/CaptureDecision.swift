@@ -1,3 +1,4 @@
+import Glibc
 import WeftCore
 
 /// What to do with a connection a capture listener accepted. Pure, so every case is a

@@ -1,3 +1,4 @@
+import Glibc
 import ArgumentParser
 import CWeftLinux
 import Foundation
@@ -26,6 +27,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "PORT[:TARGET][/PROTO] the service listens on (repeatable).") var port: [String] = []
     @Option(help: "KEY=VALUE label (repeatable).") var label: [String] = []
     @Option(help: "User to run the command as (default: the sudo user, else nobody).") var user: String?
+    @Flag(name: .shortAndLong, help: "Print the workload's name, address and netns to stderr before starting.") var verbose = false
     @OptionGroup var agent: AgentSocketOption
     @Argument(parsing: .postTerminator, help: "The command and its arguments (after --).")
     var command: [String] = []
@@ -95,6 +97,7 @@ struct RunPlan {
     let argv: [String]
     let account: Account
     let client: AgentClient
+    let verbose: Bool
 
     static func make(_ cmd: RunCommand) throws -> RunPlan {
         guard !cmd.command.isEmpty else {
@@ -111,7 +114,7 @@ struct RunPlan {
                                 labels: try ListParsing.labels(cmd.label), podIP: nil)
         let account = try Account.resolve(cmd.user)
         return RunPlan(spec: spec, executable: executable, argv: cmd.command, account: account,
-                       client: AgentClient(socketPath: cmd.agent.path))
+                       client: AgentClient(socketPath: cmd.agent.path), verbose: cmd.verbose)
     }
 
     func setUp(_ cleanup: inout Cleanup) throws {
@@ -147,7 +150,7 @@ struct RunPlan {
             let n = handle.terminateProcesses()
             if n > 0 { warn("stopped \(n) process(es) \(spec.name) left behind in netns \(netns)") }
         }
-        FileHandle.standardError.write(Data("weft: workload \(spec.name) (service \(spec.service)) at \(network.podIP) in netns \(netns)\n".utf8))
+        if verbose { FileHandle.standardError.write(Data("weft: workload \(spec.name) (service \(spec.service)) at \(network.podIP) in netns \(netns)\n".utf8)) }
     }
 
     /// Starts the command inside the netns and waits for it. Returns the raw wait status.

@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 
 /// Glues an accepted downstream channel to a connected upstream one and starts the bytes

@@ -1,3 +1,4 @@
+import Glibc
 import CWeftLinux
 import NIOCore
 import WeftCore

@@ -18,11 +18,9 @@ enum Inbound {
             case .refuse(let reason):
                 return context.refuse(downstream, direction: .inbound, reason: reason)
             case .forward(let target):
-                let counters = context.counters
-                return context.forward(downstream, to: target, direction: .inbound) { received, sent in
-                    counters.bytesInboundReceived.add(received)
-                    counters.bytesInboundSent.add(sent)
-                }
+                return context.forward(downstream, to: target, direction: .inbound,
+                                       downstreamBytes: context.counters.bytesInboundReceived,
+                                       upstreamBytes: context.counters.bytesInboundSent)
             }
         }.flatMapError { error in
             context.refuse(downstream, direction: .inbound, reason: "no original destination: \(WorkloadContext.describe(error))")

@@ -18,11 +18,9 @@ enum Outbound {
             case .refuse(let reason):
                 return context.refuse(downstream, direction: .outbound, reason: reason)
             case .forward(let target):
-                let counters = context.counters
-                return context.forward(downstream, to: target, direction: .outbound) { sent, received in
-                    counters.bytesOutboundSent.add(sent)
-                    counters.bytesOutboundReceived.add(received)
-                }
+                return context.forward(downstream, to: target, direction: .outbound,
+                                       downstreamBytes: context.counters.bytesOutboundSent,
+                                       upstreamBytes: context.counters.bytesOutboundReceived)
             }
         }.flatMapError { error in
             context.refuse(downstream, direction: .outbound, reason: "no original destination: \(WorkloadContext.describe(error))")

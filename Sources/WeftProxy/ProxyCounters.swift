@@ -1,33 +1,41 @@
-import Glibc
 import Synchronization
 import WeftCore
 
+/// One monotonically increasing figure, shared by reference so the hot path can hold it
+/// directly. Relaxed ordering: each figure is exact, a snapshot of several is not atomic.
+public final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+
+    public init() {}
+
+    @inline(__always)
+    public func add(_ n: Int) { _ = value.wrappingAdd(n, ordering: .relaxed) }
+
+    public var current: Int { value.load(ordering: .relaxed) }
+}
+
 /// Per-workload traffic counters, updated from the workload's loop and read by the local
-/// API from anywhere. Relaxed atomics: each figure is exact, a snapshot is not a transaction.
+/// API from anywhere.
 public final class ProxyCounters: Sendable {
-    let connectionsInbound = Atomic<Int>(0)
-    let connectionsOutbound = Atomic<Int>(0)
-    let bytesInboundReceived = Atomic<Int>(0)
-    let bytesInboundSent = Atomic<Int>(0)
-    let bytesOutboundSent = Atomic<Int>(0)
-    let bytesOutboundReceived = Atomic<Int>(0)
-    let connectionErrors = Atomic<Int>(0)
+    let connectionsInbound = Counter()
+    let connectionsOutbound = Counter()
+    let bytesInboundReceived = Counter()
+    let bytesInboundSent = Counter()
+    let bytesOutboundSent = Counter()
+    let bytesOutboundReceived = Counter()
+    let connectionErrors = Counter()
 
     public init() {}
 
     public var snapshot: TrafficCounters {
         var c = TrafficCounters()
-        c.connectionsInbound = connectionsInbound.load(ordering: .relaxed)
-        c.connectionsOutbound = connectionsOutbound.load(ordering: .relaxed)
-        c.bytesInboundReceived = bytesInboundReceived.load(ordering: .relaxed)
-        c.bytesInboundSent = bytesInboundSent.load(ordering: .relaxed)
-        c.bytesOutboundSent = bytesOutboundSent.load(ordering: .relaxed)
-        c.bytesOutboundReceived = bytesOutboundReceived.load(ordering: .relaxed)
-        c.connectionErrors = connectionErrors.load(ordering: .relaxed)
+        c.connectionsInbound = connectionsInbound.current
+        c.connectionsOutbound = connectionsOutbound.current
+        c.bytesInboundReceived = bytesInboundReceived.current
+        c.bytesInboundSent = bytesInboundSent.current
+        c.bytesOutboundSent = bytesOutboundSent.current
+        c.bytesOutboundReceived = bytesOutboundReceived.current
+        c.connectionErrors = connectionErrors.current
         return c
     }
-}
-
-extension Atomic where Value == Int {
-    func add(_ n: Int) { _ = wrappingAdd(n, ordering: .relaxed) }
 }

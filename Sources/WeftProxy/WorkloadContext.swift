@@ -24,7 +24,7 @@ extension WorkloadContext {
     /// On a failed connect the downstream is reset, so the app sees a refused/reset
     /// connection rather than an accepted one that then goes silent.
     func forward(_ downstream: Channel, to target: OriginalDestination, direction: Direction,
-                 onBytes: @escaping @Sendable (_ fromDownstream: Int, _ fromUpstream: Int) -> Void) -> EventLoopFuture<Void> {
+                 downstreamBytes: Counter, upstreamBytes: Counter) -> EventLoopFuture<Void> {
         let address: SocketAddress
         do { address = try target.socketAddress } catch {
             return refuse(downstream, direction: direction, reason: "bad destination \(target): \(error)")
@@ -34,7 +34,7 @@ extension WorkloadContext {
             downstream.eventLoop.makeSucceededVoidFuture()
         }.flatMapThrowing { upstream in
             try Splice.join(downstream: downstream, upstream: upstream,
-                            downstreamReceived: { onBytes($0, 0) }, upstreamReceived: { onBytes(0, $0) })
+                            downstreamReceived: downstreamBytes, upstreamReceived: upstreamBytes)
             logger.debug("\(direction.rawValue) connection", metadata: ["client": "\(client)", "destination": "\(target)"])
         }.flatMapError { error in
             self.refuse(downstream, direction: direction, reason: "upstream \(target): \(Self.describe(error))")

@@ -69,7 +69,7 @@ final class SpliceTests: XCTestCase {
                         .channelOption(.autoRead, value: false)
                         .channelOption(.allowRemoteHalfClosure, value: true)
                         .connect(to: target)
-                        .whenSuccess { up in try! Splice.join(downstream: down, upstream: up, downstreamReceived: { _ in }, upstreamReceived: { _ in }) }
+                        .whenSuccess { up in try! Splice.join(downstream: down, upstream: up, downstreamReceived: nil, upstreamReceived: nil) }
                 }
                 return down.eventLoop.makeSucceededVoidFuture()
             }

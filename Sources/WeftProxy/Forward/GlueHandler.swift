@@ -10,23 +10,23 @@ import NIOPosix
 /// an empty buffer orders the shutdown after pending data). Reset: an error on one side
 /// resets the other (SO_LINGER 0), so the app sees what the remote end did.
 final class GlueHandler {
-    typealias Counter = (Int) -> Void
-
     private var partner: GlueHandler?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
-    private let countReceived: Counter
+    /// Where bytes read on this side are counted (nil: not counted). A direct reference
+    /// rather than a closure: this runs once per read on the hot path.
+    private let received: Counter?
 
-    private init(countReceived: @escaping Counter) {
-        self.countReceived = countReceived
+    private init(received: Counter?) {
+        self.received = received
     }
 
     /// A linked pair; the first goes in the downstream pipeline, the second upstream.
-    static func matchedPair(downstreamReceived: @escaping Counter, upstreamReceived: @escaping Counter)
+    static func matchedPair(downstreamReceived: Counter?, upstreamReceived: Counter?)
         -> (GlueHandler, GlueHandler)
     {
-        let down = GlueHandler(countReceived: downstreamReceived)
-        let up = GlueHandler(countReceived: upstreamReceived)
+        let down = GlueHandler(received: downstreamReceived)
+        let up = GlueHandler(received: upstreamReceived)
         down.partner = up
         up.partner = down
         return (down, up)
@@ -92,7 +92,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        countReceived(unwrapInboundIn(data).readableBytes)
+        received?.add(unwrapInboundIn(data).readableBytes)
         partner?.partnerWrite(data)
     }
 

@@ -7,8 +7,8 @@ enum Splice {
     static func join(
         downstream: Channel,
         upstream: Channel,
-        downstreamReceived: @escaping (Int) -> Void,
-        upstreamReceived: @escaping (Int) -> Void
+        downstreamReceived: Counter?,
+        upstreamReceived: Counter?
     ) throws {
         downstream.eventLoop.preconditionInEventLoop()
         let (down, up) = GlueHandler.matchedPair(downstreamReceived: downstreamReceived, upstreamReceived: upstreamReceived)

@@ -117,6 +117,11 @@ int weft_link_delete(int nsfd, const char *ifname) {
 }
 
 int weft_addr_add(int nsfd, const char *ifname, int family, const uint8_t *addr, int prefixlen) {
+    return weft_addr_add_flags(nsfd, ifname, family, addr, prefixlen, 0);
+}
+
+int weft_addr_add_flags(int nsfd, const char *ifname, int family, const uint8_t *addr, int prefixlen,
+                        uint32_t flags) {
     int idx = weft_link_index(nsfd, ifname);
     if (idx < 0) return idx;
     char buf[NL_BUF];
@@ -129,24 +134,29 @@ int weft_addr_add(int nsfd, const char *ifname, int family, const uint8_t *addr,
     ifa->ifa_scope = RT_SCOPE_UNIVERSE;
     ifa->ifa_index = (unsigned int)idx;
     size_t len = family == AF_INET ? 4 : 16;
-    mnl_attr_put(nlh, IFA_LOCAL, len, addr);
+    if (family == AF_INET) mnl_attr_put(nlh, IFA_LOCAL, len, addr);
     mnl_attr_put(nlh, IFA_ADDRESS, len, addr);
+    if (flags != 0) mnl_attr_put_u32(nlh, IFA_FLAGS, flags);
     return nl_transact(nsfd, nlh);
 }
 
 int weft_route_add_default4(int nsfd, const uint8_t gateway[4]) {
+    return weft_route_add_default(nsfd, AF_INET, gateway);
+}
+
+int weft_route_add_default(int nsfd, int family, const uint8_t *gateway) {
     char buf[NL_BUF];
     struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
     nlh->nlmsg_type = RTM_NEWROUTE;
     nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
     struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof *rtm);
-    rtm->rtm_family = AF_INET;
+    rtm->rtm_family = (unsigned char)family;
     rtm->rtm_dst_len = 0;
     rtm->rtm_table = RT_TABLE_MAIN;
     rtm->rtm_protocol = RTPROT_BOOT;
     rtm->rtm_scope = RT_SCOPE_UNIVERSE;
     rtm->rtm_type = RTN_UNICAST;
-    mnl_attr_put(nlh, RTA_GATEWAY, 4, gateway);
+    mnl_attr_put(nlh, RTA_GATEWAY, family == AF_INET ? 4 : 16, gateway);
     return nl_transact(nsfd, nlh);
 }
 

@@ -10,6 +10,9 @@ public struct AgentConfiguration: Sendable {
     public var bridge = WeftDefaults.bridge
     /// Block pod addresses come from (first host = gateway).
     public var podCIDR = CIDR(WeftDefaults.podCIDR)!
+    /// IPv6 prefix for pod addresses (nil: IPv4 only). A pod's IPv6 address ends in its
+    /// IPv4 address; the bridge is prefix::1.
+    public var podCIDRv6: CIDR? = CIDR(WeftDefaults.podCIDRv6)
     public var stateDirectory = WeftDefaults.stateDirectory
     /// Capture ports and the proxy's SO_MARK; handed to `weft run` so rules and proxy agree.
     public var capture = CaptureSettings()

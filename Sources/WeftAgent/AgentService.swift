@@ -22,7 +22,9 @@ public struct AgentService: Service {
 
     public func run() async throws {
         let registry = try WorkloadRegistry(config: config, logger: logger)
-        try PodNetworking.ensureBridge(config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength)
+        try PodNetworking.ensureBridge(
+            config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
+            gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
         let api = LocalAPI(registry: registry, capture: config.capture, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let server = try await api.bind(path: config.socketPath, group: group)

@@ -38,7 +38,13 @@ public actor WorkloadRegistry {
         }
         let ip = try pool.allocate(for: netns)
         reservedAt[netns] = Date()
-        return PodNetwork(podIP: ip, prefixLength: pool.cidr.prefixLength, gateway: pool.gateway, bridge: config.bridge)
+        var network = PodNetwork(podIP: ip, prefixLength: pool.cidr.prefixLength, gateway: pool.gateway, bridge: config.bridge)
+        if let prefix = config.podCIDRv6 {
+            network.podIPv6 = PodAddressPool.ipv6(for: ip, in: prefix)
+            network.prefixLengthV6 = prefix.prefixLength
+            network.gatewayV6 = PodAddressPool.ipv6Gateway(in: prefix)
+        }
+        return network
     }
 
     public func release(_ netns: NetnsName) {

@@ -18,12 +18,20 @@ public struct PodNetwork: Codable, Sendable, Equatable {
     public var prefixLength: Int
     public var gateway: IPAddress
     public var bridge: String
+    /// IPv6 (ULA) address, when the agent has an IPv6 pod prefix.
+    public var podIPv6: IPAddress?
+    public var prefixLengthV6: Int?
+    public var gatewayV6: IPAddress?
 
-    public init(podIP: IPAddress, prefixLength: Int, gateway: IPAddress, bridge: String) {
+    public init(podIP: IPAddress, prefixLength: Int, gateway: IPAddress, bridge: String,
+                podIPv6: IPAddress? = nil, prefixLengthV6: Int? = nil, gatewayV6: IPAddress? = nil) {
         self.podIP = podIP
         self.prefixLength = prefixLength
         self.gateway = gateway
         self.bridge = bridge
+        self.podIPv6 = podIPv6
+        self.prefixLengthV6 = prefixLengthV6
+        self.gatewayV6 = gatewayV6
     }
 }
 
@@ -36,6 +44,7 @@ public struct WorkloadSpec: Codable, Sendable, Equatable {
     public var labels: [String: String]
     /// Set for namespaces created by `weft run` (the agent allocated the address).
     public var podIP: IPAddress?
+    public var podIPv6: IPAddress?
 
     public init(name: String, netns: NetnsName, service: ServiceName, ports: [PortMapping],
                 labels: [String: String], podIP: IPAddress?) {
@@ -117,5 +126,7 @@ public enum WeftDefaults {
     public static let agentSocket = "/run/weft/agent.sock"
     public static let bridge = "weft0"
     public static let podCIDR = "10.231.0.0/16"
+    /// ULA prefix ("weft" in hex); a pod's IPv6 address ends in its IPv4 address.
+    public static let podCIDRv6 = "fd77:7765:6674::/64"
     public static let stateDirectory = "/var/lib/weft"
 }

@@ -44,6 +44,27 @@ public struct PodAddressPool: Sendable {
                         hint: "stop unused workloads (`weft get workloads`) or restart the agent with a larger --pod-cidr")
     }
 
+    /// The IPv6 address paired with a pod's IPv4 one: the /64 (or shorter) prefix with the
+    /// IPv4 address in the last 32 bits. No second pool, no way for the two to disagree.
+    public static func ipv6(for v4: IPAddress, in prefix: CIDR) -> IPAddress? {
+        guard case .v4(let host) = v4, prefix.family == .v6, prefix.prefixLength <= 96 else { return nil }
+        var bytes = prefix.address.bytes
+        bytes[12] = UInt8(host >> 24)
+        bytes[13] = UInt8(host >> 16 & 0xff)
+        bytes[14] = UInt8(host >> 8 & 0xff)
+        bytes[15] = UInt8(host & 0xff)
+        return .v6(bytes)
+    }
+
+    /// The bridge's IPv6 address: prefix::1.
+    public static func ipv6Gateway(in prefix: CIDR) -> IPAddress? {
+        guard prefix.family == .v6 else { return nil }
+        var bytes = prefix.address.bytes
+        for i in 8..<16 { bytes[i] = 0 }
+        bytes[15] = 1
+        return .v6(bytes)
+    }
+
     public mutating func release(_ netns: NetnsName) {
         assigned[netns] = nil
     }

@@ -15,11 +15,16 @@ public enum PodNetworking {
     }
 
     /// Creates the bridge if missing and gives it the gateway address. Idempotent.
-    public static func ensureBridge(_ name: String, gateway: IPAddress, prefixLength: Int) throws {
+    public static func ensureBridge(_ name: String, gateway: IPAddress, prefixLength: Int,
+                                    gatewayV6: IPAddress? = nil, prefixLengthV6: Int = 64) throws {
         var rc = weft_link_add_bridge(-1, name)
         guard rc == 0 || rc == -EEXIST else { throw netlinkError("create bridge \(name)", rc) }
         rc = weft_addr_add(-1, name, AF_INET, gateway.bytes, Int32(prefixLength))
         guard rc == 0 || rc == -EEXIST else { throw netlinkError("add \(gateway)/\(prefixLength) to \(name)", rc) }
+        if let gatewayV6 {
+            rc = weft_addr_add_flags(-1, name, AF_INET6, gatewayV6.bytes, Int32(prefixLengthV6), UInt32(WEFT_IFA_F_NODAD))
+            guard rc == 0 || rc == -EEXIST else { throw netlinkError("add \(gatewayV6)/\(prefixLengthV6) to \(name)", rc) }
+        }
         rc = weft_link_up(-1, name, 0)
         guard rc == 0 else { throw netlinkError("bring up \(name)", rc) }
     }
@@ -52,6 +57,15 @@ public enum PodNetworking {
             guard rc == 0 else { throw netlinkError("bring up eth0 in \(netns.name)", rc) }
             rc = weft_route_add_default4(netns.fd, network.gateway.bytes)
             guard rc == 0 else { throw netlinkError("add default route via \(network.gateway) in \(netns.name)", rc) }
+            if let v6 = network.podIPv6, let gw6 = network.gatewayV6 {
+                // NODAD: duplicate address detection would keep the address unusable for
+                // a second or two; the agent's allocation already guarantees uniqueness.
+                rc = weft_addr_add_flags(netns.fd, "eth0", AF_INET6, v6.bytes, Int32(network.prefixLengthV6 ?? 64),
+                                         UInt32(WEFT_IFA_F_NODAD))
+                guard rc == 0 else { throw netlinkError("add \(v6) to eth0 in \(netns.name)", rc) }
+                rc = weft_route_add_default(netns.fd, AF_INET6, gw6.bytes)
+                guard rc == 0 else { throw netlinkError("add default route via \(gw6) in \(netns.name)", rc) }
+            }
         } catch {
             _ = weft_link_delete(-1, host)
             throw error

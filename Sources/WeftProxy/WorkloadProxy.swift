@@ -86,6 +86,6 @@ public final class WorkloadProxy: Sendable {
     }
 
     public var status: WorkloadStatus {
-        WorkloadStatus(spec: spec, podIPs: spec.podIP.map { [$0] } ?? [], counters: counters.snapshot, attachedAt: attachedAt)
+        WorkloadStatus(spec: spec, podIPs: [spec.podIP, spec.podIPv6].compactMap { $0 }, counters: counters.snapshot, attachedAt: attachedAt)
     }
 }

@@ -17,6 +17,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Local API socket (root only).") var socket: String = WeftDefaults.agentSocket
     @Option(help: "Host bridge for pod veths.") var bridge: String = WeftDefaults.bridge
     @Option(help: "IPv4 block for pod addresses; the first address is the gateway.") var podCidr: String = WeftDefaults.podCIDR
+    @Option(help: "IPv6 prefix for pod addresses, /64 to /96 (\"none\": IPv4 only).") var podCidr6: String = WeftDefaults.podCIDRv6
     @Option(help: "State directory.") var stateDir: String = WeftDefaults.stateDirectory
     @Option(help: "SO_MARK on the proxy's sockets (must match the capture rules).") var proxyMark: UInt32 = 0x539
     @Option(help: "Upstream connect timeout in milliseconds.") var connectTimeoutMs: Int64 = 10_000
@@ -35,6 +36,14 @@ struct AgentCommand: AsyncParsableCommand {
                 throw WeftError(.invalidArgument, "--bridge \(bridge): interface names are 1-15 characters")
             }
             var config = AgentConfiguration()
+            if podCidr6 == "none" {
+                config.podCIDRv6 = nil
+            } else {
+                guard let v6 = CIDR(podCidr6), v6.family == .v6, (8...96).contains(v6.prefixLength) else {
+                    throw WeftError(.invalidArgument, "--pod-cidr6 \(podCidr6): expected an IPv6 prefix of /8 to /96 (e.g. fd77:7765:6674::/64) or none")
+                }
+                config.podCIDRv6 = v6
+            }
             config.socketPath = socket
             config.bridge = bridge
             config.podCIDR = cidr

@@ -47,14 +47,14 @@ struct RunCommand: ParsableCommand {
         var cleanup = Cleanup()
         let status: Int32
         do {
-            try plan.setUp(&cleanup)
+            let attached = try plan.setUp(&cleanup)
             let early = weft_pending_termination()
             if early != 0 {
                 cleanup.run()
                 warn("received signal \(early) during set-up; not starting \(plan.argv[0])")
                 Foundation.exit(128 + early)
             }
-            status = try plan.execute()
+            status = try plan.execute(attached)
         } catch let e as SpawnError {
             cleanup.run()
             fail(e.error, exitCode: e.exitCode)
@@ -117,7 +117,8 @@ struct RunPlan {
                        client: AgentClient(socketPath: cmd.agent.path), verbose: cmd.verbose)
     }
 
-    func setUp(_ cleanup: inout Cleanup) throws {
+    /// Returns the spec as attached (with the addresses the agent gave it).
+    func setUp(_ cleanup: inout Cleanup) throws -> WorkloadSpec {
         let netns = spec.netns
         _ = try client.call(.ping)
         if NetnsManager.exists(netns) {
@@ -139,6 +140,7 @@ struct RunPlan {
 
         var spec = self.spec
         spec.podIP = network.podIP
+        spec.podIPv6 = network.podIPv6
         _ = try client.call(.attach(spec))
         cleanup.push("detach \(netns)") { _ = try client.call(.detach(netns: netns)) }
 
@@ -151,10 +153,11 @@ struct RunPlan {
             if n > 0 { warn("stopped \(n) process(es) \(spec.name) left behind in netns \(netns)") }
         }
         if verbose { FileHandle.standardError.write(Data("weft: workload \(spec.name) (service \(spec.service)) at \(network.podIP) in netns \(netns)\n".utf8)) }
+        return spec
     }
 
     /// Starts the command inside the netns and waits for it. Returns the raw wait status.
-    func execute() throws -> Int32 {
+    func execute(_ spec: WorkloadSpec) throws -> Int32 {
         let handle = try NetnsHandle(opening: spec.netns)
         var env = ProcessInfo.processInfo.environment
         env["HOME"] = account.home
@@ -163,6 +166,7 @@ struct RunPlan {
         env["WEFT_WORKLOAD"] = spec.name
         env["WEFT_SERVICE"] = spec.service.rawValue
         if let ip = spec.podIP { env["WEFT_POD_IP"] = ip.description }
+        if let ip = spec.podIPv6 { env["WEFT_POD_IPV6"] = ip.description }
         let envp = env.map { "\($0.key)=\($0.value)" }
         var step: Int32 = 0
         let pid = withCStrings(argv) { cargv in

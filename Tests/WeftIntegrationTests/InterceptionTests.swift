@@ -13,7 +13,7 @@ final class InterceptionTests: XCTestCase {
     }
 
     /// Serves `files` with an unmodified `python3 -m http.server` under `weft run`.
-    func startHTTPServer(name: String, port: Int, files: [String: String]) throws -> (MeshHarness.Background, WorkloadStatus) {
+    func startHTTPServer(name: String, port: Int, files: [String: String], bind: String = "0.0.0.0") throws -> (MeshHarness.Background, WorkloadStatus) {
         let root = mesh.dir + "/www-" + name
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         for (file, body) in files {
@@ -21,7 +21,7 @@ final class InterceptionTests: XCTestCase {
         }
         let server = try mesh.startWeft(["run", "--name", mesh.name(name), "--service", "web", "--port", "\(port)",
                                          "--label", "version=v1", "--", "/usr/bin/python3", "-m", "http.server", "\(port)",
-                                         "--bind", "0.0.0.0", "--directory", root])
+                                         "--bind", bind, "--directory", root])
         try mesh.waitForListener(netns: mesh.name(name), port: port)
         let status = try XCTUnwrap(try mesh.workload(mesh.name(name)), "server workload not attached: \(server.stderr)")
         return (server, status)
@@ -49,6 +49,20 @@ final class InterceptionTests: XCTestCase {
         // The client workload is gone, but the agent log names its outbound connection.
         XCTAssertTrue(mesh.agentLog.contains("destination=\(ip):8123"), "outbound proxy did not forward to the original destination")
         XCTAssertTrue(mesh.agentLog.contains("[WeftProxy] outbound connection"))
+    }
+
+    func testIPv6OriginalDestinationThroughBothProxies() throws {
+        let (server, srv) = try startHTTPServer(name: "srv6", port: 8125, files: ["six.txt": "over IPv6\n"], bind: "::")
+        let v6 = try XCTUnwrap(srv.spec.podIPv6, "pods get an IPv6 address from the agent's ULA prefix")
+        XCTAssertEqual(v6.family, .v6)
+        let client = mesh.weft(["run", "--name", mesh.name("cli6"), "--service", "client", "--",
+                                "curl", "-6", "-sS", "-m", "10", "http://[\(v6)]:8125/six.txt"], timeout: 30)
+        XCTAssertEqual(client.status, 0, client.output)
+        XCTAssertEqual(client.stdout, "over IPv6\n")
+        // Outbound read the IPv6 original destination; inbound delivered over [::1].
+        XCTAssertTrue(mesh.agentLog.contains("destination=[\(v6)]:8125"), mesh.agentLog.suffix(2000).description)
+        XCTAssertTrue(mesh.agentLog.contains("destination=[::1]:8125"))
+        XCTAssertTrue(server.stderr.contains("::1 - - "), server.stderr)
     }
 
     func testCountersOfALiveClientProveOutboundInterception() throws {

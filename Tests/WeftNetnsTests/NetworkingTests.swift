@@ -32,6 +32,14 @@ final class PodAddressPoolTests: XCTestCase {
         XCTAssertThrowsError(try PodAddressPool(cidr: CIDR("fd00::/64")!))
     }
 
+    func testIPv6AddressFollowsTheIPv4One() {
+        let prefix = CIDR("fd77:7765:6674::/64")!
+        XCTAssertEqual(PodAddressPool.ipv6(for: IPAddress("10.231.0.5")!, in: prefix)?.description, "fd77:7765:6674::ae7:5")
+        XCTAssertEqual(PodAddressPool.ipv6Gateway(in: prefix)?.description, "fd77:7765:6674::1")
+        XCTAssertNil(PodAddressPool.ipv6(for: IPAddress("10.231.0.5")!, in: CIDR("fd00::/120")!), "needs 32 host bits")
+        XCTAssertNil(PodAddressPool.ipv6(for: IPAddress("fd00::5")!, in: prefix))
+    }
+
     func testHostVethNameFitsIFNAMSIZ() throws {
         let long = try NetnsName(String(repeating: "x", count: 64))
         let name = PodNetworking.hostVethName(for: long)

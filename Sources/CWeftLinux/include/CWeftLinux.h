@@ -52,8 +52,14 @@ int weft_link_up(int nsfd, const char *ifname, int master_ifindex);
 int weft_link_delete(int nsfd, const char *ifname);
 /// Adds an address (4 or 16 bytes) with a prefix length to a link.
 int weft_addr_add(int nsfd, const char *ifname, int family, const uint8_t *addr, int prefixlen);
+/// Same, with IFA_F_* flags (IFA_F_NODAD = 0x02: an IPv6 address usable at once).
+int weft_addr_add_flags(int nsfd, const char *ifname, int family, const uint8_t *addr, int prefixlen,
+                        uint32_t flags);
+#define WEFT_IFA_F_NODAD 0x02
 /// Adds a default route via an IPv4 gateway.
 int weft_route_add_default4(int nsfd, const uint8_t gateway[4]);
+/// Adds a default route via a gateway of either family (4 or 16 bytes).
+int weft_route_add_default(int nsfd, int family, const uint8_t *gateway);
 /// Writes up to max IPv4 addresses (4 bytes each) of non-loopback links; returns the count.
 int weft_netns_ipv4_addresses(int nsfd, uint8_t *out, int max);
 

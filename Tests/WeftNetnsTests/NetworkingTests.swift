@@ -89,3 +89,23 @@ final class VocabularyTests: XCTestCase {
         XCTAssertEqual(CIDR("10.0.0.1")?.prefixLength, 32)
     }
 }
+
+final class HostCommandTests: XCTestCase {
+    /// A missing system tool (iptables on a fresh machine) is named with the package to install.
+    func testMissingToolNamesThePackage() {
+        XCTAssertThrowsError(try HostCommand.require("weft-no-such-tool", package: "iptables")) { error in
+            let e = error as! WeftError
+            XCTAssertEqual(e.code, .toolMissing)
+            XCTAssertEqual(e.message, "weft-no-such-tool is not installed")
+            XCTAssertEqual(e.hint, "install it with: apt-get install -y iptables")
+        }
+        XCTAssertThrowsError(try HostCommand.run("weft-no-such-tool", package: "iptables", ["-t", "nat"]))
+    }
+
+    func testRunCapturesOutputAndStatus() throws {
+        let r = try HostCommand.run("sh", package: "dash", ["-c", "echo out; echo err >&2; exit 3"])
+        XCTAssertEqual(r.status, 3)
+        XCTAssertEqual(r.stdout, "out\n")
+        XCTAssertEqual(r.stderr, "err\n")
+    }
+}

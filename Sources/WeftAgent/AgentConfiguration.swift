@@ -14,6 +14,9 @@ public struct AgentConfiguration: Sendable {
     /// IPv4 address; the bridge is prefix::1.
     public var podCIDRv6: CIDR? = CIDR(WeftDefaults.podCIDRv6)
     public var stateDirectory = WeftDefaults.stateDirectory
+    /// Virtual IPs for services, and their IPv6 twins (nil: no IPv6 VIPs).
+    public var serviceCIDR = CIDR(WeftDefaults.serviceCIDR)!
+    public var serviceCIDRv6: CIDR? = CIDR(WeftDefaults.serviceCIDRv6)
     /// Capture ports and the proxy's SO_MARK; handed to `weft run` so rules and proxy agree.
     public var capture = CaptureSettings()
     /// Upstream connect timeout for L4 forwarding.

@@ -109,6 +109,8 @@ final class LocalAPI: Sendable {
                 return AgentResponse()
             case .listWorkloads:
                 return AgentResponse(workloads: await registry.list())
+            case .listServices:
+                return AgentResponse(services: await registry.services())
             }
         } catch let error as WeftError {
             return .failure(error)

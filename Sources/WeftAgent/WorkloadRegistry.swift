@@ -21,11 +21,31 @@ public actor WorkloadRegistry {
     private var reservedAt: [NetnsName: Date] = [:]
     private var attached: [NetnsName: Attached] = [:]
     private var attaching: Set<NetnsName> = []
+    private var catalog: ServiceCatalog
+    /// What the data path reads; republished after every change to the workloads.
+    public nonisolated let directory = ServiceDirectory()
 
     public init(config: AgentConfiguration, logger: Logger) throws {
         self.config = config
         self.logger = logger
         self.pool = try PodAddressPool(cidr: config.podCIDR)
+        self.catalog = try ServiceCatalog(vipRange: config.serviceCIDR, vip6Prefix: config.serviceCIDRv6)
+        directory.publish(catalog)
+    }
+
+    /// Recomputes services and endpoints from the attached workloads and publishes them.
+    private func republish() {
+        do {
+            try catalog.rebuild(from: attached.values.map(\.proxy.spec))
+        } catch {
+            logger.error("service registry: \(error)")
+        }
+        directory.publish(catalog)
+    }
+
+    public func services() async -> [ServiceStatus] {
+        await reapVanished()
+        return catalog.statuses
     }
 
     public var gateway: IPAddress { pool.gateway }
@@ -75,8 +95,9 @@ public actor WorkloadRegistry {
         if spec.podIP == nil { spec.podIP = handle.ipv4Addresses().first }
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
-            connectTimeout: config.connectTimeout, logger: logger, now: Date().timeIntervalSince1970)
+            directory: directory, connectTimeout: config.connectTimeout, logger: logger, now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)
+        republish()
         reservedAt[spec.netns] = nil
         logger.info("attached workload", metadata: ["workload": "\(spec.name)", "netns": "\(spec.netns)",
                                                     "service": "\(spec.service)", "ip": "\(spec.podIP.map { "\($0)" } ?? "-")"])
@@ -88,6 +109,7 @@ public actor WorkloadRegistry {
         }
         await entry.proxy.stop()
         pool.release(netns)
+        republish()
         logger.info("detached workload", metadata: ["workload": "\(entry.proxy.spec.name)", "netns": "\(netns)"])
     }
 
@@ -100,6 +122,7 @@ public actor WorkloadRegistry {
             attached[name] = nil
             await entry.proxy.stop()
             pool.release(name)
+            republish()
             logger.notice("netns \(name) disappeared; detached workload \(entry.proxy.spec.name)")
         }
     }

@@ -40,17 +40,19 @@ public struct WorkloadSpec: Codable, Sendable, Equatable {
     public var name: String
     public var netns: NetnsName
     public var service: ServiceName
+    public var namespace: MeshNamespace = .default
     public var ports: [PortMapping]
     public var labels: [String: String]
     /// Set for namespaces created by `weft run` (the agent allocated the address).
     public var podIP: IPAddress?
     public var podIPv6: IPAddress?
 
-    public init(name: String, netns: NetnsName, service: ServiceName, ports: [PortMapping],
-                labels: [String: String], podIP: IPAddress?) {
+    public init(name: String, netns: NetnsName, service: ServiceName, namespace: MeshNamespace = .default,
+                ports: [PortMapping], labels: [String: String], podIP: IPAddress?) {
         self.name = name
         self.netns = netns
         self.service = service
+        self.namespace = namespace
         self.ports = ports
         self.labels = labels
         self.podIP = podIP
@@ -93,6 +95,7 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case attach(WorkloadSpec)
     case detach(netns: NetnsName)
     case listWorkloads
+    case listServices
 }
 
 public struct AgentResponse: Codable, Sendable, Equatable {
@@ -101,10 +104,13 @@ public struct AgentResponse: Codable, Sendable, Equatable {
     public var capture: CaptureSettings?
     public var network: PodNetwork?
     public var workloads: [WorkloadStatus]?
+    public var services: [ServiceStatus]?
     public var version: String?
 
     public init(error: String? = nil, errorCode: String? = nil, capture: CaptureSettings? = nil,
-                network: PodNetwork? = nil, workloads: [WorkloadStatus]? = nil, version: String? = nil) {
+                network: PodNetwork? = nil, workloads: [WorkloadStatus]? = nil, services: [ServiceStatus]? = nil,
+                version: String? = nil) {
+        self.services = services
         self.error = error
         self.errorCode = errorCode
         self.capture = capture
@@ -128,5 +134,13 @@ public enum WeftDefaults {
     public static let podCIDR = "10.231.0.0/16"
     /// ULA prefix ("weft" in hex); a pod's IPv6 address ends in its IPv4 address.
     public static let podCIDRv6 = "fd77:7765:6674::/64"
+    /// Virtual IPs of services (Istio's auto-allocation range).
+    public static let serviceCIDR = "240.240.0.0/16"
+    /// IPv6 virtual IPs: this prefix with the IPv4 virtual IP in the last 32 bits.
+    public static let serviceCIDRv6 = "fd77:7765:6674:ffff::/96"
     public static let stateDirectory = "/var/lib/weft"
+}
+
+extension WorkloadSpec {
+    public var serviceKey: ServiceKey { ServiceKey(name: service, namespace: namespace) }
 }

@@ -50,4 +50,11 @@ public enum CaptureDecisions {
         let loopback: IPAddress = original.ip.family == .v4 ? .v4(0x7f00_0001) : .v6([UInt8](repeating: 0, count: 15) + [1])
         return .forward(to: OriginalDestination(ip: loopback, port: original.port))
     }
+
+    /// Where to try next when the app refuses the inbound target: an app that listens on
+    /// IPv4 only is still reachable by IPv6 callers (the mesh terminated their connection).
+    public static func inboundFallback(after target: OriginalDestination) -> OriginalDestination? {
+        guard target.ip.family == .v6, target.ip.isLoopback else { return nil }
+        return OriginalDestination(ip: .v4(0x7f00_0001), port: target.port)
+    }
 }

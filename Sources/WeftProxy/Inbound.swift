@@ -6,8 +6,9 @@ import WeftCore
 /// PREROUTING REDIRECT rule delivered it to the inbound listener on 15006.
 ///
 /// 1. recover the original destination (the pod address and the port the caller dialled)
-/// 2. decide: the app is reached on loopback in its own netns, on that port; proxy ports
-///    are never forwarded
+/// 2. decide: the app is reached on loopback in its own netns, on that port (an IPv6 caller
+///    falls back to 127.0.0.1 when the app listens on IPv4 only); proxy ports are never
+///    forwarded
 /// 3. connect to the app from inside the netns (marked; loopback is never captured anyway)
 /// 4. splice, counting bytes both ways
 enum Inbound {
@@ -20,7 +21,8 @@ enum Inbound {
             case .forward(let target):
                 return context.forward(downstream, to: target, direction: .inbound,
                                        downstreamBytes: context.counters.bytesInboundReceived,
-                                       upstreamBytes: context.counters.bytesInboundSent)
+                                       upstreamBytes: context.counters.bytesInboundSent,
+                                       fallback: CaptureDecisions.inboundFallback(after: target))
             }
         }.flatMapError { error in
             context.refuse(downstream, direction: .inbound, reason: "no original destination: \(WorkloadContext.describe(error))")

@@ -7,9 +7,11 @@ import WeftCore
 ///
 /// 1. recover the original destination (SO_ORIGINAL_DST)
 /// 2. decide: refuse loops and direct connections to the proxy port
-/// 3. connect to the destination from inside the netns with the proxy's SO_MARK, so the
-///    capture rules let this connection through
-/// 4. splice the two connections, counting bytes both ways
+/// 3. route: a service virtual IP becomes one of the service's endpoints (round robin);
+///    any other address is used as it is
+/// 4. connect to the target from inside the netns with the proxy's SO_MARK, so the capture
+///    rules let this connection through
+/// 5. splice the two connections, counting bytes both ways
 enum Outbound {
     static func accept(_ downstream: Channel, context: WorkloadContext, listener: OriginalDestination) -> EventLoopFuture<Void> {
         context.counters.connectionsOutbound.add(1)
@@ -17,7 +19,18 @@ enum Outbound {
             switch CaptureDecisions.outbound(original: original, listener: listener, ports: context.ports) {
             case .refuse(let reason):
                 return context.refuse(downstream, direction: .outbound, reason: reason)
-            case .forward(let target):
+            case .forward(let original):
+                let target: OriginalDestination
+                switch context.directory.resolve(original) {
+                case .passthrough:
+                    target = original
+                case .endpoint(let endpoint, _, _):
+                    target = endpoint
+                case .noEndpoints(let service):
+                    return context.refuse(downstream, direction: .outbound, reason: "service \(service) (\(original)) has no endpoints")
+                case .unknownPort(let service, let port):
+                    return context.refuse(downstream, direction: .outbound, reason: "service \(service) has no port \(port)")
+                }
                 return context.forward(downstream, to: target, direction: .outbound,
                                        downstreamBytes: context.counters.bytesOutboundSent,
                                        upstreamBytes: context.counters.bytesOutboundReceived)

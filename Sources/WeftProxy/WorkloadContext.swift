@@ -13,6 +13,7 @@ public struct WorkloadContext: Sendable {
     public let mark: UInt32
     public let connectTimeout: TimeAmount
     public let logger: Logger
+    public let directory: ServiceDirectory
 }
 
 enum Direction: String {
@@ -24,7 +25,8 @@ extension WorkloadContext {
     /// On a failed connect the downstream is reset, so the app sees a refused/reset
     /// connection rather than an accepted one that then goes silent.
     func forward(_ downstream: Channel, to target: OriginalDestination, direction: Direction,
-                 downstreamBytes: Counter, upstreamBytes: Counter) -> EventLoopFuture<Void> {
+                 downstreamBytes: Counter, upstreamBytes: Counter,
+                 fallback: OriginalDestination? = nil) -> EventLoopFuture<Void> {
         let address: SocketAddress
         do { address = try target.socketAddress } catch {
             return refuse(downstream, direction: direction, reason: "bad destination \(target): \(error)")
@@ -37,7 +39,11 @@ extension WorkloadContext {
                             downstreamReceived: downstreamBytes, upstreamReceived: upstreamBytes)
             logger.debug("\(direction.rawValue) connection", metadata: ["client": "\(client)", "destination": "\(target)"])
         }.flatMapError { error in
-            self.refuse(downstream, direction: direction, reason: "upstream \(target): \(Self.describe(error))")
+            if let fallback, Self.isRefused(error) {
+                return self.forward(downstream, to: fallback, direction: direction,
+                                    downstreamBytes: downstreamBytes, upstreamBytes: upstreamBytes)
+            }
+            return self.refuse(downstream, direction: direction, reason: "upstream \(target): \(Self.describe(error))")
         }
     }
 
@@ -48,6 +54,15 @@ extension WorkloadContext {
         // RST rather than FIN: the app learns at once that nothing is there.
         channel.closeWithReset()
         return channel.eventLoop.makeSucceededVoidFuture()
+    }
+
+    /// ECONNREFUSED, directly or inside NIO's per-address connection errors.
+    static func isRefused(_ error: Error) -> Bool {
+        if let io = error as? IOError { return io.errnoCode == ECONNREFUSED }
+        if let e = error as? NIOConnectionError {
+            return e.connectionErrors.contains { ($0.error as? IOError)?.errnoCode == ECONNREFUSED }
+        }
+        return false
     }
 
     static func describe(_ error: Error) -> String {

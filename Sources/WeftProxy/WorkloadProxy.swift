@@ -25,13 +25,14 @@ public final class WorkloadProxy: Sendable {
 
     public static func start(
         spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
-        connectTimeout: TimeAmount = .seconds(10), logger: Logger, now: Double
+        directory: ServiceDirectory, connectTimeout: TimeAmount = .seconds(10), logger: Logger, now: Double
     ) async throws -> WorkloadProxy {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
         var logger = logger
         logger[metadataKey: "workload"] = "\(spec.name)"
         let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), ports: ProxyPorts(settings),
-                                      mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger)
+                                      mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
+                                      directory: directory)
         let plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),

@@ -18,6 +18,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Host bridge for pod veths.") var bridge: String = WeftDefaults.bridge
     @Option(help: "IPv4 block for pod addresses; the first address is the gateway.") var podCidr: String = WeftDefaults.podCIDR
     @Option(help: "IPv6 prefix for pod addresses, /64 to /96 (\"none\": IPv4 only).") var podCidr6: String = WeftDefaults.podCIDRv6
+    @Option(help: "IPv4 block for service virtual IPs.") var serviceCidr: String = WeftDefaults.serviceCIDR
+    @Option(help: "IPv6 prefix (/96) for service virtual IPs (\"none\": no IPv6 VIPs).") var serviceCidr6: String = WeftDefaults.serviceCIDRv6
     @Option(help: "State directory.") var stateDir: String = WeftDefaults.stateDirectory
     @Option(help: "SO_MARK on the proxy's sockets (must match the capture rules).") var proxyMark: UInt32 = 0x539
     @Option(help: "Upstream connect timeout in milliseconds.") var connectTimeoutMs: Int64 = 10_000
@@ -43,6 +45,18 @@ struct AgentCommand: AsyncParsableCommand {
                     throw WeftError(.invalidArgument, "--pod-cidr6 \(podCidr6): expected an IPv6 prefix of /8 to /96 (e.g. fd77:7765:6674::/64) or none")
                 }
                 config.podCIDRv6 = v6
+            }
+            guard let svc = CIDR(serviceCidr), svc.family == .v4, svc.prefixLength <= 30 else {
+                throw WeftError(.invalidArgument, "--service-cidr \(serviceCidr): expected an IPv4 block of /30 or larger (e.g. 240.240.0.0/16)")
+            }
+            config.serviceCIDR = svc
+            if serviceCidr6 == "none" {
+                config.serviceCIDRv6 = nil
+            } else {
+                guard let svc6 = CIDR(serviceCidr6), svc6.family == .v6, svc6.prefixLength <= 96 else {
+                    throw WeftError(.invalidArgument, "--service-cidr6 \(serviceCidr6): expected an IPv6 prefix of /96 or shorter, or none")
+                }
+                config.serviceCIDRv6 = svc6
             }
             config.socketPath = socket
             config.bridge = bridge

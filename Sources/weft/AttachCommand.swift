@@ -12,6 +12,7 @@ struct AttachCommand: ParsableCommand {
 
     @Option(help: "The network namespace (a name under /run/netns).") var netns: String
     @Option(help: "Service this workload serves.") var service: String
+    @Option(help: "Mesh namespace of the service.") var namespace: String = "default"
     @Option(help: "Workload name (default: the netns name).") var name: String?
     @Option(help: "PORT[:TARGET][/PROTO] (repeatable).") var port: [String] = []
     @Option(help: "KEY=VALUE label (repeatable).") var label: [String] = []
@@ -23,6 +24,7 @@ struct AttachCommand: ParsableCommand {
             let netns = try NetnsName(self.netns)
             _ = try HostCommand.require("iptables-restore", package: "iptables")
             let spec = WorkloadSpec(name: name ?? netns.rawValue, netns: netns, service: try ServiceName(service),
+                                    namespace: try MeshNamespace(namespace),
                                     ports: try port.map(PortMapping.init(parsing:)), labels: try ListParsing.labels(label), podIP: nil)
             _ = try NetnsHandle(opening: netns)
             let client = AgentClient(socketPath: agent.path)

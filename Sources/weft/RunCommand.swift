@@ -24,6 +24,7 @@ struct RunCommand: ParsableCommand {
 
     @Option(help: "Workload name; also the netns name (default: SERVICE-xxxxx).") var name: String?
     @Option(help: "Service this workload serves.") var service: String
+    @Option(help: "Mesh namespace of the service.") var namespace: String = "default"
     @Option(help: "PORT[:TARGET][/PROTO] the service listens on (repeatable).") var port: [String] = []
     @Option(help: "KEY=VALUE label (repeatable).") var label: [String] = []
     @Option(help: "User to run the command as (default: the sudo user, else nobody).") var user: String?
@@ -110,7 +111,8 @@ struct RunPlan {
         let service = try ServiceName(cmd.service)
         let name = cmd.name ?? "\(service)-\(String(UInt32.random(in: 0...0xfffff), radix: 16))"
         let netns = try NetnsName(name)
-        let spec = WorkloadSpec(name: name, netns: netns, service: service, ports: try cmd.port.map(PortMapping.init(parsing:)),
+        let spec = WorkloadSpec(name: name, netns: netns, service: service, namespace: try MeshNamespace(cmd.namespace),
+                                ports: try cmd.port.map(PortMapping.init(parsing:)),
                                 labels: try ListParsing.labels(cmd.label), podIP: nil)
         let account = try Account.resolve(cmd.user)
         return RunPlan(spec: spec, executable: executable, argv: cmd.command, account: account,

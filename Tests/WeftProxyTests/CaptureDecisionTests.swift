@@ -33,6 +33,8 @@ final class CaptureDecisionTests: XCTestCase {
                        .forward(to: dst("127.0.0.1", 8000)))
         XCTAssertEqual(CaptureDecisions.inbound(original: dst("fd00::2", 8000), listener: dst("fd00::2", 15006), ports: ports),
                        .forward(to: dst("::1", 8000)))
+        XCTAssertEqual(CaptureDecisions.inboundFallback(after: dst("::1", 8000)), dst("127.0.0.1", 8000))
+        XCTAssertNil(CaptureDecisions.inboundFallback(after: dst("127.0.0.1", 8000)))
         guard case .refuse = CaptureDecisions.inbound(original: listener, listener: listener, ports: ports) else {
             return XCTFail("a direct connection to 15006 must be refused")
         }

@@ -1,0 +1,78 @@
+/// A mesh namespace (Istio's namespace: part of service names and identities). A DNS label.
+public struct MeshNamespace: Hashable, Sendable, CustomStringConvertible, Codable, Comparable {
+    public let rawValue: String
+    public static let `default` = try! MeshNamespace("default")
+
+    public init(_ raw: String) throws {
+        let ok = !raw.isEmpty && raw.count <= 63
+            && raw.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") })
+            && raw.first != "-" && raw.last != "-"
+        guard ok else {
+            throw WeftError(.invalidArgument,
+                            "invalid namespace '\(raw)': use a DNS label (lowercase letters, digits, '-', at most 63)")
+        }
+        rawValue = raw
+    }
+
+    public var description: String { rawValue }
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+
+    public init(from decoder: Decoder) throws {
+        try self.init(decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(rawValue)
+    }
+}
+
+/// A service is named within a namespace: `payments.default`.
+public struct ServiceKey: Hashable, Sendable, Codable, Comparable, CustomStringConvertible {
+    public let name: ServiceName
+    public let namespace: MeshNamespace
+
+    public init(name: ServiceName, namespace: MeshNamespace) {
+        self.name = name
+        self.namespace = namespace
+    }
+
+    public var description: String { "\(name).\(namespace)" }
+    /// The fully qualified name Istio users write: payments.default.svc.cluster.local.
+    public var fqdn: String { "\(name).\(namespace).svc.cluster.local" }
+    public static func < (a: Self, b: Self) -> Bool { (a.namespace, a.name.rawValue) < (b.namespace, b.name.rawValue) }
+}
+
+/// One workload serving a service.
+public struct ServiceEndpoint: Codable, Sendable, Equatable {
+    public var workload: String
+    public var ip: IPAddress
+    public var ipv6: IPAddress?
+    public var ports: [PortMapping]
+    public var labels: [String: String]
+
+    public init(workload: String, ip: IPAddress, ipv6: IPAddress?, ports: [PortMapping], labels: [String: String]) {
+        self.workload = workload
+        self.ip = ip
+        self.ipv6 = ipv6
+        self.ports = ports
+        self.labels = labels
+    }
+}
+
+/// A service as the registry sees it: its virtual IPs, ports and live endpoints.
+public struct ServiceStatus: Codable, Sendable, Equatable {
+    public var key: ServiceKey
+    public var vip: IPAddress
+    public var vip6: IPAddress?
+    public var ports: [PortMapping]
+    public var endpoints: [ServiceEndpoint]
+
+    public init(key: ServiceKey, vip: IPAddress, vip6: IPAddress?, ports: [PortMapping], endpoints: [ServiceEndpoint]) {
+        self.key = key
+        self.vip = vip
+        self.vip6 = vip6
+        self.ports = ports
+        self.endpoints = endpoints
+    }
+}

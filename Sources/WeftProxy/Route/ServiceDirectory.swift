@@ -1,0 +1,31 @@
+import Synchronization
+import WeftCore
+
+/// The catalog as the data path reads it: one immutable snapshot, swapped whole by the agent
+/// (never a half-updated view), plus a round-robin position per service. Shared by every
+/// workload loop of the agent; one short lock per new connection.
+public final class ServiceDirectory: Sendable {
+    private struct State {
+        var catalog: ServiceCatalog?
+        var cursors: [ServiceKey: Int] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public func publish(_ catalog: ServiceCatalog) {
+        state.withLock { $0.catalog = catalog }
+    }
+
+    /// Resolves a captured destination: a service VIP becomes one of its endpoints (round
+    /// robin per service); anything else passes through.
+    public func resolve(_ destination: OriginalDestination) -> ServiceResolution {
+        state.withLock { state in
+            guard let entry = state.catalog?.service(forVIP: destination.ip) else { return .passthrough }
+            let turn = state.cursors[entry.key, default: 0]
+            state.cursors[entry.key] = turn &+ 1
+            return entry.resolve(port: destination.port, family: destination.ip.family) { count in turn % count }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+import WeftCore
+import XCTest
+@testable import WeftProxy
+
+final class ServiceCatalogTests: XCTestCase {
+    func workload(_ name: String, service: String, ns: String = "default", ip: String, ip6: String? = nil,
+                  ports: [String] = [], labels: [String: String] = [:]) -> WorkloadSpec {
+        WorkloadSpec(name: name, netns: try! NetnsName(name), service: try! ServiceName(service), namespace: try! MeshNamespace(ns),
+                     ports: ports.map { try! PortMapping(parsing: $0) }, labels: labels, podIP: IPAddress(ip)).with(ip6)
+    }
+
+    func catalog() -> ServiceCatalog {
+        try! ServiceCatalog(vipRange: CIDR("240.240.0.0/16")!, vip6Prefix: CIDR("fd77:7765:6674:ffff::/96")!)
+    }
+
+    func testVIPsAreAllocatedOnceAndKeptWhileEndpointsChange() throws {
+        var c = catalog()
+        try c.rebuild(from: [workload("web-a", service: "web", ip: "10.0.0.2", ports: ["80:3000/http"]),
+                             workload("db-1", service: "db", ip: "10.0.0.3")])
+        let web = try XCTUnwrap(c.entries[ServiceKey(name: try ServiceName("web"), namespace: .default)])
+        XCTAssertEqual(web.vip, IPAddress("240.240.0.2"), "sorted by workload name: db-1 first, then web-a")
+        XCTAssertEqual(web.vip6?.description, "fd77:7765:6674:ffff:0:0:f0f0:2".replacingOccurrences(of: ":0:0:", with: "::"))
+        XCTAssertEqual(web.ports.map(\.description), ["80:3000/http"])
+        try c.rebuild(from: [])
+        let gone = try XCTUnwrap(c.entries[web.key])
+        XCTAssertEqual(gone.vip, web.vip, "a service keeps its VIP with no endpoints")
+        XCTAssertEqual(gone.endpoints, [])
+        try c.rebuild(from: [workload("web-b", service: "web", ip: "10.0.0.9")])
+        XCTAssertEqual(c.entries[web.key]?.vip, web.vip)
+        XCTAssertEqual(c.entries[web.key]?.endpoints.map(\.workload), ["web-b"])
+    }
+
+    func testSameNameInTwoNamespacesIsTwoServices() throws {
+        var c = catalog()
+        try c.rebuild(from: [workload("a", service: "web", ns: "shop", ip: "10.0.0.2"),
+                             workload("b", service: "web", ns: "blog", ip: "10.0.0.3")])
+        XCTAssertEqual(c.statuses.map(\.key.description), ["web.blog", "web.shop"])
+        XCTAssertNotEqual(c.statuses[0].vip, c.statuses[1].vip)
+    }
+
+    func testResolveTable() throws {
+        var c = catalog()
+        try c.rebuild(from: [workload("web-a", service: "web", ip: "10.0.0.2", ip6: "fd77::2", ports: ["80:3000"]),
+                             workload("web-b", service: "web", ip: "10.0.0.3", ports: ["80:3001"]),
+                             workload("raw-1", service: "raw", ip: "10.0.0.4")])
+        let web = try XCTUnwrap(c.service(forVIP: IPAddress("240.240.0.2")!))
+        XCTAssertEqual(web.key.name.rawValue, "web")
+        XCTAssertEqual(web.resolve(port: 80, family: .v4) { _ in 0 },
+                       .endpoint(OriginalDestination(ip: IPAddress("10.0.0.2")!, port: 3000), service: web.key, workload: "web-a"))
+        XCTAssertEqual(web.resolve(port: 80, family: .v4) { _ in 1 },
+                       .endpoint(OriginalDestination(ip: IPAddress("10.0.0.3")!, port: 3001), service: web.key, workload: "web-b"),
+                       "each endpoint's own target port")
+        XCTAssertEqual(web.resolve(port: 80, family: .v6) { _ in 0 },
+                       .endpoint(OriginalDestination(ip: IPAddress("fd77::2")!, port: 3000), service: web.key, workload: "web-a"))
+        XCTAssertEqual(web.resolve(port: 81, family: .v4) { _ in 0 }, .unknownPort(web.key, 81))
+        let raw = try XCTUnwrap(c.service(forVIP: IPAddress("240.240.0.1")!))
+        XCTAssertEqual(raw.resolve(port: 5432, family: .v4) { _ in 0 },
+                       .endpoint(OriginalDestination(ip: IPAddress("10.0.0.4")!, port: 5432), service: raw.key, workload: "raw-1"),
+                       "no declared ports: the port passes through")
+        try c.rebuild(from: [])
+        XCTAssertEqual(c.service(forVIP: IPAddress("240.240.0.2")!)?.resolve(port: 80, family: .v4) { _ in 0 }, .noEndpoints(web.key))
+        XCTAssertNil(c.service(forVIP: IPAddress("10.0.0.2")!))
+    }
+
+    func testDirectoryRoundRobinIsPerService() throws {
+        var c = catalog()
+        try c.rebuild(from: [workload("a1", service: "a", ip: "10.0.1.1"), workload("a2", service: "a", ip: "10.0.1.2"),
+                             workload("b1", service: "b", ip: "10.0.2.1"), workload("b2", service: "b", ip: "10.0.2.2")])
+        let d = ServiceDirectory()
+        d.publish(c)
+        let vipA = OriginalDestination(ip: c.statuses[0].vip, port: 80), vipB = OriginalDestination(ip: c.statuses[1].vip, port: 80)
+        var seenA: [String] = []
+        for _ in 0..<4 {
+            if case .endpoint(_, _, let w) = d.resolve(vipA) { seenA.append(w) }
+            _ = d.resolve(vipB)  // interleaved calls to another service must not skew a's rotation
+        }
+        XCTAssertEqual(seenA, ["a1", "a2", "a1", "a2"])
+        XCTAssertEqual(d.resolve(OriginalDestination(ip: IPAddress("10.9.9.9")!, port: 80)), .passthrough)
+    }
+}
+
+extension WorkloadSpec {
+    func with(_ ip6: String?) -> WorkloadSpec {
+        var s = self
+        s.podIPv6 = ip6.flatMap(IPAddress.init)
+        return s
+    }
+}

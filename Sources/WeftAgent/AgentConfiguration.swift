@@ -1,4 +1,5 @@
 import Glibc
+import Foundation
 import NIOCore
 import WeftCore
 
@@ -19,6 +20,22 @@ public struct AgentConfiguration: Sendable {
     public var serviceCIDRv6: CIDR? = CIDR(WeftDefaults.serviceCIDRv6)
     /// Capture ports and the proxy's SO_MARK; handed to `weft run` so rules and proxy agree.
     public var capture = CaptureSettings()
+    /// Resolver for names outside the mesh, reached from the host's netns (nil: those names
+    /// get SERVFAIL). Default: the first nameserver of /etc/resolv.conf.
+    public var dnsUpstream: OriginalDestination? = AgentConfiguration.systemResolver()
+
+    /// The first `nameserver` line of /etc/resolv.conf, port 53.
+    public static func systemResolver(path: String = "/etc/resolv.conf") -> OriginalDestination? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") {
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            if words.count >= 2, words[0] == "nameserver", let ip = IPAddress(String(words[1].split(separator: "%")[0])) {
+                return OriginalDestination(ip: ip, port: 53)
+            }
+        }
+        return nil
+    }
+
     /// Upstream connect timeout for L4 forwarding.
     public var connectTimeout: TimeAmount = .seconds(10)
 

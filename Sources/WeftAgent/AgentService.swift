@@ -6,6 +6,7 @@ import NIOPosix
 import ServiceLifecycle
 import WeftCore
 import WeftNetns
+import WeftProxy
 
 /// `weft agent`: prepares the node network (bridge + gateway), serves the local API, hosts
 /// one WorkloadProxy per attached netns, tells systemd it is ready, and on SIGTERM/SIGINT
@@ -21,14 +22,20 @@ public struct AgentService: Service {
     }
 
     public func run() async throws {
-        let registry = try WorkloadRegistry(config: config, logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var forwarder: DNSForwarder?
+        if config.capture.dnsPort != nil, let upstream = config.dnsUpstream {
+            forwarder = try await DNSForwarder.start(upstream: try SocketAddress(ipAddress: upstream.ip.description, port: Int(upstream.port)),
+                                                     group: group)
+        }
+        let registry = try WorkloadRegistry(config: config, logger: logger, dnsForwarder: forwarder)
         try PodNetworking.ensureBridge(
             config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
         let api = LocalAPI(registry: registry, capture: config.capture, logger: logger)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let server = try await api.bind(path: config.socketPath, group: group)
         logger.info("weft agent ready", metadata: ["socket": "\(config.socketPath)", "bridge": "\(config.bridge)",
+                                                   "dns": "\(config.capture.dnsPort.map { "127.0.0.1:\($0) → \(config.dnsUpstream.map { "\($0)" } ?? "no upstream")" } ?? "off")",
                                                    "podCIDR": "\(config.podCIDR)", "version": "\(WeftVersion.current)"])
         SystemdNotify.send("READY=1\nSTATUS=serving \(config.socketPath)")
 
@@ -39,6 +46,7 @@ public struct AgentService: Service {
         try? await server.close()
         try? FileManager.default.removeItem(atPath: config.socketPath)
         await registry.stopAll()
+        await forwarder?.close()
         try? await group.shutdownGracefully()
     }
 }

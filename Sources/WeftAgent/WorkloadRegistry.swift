@@ -25,9 +25,12 @@ public actor WorkloadRegistry {
     /// What the data path reads; republished after every change to the workloads.
     public nonisolated let directory = ServiceDirectory()
 
-    public init(config: AgentConfiguration, logger: Logger) throws {
+    private let dnsForwarder: DNSForwarder?
+
+    public init(config: AgentConfiguration, logger: Logger, dnsForwarder: DNSForwarder? = nil) throws {
         self.config = config
         self.logger = logger
+        self.dnsForwarder = dnsForwarder
         self.pool = try PodAddressPool(cidr: config.podCIDR)
         self.catalog = try ServiceCatalog(vipRange: config.serviceCIDR, vip6Prefix: config.serviceCIDRv6)
         directory.publish(catalog)
@@ -95,7 +98,7 @@ public actor WorkloadRegistry {
         if spec.podIP == nil { spec.podIP = handle.ipv4Addresses().first }
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
-            directory: directory, connectTimeout: config.connectTimeout, logger: logger, now: Date().timeIntervalSince1970)
+            directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, logger: logger, now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)
         republish()
         reservedAt[spec.netns] = nil

@@ -8,6 +8,8 @@ public struct CaptureSettings: Codable, Sendable, Equatable {
     public var inboundPort: UInt16 = 15006
     public var tunnelPort: UInt16 = 15008
     public var proxyMark: UInt32 = 0x539
+    /// Where port 53 (UDP and TCP) is redirected; nil: DNS is not captured.
+    public var dnsPort: UInt16? = 15053
 
     public init() {}
 }
@@ -68,6 +70,10 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     public var bytesOutboundReceived: Int = 0
     /// Connections refused before forwarding (no original destination, loop, connect failure).
     public var connectionErrors: Int = 0
+    /// DNS queries answered from the mesh, sent upstream, and unreadable.
+    public var dnsAnswered: Int = 0
+    public var dnsForwarded: Int = 0
+    public var dnsMalformed: Int = 0
 
     public init() {}
 }

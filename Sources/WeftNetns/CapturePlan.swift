@@ -14,6 +14,8 @@ public enum ProxyExclusion: Sendable, Equatable {
 /// Everything `weft init` needs to know to capture a netns's TCP traffic.
 public struct CaptureOptions: Sendable, Equatable {
     public var outboundPort: UInt16 = 15001
+    /// Port 53 (UDP and TCP) goes here; nil: DNS is not captured.
+    public var dnsPort: UInt16? = 15053
     public var inboundPort: UInt16 = 15006
     public var tunnelPort: UInt16 = 15008
     public var exclusion: ProxyExclusion = .mark(0x539)
@@ -30,6 +32,7 @@ public struct CaptureOptions: Sendable, Equatable {
         inboundPort = settings.inboundPort
         tunnelPort = settings.tunnelPort
         exclusion = .mark(settings.proxyMark)
+        dnsPort = settings.dnsPort
     }
 }
 
@@ -92,6 +95,15 @@ public struct CapturePlan: Sendable, Equatable {
                                    comment: "proxy's own sockets (gid)"))
             }
         }
+        if let dns = o.dnsPort {
+            // Before the loopback exemption: resolvers such as 127.0.0.53 are on loopback.
+            for proto in ["udp", "tcp"] {
+                rules.append(.init(chain: out, match: ["-p", proto, "--dport", "53"], target: ["-j", "REDIRECT", "--to-ports", "\(dns)"],
+                                   comment: "DNS to the workload's DNS proxy"))
+            }
+            rules.append(.init(chain: out, match: ["!", "-p", "tcp"], target: ["-j", "RETURN"],
+                               comment: "other non-TCP traffic is not proxied"))
+        }
         rules.append(.init(chain: out, match: ["-o", "lo"], target: ["-j", "RETURN"],
                            comment: "loopback app-to-app traffic"))
         rules.append(.init(chain: out, match: ["-p", "tcp", "--dport", "\(o.tunnelPort)"], target: ["-j", "RETURN"],
@@ -118,12 +130,17 @@ public struct CapturePlan: Sendable, Equatable {
 
     /// The jumps from the built-in chains into ours.
     public var jumpRules: [CaptureRule] {
-        [
+        var jumps: [CaptureRule] = [
             .init(chain: "PREROUTING", match: ["-p", "tcp"], target: ["-j", Self.inboundChain],
                   comment: "inbound capture"),
             .init(chain: "OUTPUT", match: ["-p", "tcp"], target: ["-j", Self.outboundChain],
                   comment: "outbound capture"),
         ]
+        if options.dnsPort != nil {
+            jumps.append(.init(chain: "OUTPUT", match: ["-p", "udp", "--dport", "53"], target: ["-j", Self.outboundChain],
+                               comment: "DNS capture"))
+        }
+        return jumps
     }
 
     /// iptables-restore input (for `--noflush`) that brings the nat table to the plan.
@@ -133,7 +150,7 @@ public struct CapturePlan: Sendable, Equatable {
         var lines = ["*nat"]
         for chain in Self.ourChains { lines.append(":\(chain) - [0:0]") }
         for rule in chainRules { lines.append("-A \(rule)") }
-        for jump in jumpRules where !current.hasJump(from: jump.chain, to: jump.target[1]) {
+        for jump in jumpRules where !current.hasRule(jump) {
             lines.append("-A \(jump)")
         }
         lines.append("COMMIT")
@@ -190,6 +207,17 @@ public struct IptablesSave: Sendable, Equatable {
                 let text = String(line.dropFirst(3))
                 if let chain = text.split(separator: " ").first { rules.append(Rule(chain: String(chain), text: text)) }
             }
+        }
+    }
+
+    /// Whether a rule with this chain, protocol and target is there (iptables-save adds
+    /// implicit matches such as `-m tcp`, so the text is not compared as a whole).
+    public func hasRule(_ rule: CaptureRule) -> Bool {
+        let proto = rule.match.firstIndex(of: "-p").map { rule.match[$0 + 1] }
+        return rules.contains { r in
+            let words = r.text.split(separator: " ").map(String.init)
+            let p = words.firstIndex(of: "-p").map { words[$0 + 1] }
+            return r.chain == rule.chain && r.jumpTarget == rule.target[1] && p == proto
         }
     }
 

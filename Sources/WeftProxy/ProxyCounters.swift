@@ -24,6 +24,9 @@ public final class ProxyCounters: Sendable {
     let bytesOutboundSent = Counter()
     let bytesOutboundReceived = Counter()
     let connectionErrors = Counter()
+    let dnsAnswered = Counter()
+    let dnsForwarded = Counter()
+    let dnsMalformed = Counter()
 
     public init() {}
 
@@ -36,6 +39,9 @@ public final class ProxyCounters: Sendable {
         c.bytesOutboundSent = bytesOutboundSent.current
         c.bytesOutboundReceived = bytesOutboundReceived.current
         c.connectionErrors = connectionErrors.current
+        c.dnsAnswered = dnsAnswered.current
+        c.dnsForwarded = dnsForwarded.current
+        c.dnsMalformed = dnsMalformed.current
         return c
     }
 }

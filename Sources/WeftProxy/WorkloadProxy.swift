@@ -25,7 +25,8 @@ public final class WorkloadProxy: Sendable {
 
     public static func start(
         spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
-        directory: ServiceDirectory, connectTimeout: TimeAmount = .seconds(10), logger: Logger, now: Double
+        directory: ServiceDirectory, dnsForwarder: DNSForwarder? = nil,
+        connectTimeout: TimeAmount = .seconds(10), logger: Logger, now: Double
     ) async throws -> WorkloadProxy {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
         var logger = logger
@@ -47,6 +48,11 @@ public final class WorkloadProxy: Sendable {
                 } catch let error as IOError where !required && (error.errnoCode == EADDRNOTAVAIL || error.errnoCode == EAFNOSUPPORT) {
                     logger.notice("IPv6 unavailable in netns \(spec.netns); \(direction.rawValue) IPv6 not proxied")
                 }
+            }
+            if let dnsPort = settings.dnsPort {
+                let responder = DNSResponder(namespace: spec.namespace, directory: directory, forwarder: dnsForwarder,
+                                             counters: context.counters)
+                listeners += try await bindDNS(port: dnsPort, responder: responder, context: context)
             }
         } catch {
             for l in listeners { try? await l.close() }
@@ -76,6 +82,26 @@ public final class WorkloadProxy: Sendable {
         } catch let error as IOError where error.errnoCode == EADDRINUSE {
             throw WeftError(.addressInUse, "port \(port) (\(direction.rawValue) capture) is already in use inside netns \(context.spec.netns) on \(host)",
                             hint: "another proxy or the app itself holds it; the capture ports must be free in a meshed netns")
+        }
+    }
+
+    /// UDP and TCP on 127.0.0.1:port inside the netns (see DNSServer.swift for why loopback).
+    private static func bindDNS(port: UInt16, responder: DNSResponder, context: WorkloadContext) async throws -> [Channel] {
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: Int(port))
+        do {
+            let udp = try await context.loop.bindUDP(on: address) { ch in
+                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(DNSUDPHandler(responder: responder)) }
+            }.get()
+            let tcp = try await context.loop.listen(on: address, autoRead: true) { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandler(ByteToMessageHandler(DNSLengthFrameDecoder()))
+                    try ch.pipeline.syncOperations.addHandler(DNSTCPHandler(responder: responder))
+                }
+            }.get()
+            return [udp, tcp]
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw WeftError(.addressInUse, "port \(port) (DNS proxy) is already in use inside netns \(context.spec.netns) on 127.0.0.1",
+                            hint: "another DNS server runs in the namespace; stop it or start the agent with a different DNS port")
         }
     }
 

@@ -20,10 +20,34 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "IPv6 prefix for pod addresses, /64 to /96 (\"none\": IPv4 only).") var podCidr6: String = WeftDefaults.podCIDRv6
     @Option(help: "IPv4 block for service virtual IPs.") var serviceCidr: String = WeftDefaults.serviceCIDR
     @Option(help: "IPv6 prefix (/96) for service virtual IPs (\"none\": no IPv6 VIPs).") var serviceCidr6: String = WeftDefaults.serviceCIDRv6
+    @Option(help: "Resolver for names outside the mesh, IP[:PORT] (default: first nameserver in /etc/resolv.conf; \"none\": answer SERVFAIL).")
+    var dnsUpstream: String?
+    @Flag(help: "Do not capture DNS nor run the per-workload DNS proxy.") var noDns = false
     @Option(help: "State directory.") var stateDir: String = WeftDefaults.stateDirectory
     @Option(help: "SO_MARK on the proxy's sockets (must match the capture rules).") var proxyMark: UInt32 = 0x539
     @Option(help: "Upstream connect timeout in milliseconds.") var connectTimeoutMs: Int64 = 10_000
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+    /// "10.0.0.2", "10.0.0.2:5353", "[fd00::1]:53", "fd00::1".
+    static func parseHostPort(_ text: String, defaultPort: UInt16, flag: String) throws -> OriginalDestination {
+        var host = text, port = defaultPort
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if rest.hasPrefix(":") {
+                guard let p = UInt16(rest.dropFirst()), p > 0 else { throw WeftError(.invalidArgument, "\(flag) \(text): bad port") }
+                port = p
+            }
+        } else if text.filter({ $0 == ":" }).count == 1, let colon = text.firstIndex(of: ":") {
+            host = String(text[..<colon])
+            guard let p = UInt16(text[text.index(after: colon)...]), p > 0 else { throw WeftError(.invalidArgument, "\(flag) \(text): bad port") }
+            port = p
+        }
+        guard let ip = IPAddress(host) else {
+            throw WeftError(.invalidArgument, "\(flag) \(text): expected an IP address, optionally with :PORT")
+        }
+        return OriginalDestination(ip: ip, port: port)
+    }
 
     func run() async throws {
         do {
@@ -57,6 +81,10 @@ struct AgentCommand: AsyncParsableCommand {
                     throw WeftError(.invalidArgument, "--service-cidr6 \(serviceCidr6): expected an IPv6 prefix of /96 or shorter, or none")
                 }
                 config.serviceCIDRv6 = svc6
+            }
+            if noDns { config.capture.dnsPort = nil }
+            if let dnsUpstream {
+                config.dnsUpstream = dnsUpstream == "none" ? nil : try Self.parseHostPort(dnsUpstream, defaultPort: 53, flag: "--dns-upstream")
             }
             config.socketPath = socket
             config.bridge = bridge

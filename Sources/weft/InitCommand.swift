@@ -24,6 +24,8 @@ struct InitCommand: ParsableCommand {
     @Option(help: "Port of the proxy's outbound listener.") var outboundPort: UInt16 = 15001
     @Option(help: "Port of the proxy's inbound listener.") var inboundPort: UInt16 = 15006
     @Option(help: "Mesh tunnel port, never captured.") var tunnelPort: UInt16 = 15008
+    @Option(help: "Port of the DNS proxy that port 53 (UDP and TCP) is redirected to.") var dnsPort: UInt16 = 15053
+    @Flag(help: "Leave DNS alone (no port 53 redirect).") var noDns = false
     @Option(help: "SO_MARK of the proxy's sockets, excluded from capture (default 0x539).") var proxyMark: String?
     @Option(help: "Exclude sockets owned by this uid instead of a mark.") var proxyUid: UInt32?
     @Option(help: "Exclude sockets owned by this gid instead of a mark.") var proxyGid: UInt32?
@@ -37,6 +39,7 @@ struct InitCommand: ParsableCommand {
         o.outboundPort = outboundPort
         o.inboundPort = inboundPort
         o.tunnelPort = tunnelPort
+        o.dnsPort = noDns ? nil : dnsPort
         if proxyMark != nil && (proxyUid != nil || proxyGid != nil) {
             throw WeftError(.invalidArgument, "--proxy-mark and --proxy-uid/--proxy-gid exclude the proxy two ways; pick one")
         }

@@ -31,7 +31,8 @@ final class CaptureRulesTests: XCTestCase {
         XCTAssertEqual(save(ns, "ip6tables-save"), once6)
 
         for (dump, family) in [(once, "v4"), (once6, "v6")] {
-            XCTAssertEqual(dump.components(separatedBy: "-j WEFT_OUTPUT").count - 1, 1, "\(family): one OUTPUT jump")
+            XCTAssertEqual(dump.components(separatedBy: "-j WEFT_OUTPUT").count - 1, 2, "\(family): one TCP and one DNS jump")
+            XCTAssertTrue(dump.contains("-A OUTPUT -p udp -m udp --dport 53 -m comment --comment \"weft: DNS capture\" -j WEFT_OUTPUT"), dump)
             XCTAssertEqual(dump.components(separatedBy: "-j WEFT_INBOUND").count - 1, 1, "\(family): one PREROUTING jump")
             XCTAssertTrue(dump.contains("--to-ports 15001") && dump.contains("--to-ports 15006"), "\(family): \(dump)")
             for rule in dump.split(separator: "\n") where rule.hasPrefix("-A WEFT_") || rule.contains("-j WEFT_") {

@@ -77,10 +77,70 @@ final class MeshHarness {
 
     func name(_ s: String) -> String { "\(id)-\(s)" }
 
+    /// The agent's upstream resolver in tests: a stub on the host's loopback that knows one
+    /// name (ext.test → 192.0.2.10), answers NXDOMAIN otherwise, and logs every query — so
+    /// no test query reaches the machine's resolver, and tests can see what went upstream.
+    private(set) var dnsStubPort = 0
+    private var dnsStub: Process?
+    var dnsStubLog: String { (try? String(contentsOfFile: dir + "/dns-stub.log", encoding: .utf8)) ?? "" }
+
+    private func startDNSStub() throws {
+        let script = dir + "/dns-stub.py"
+        try Self.dnsStubSource.write(toFile: script, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = [script, dir + "/dns-stub.log", dir + "/dns-stub.port"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle(forWritingAtPath: touch(dir + "/dns-stub.err"))
+        try p.run()
+        dnsStub = p
+        try waitUntil("DNS stub", timeout: 10) {
+            self.dnsStubPort = Int((try? String(contentsOfFile: self.dir + "/dns-stub.port", encoding: .utf8))?
+                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+            return self.dnsStubPort > 0
+        }
+    }
+
+    static let dnsStubSource = #"""
+    import socket, struct, sys, threading
+    log = open(sys.argv[1], "a", buffering=1)
+    def answer(q):
+        if len(q) < 17: return None
+        i, labels = 12, []
+        while i < len(q) and q[i]:
+            labels.append(q[i + 1:i + 1 + q[i]].decode(errors="replace").lower()); i += 1 + q[i]
+        qtype = struct.unpack(">H", q[i + 1:i + 3])[0]; end = i + 5
+        name = ".".join(labels); log.write(f"{name} {qtype}\n")
+        if name == "ext.test":
+            ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 10]) if qtype == 1 else b""
+            return q[:2] + struct.pack(">HHHHH", 0x8180, 1, 1 if ans else 0, 0, 0) + q[12:end] + ans
+        return q[:2] + struct.pack(">HHHHH", 0x8183, 1, 0, 0, 0) + q[12:end]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+    port = u.getsockname()[1]
+    t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(("127.0.0.1", port)); t.listen()
+    def serve_tcp():
+        while True:
+            c, _ = t.accept()
+            try:
+                n = struct.unpack(">H", c.recv(2))[0]; q = b""
+                while len(q) < n: q += c.recv(n - len(q))
+                a = answer(q); c.sendall(struct.pack(">H", len(a)) + a)
+            finally:
+                c.close()
+    threading.Thread(target=serve_tcp, daemon=True).start()
+    open(sys.argv[2], "w").write(str(port))
+    while True:
+        q, addr = u.recvfrom(4096)
+        a = answer(q)
+        if a: u.sendto(a, addr)
+    """#
+
     private func startAgent() throws {
+        try startDNSStub()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
-        p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug"]
+        p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug",
+                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)"]
         p.standardOutput = FileHandle(forWritingAtPath: touch(dir + "/agent.out"))
         p.standardError = FileHandle(forWritingAtPath: touch(dir + "/agent.err"))
         try p.run()
@@ -209,6 +269,7 @@ final class MeshHarness {
             if let n = try? NetnsName(ns) { _ = run(["ip", "link", "del", PodNetworking.hostVethName(for: n)]) }
         }
         _ = run(["ip", "link", "del", bridge])
+        if let dnsStub, dnsStub.isRunning { dnsStub.terminate(); dnsStub.waitUntilExit() }
         try? FileManager.default.removeItem(atPath: dir)
     }
 

@@ -14,11 +14,15 @@ final class CapturePlanTests: XCTestCase {
             -A WEFT_INBOUND -p tcp --dport 15008 -m comment --comment "weft: mesh tunnel port is never captured" -j RETURN
             -A WEFT_INBOUND -p tcp -m comment --comment "weft: inbound TCP to the workload proxy" -j REDIRECT --to-ports 15006
             -A WEFT_OUTPUT -m mark --mark 0x539 -m comment --comment "weft: proxy's own sockets (SO_MARK)" -j RETURN
+            -A WEFT_OUTPUT -p udp --dport 53 -m comment --comment "weft: DNS to the workload's DNS proxy" -j REDIRECT --to-ports 15053
+            -A WEFT_OUTPUT -p tcp --dport 53 -m comment --comment "weft: DNS to the workload's DNS proxy" -j REDIRECT --to-ports 15053
+            -A WEFT_OUTPUT ! -p tcp -m comment --comment "weft: other non-TCP traffic is not proxied" -j RETURN
             -A WEFT_OUTPUT -o lo -m comment --comment "weft: loopback app-to-app traffic" -j RETURN
             -A WEFT_OUTPUT -p tcp --dport 15008 -m comment --comment "weft: mesh tunnel port is never captured" -j RETURN
             -A WEFT_OUTPUT -p tcp -m comment --comment "weft: outbound TCP to the workload proxy" -j REDIRECT --to-ports 15001
             -A PREROUTING -p tcp -m comment --comment "weft: inbound capture" -j WEFT_INBOUND
             -A OUTPUT -p tcp -m comment --comment "weft: outbound capture" -j WEFT_OUTPUT
+            -A OUTPUT -p udp --dport 53 -m comment --comment "weft: DNS capture" -j WEFT_OUTPUT
             COMMIT
 
             """)
@@ -29,6 +33,7 @@ final class CapturePlanTests: XCTestCase {
         o.outboundPort = 16001
         o.inboundPort = 16006
         o.exclusion = .owner(uid: 1337, gid: 1338)
+        o.dnsPort = nil
         o.excludeInboundPorts = [22, 9090, 22]
         o.excludeOutboundPorts = [5432]
         o.excludeOutboundCIDRs = [CIDR("10.0.0.0/8")!, CIDR("fd00::/8")!]
@@ -58,10 +63,17 @@ final class CapturePlanTests: XCTestCase {
             for rule in plan.chainRules + plan.jumpRules {
                 XCTAssertTrue(rule.description.contains(#"--comment "weft: "#), "\(rule)")
             }
-            for chain in CapturePlan.ourChains {
-                let targets = plan.chainRules.filter { $0.chain == chain }.map { $0.target[1] }
-                let firstRedirect = targets.firstIndex(of: "REDIRECT")!
-                XCTAssertFalse(targets[firstRedirect...].contains("RETURN"), "RETURN after REDIRECT in \(chain)")
+            // Every exemption precedes the redirect to the proxy port; only the DNS redirect
+            // comes earlier, on purpose (resolvers such as 127.0.0.53 sit on loopback).
+            for (chain, port) in [(CapturePlan.inboundChain, "15006"), (CapturePlan.outboundChain, "15001")] {
+                let rules = plan.chainRules.filter { $0.chain == chain }
+                let proxyRedirect = rules.firstIndex { $0.target == ["-j", "REDIRECT", "--to-ports", port] }!
+                XCTAssertFalse(rules[proxyRedirect...].contains { $0.target == ["-j", "RETURN"] }, "RETURN after the proxy REDIRECT in \(chain)")
+                let dns = rules.firstIndex { $0.target.last == "15053" }
+                if chain == CapturePlan.outboundChain {
+                    XCTAssertLessThan(dns!, rules.firstIndex { $0.match == ["-o", "lo"] }!, "DNS is redirected before the loopback exemption")
+                    XCTAssertGreaterThan(dns!, 0, "the proxy's own DNS queries (marked) are exempt first")
+                }
             }
         }
     }
@@ -88,7 +100,8 @@ final class CapturePlanTests: XCTestCase {
         XCTAssertTrue(save.isCaptured)
         let script = CapturePlan(family: .v4, options: CaptureOptions()).applyScript(current: save)
         XCTAssertFalse(script.contains("-A PREROUTING"))
-        XCTAssertFalse(script.contains("-A OUTPUT"))
+        XCTAssertFalse(script.contains("-A OUTPUT -p tcp"))
+        XCTAssertTrue(script.contains("-A OUTPUT -p udp --dport 53"), "the DNS jump was missing and is added")
         XCTAssertTrue(script.contains(":WEFT_OUTPUT - [0:0]"), "declaring the chain flushes it, so rules are replaced")
     }
 

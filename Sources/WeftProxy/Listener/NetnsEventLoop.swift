@@ -52,6 +52,7 @@ public final class NetnsEventLoop: Sendable {
     /// Binds a TCP listener inside the namespace. Accepted channels stay on this loop.
     public func listen(
         on address: SocketAddress,
+        autoRead: Bool = false,
         childInitializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<Channel> {
         let loop = self.loop
@@ -66,10 +67,24 @@ public final class NetnsEventLoop: Sendable {
             return bootstrap
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelOption(.backlog, value: 1024)
-                .childChannelOption(.autoRead, value: false)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.autoRead, value: autoRead)
+                .childChannelOption(.allowRemoteHalfClosure, value: !autoRead)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer(childInitializer)
+                .bind(to: address)
+        }
+    }
+
+    /// Binds a UDP socket inside the namespace.
+    public func bindUDP(
+        on address: SocketAddress,
+        initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
+    ) -> EventLoopFuture<Channel> {
+        let loop = self.loop
+        return loop.flatSubmit {
+            DatagramBootstrap(group: loop)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelInitializer(initializer)
                 .bind(to: address)
         }
     }

@@ -71,6 +71,12 @@ public struct ServiceCatalog: Sendable, Equatable {
         return .v6(b)
     }
 
+    /// The service called `name` in `namespace`, if both are valid names and it exists.
+    public func service(named name: String, namespace: String) -> Entry? {
+        guard let n = try? ServiceName(name), let ns = try? MeshNamespace(namespace) else { return nil }
+        return entries[ServiceKey(name: n, namespace: ns)]
+    }
+
     public func service(forVIP ip: IPAddress) -> Entry? {
         byVIP[ip].flatMap { entries[$0] }
     }

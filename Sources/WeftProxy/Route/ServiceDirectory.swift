@@ -18,6 +18,11 @@ public final class ServiceDirectory: Sendable {
         state.withLock { $0.catalog = catalog }
     }
 
+    /// The virtual IPs of a service, for the DNS proxy.
+    public func lookup(name: String, namespace: String) -> (vip: IPAddress, vip6: IPAddress?)? {
+        state.withLock { $0.catalog?.service(named: name, namespace: namespace).map { ($0.vip, $0.vip6) } }
+    }
+
     /// Resolves a captured destination: a service VIP becomes one of its endpoints (round
     /// robin per service); anything else passes through.
     public func resolve(_ destination: OriginalDestination) -> ServiceResolution {

@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
     ],
     targets: [
         // Linux glue that Swift's Glibc module does not expose: setns, SO_ORIGINAL_DST,
@@ -23,6 +24,9 @@ let package = Package(
             linkerSettings: [.linkedLibrary("mnl"), .linkedLibrary("cap")]
         ),
         .target(name: "WeftCore"),
+        // Istio-compatible configuration: model, strict YAML decoding with file:line, validation
+        // and lint. No NIO: pure, so every rule is a unit test.
+        .target(name: "WeftConfig", dependencies: ["WeftCore", .product(name: "Yams", package: "Yams")]),
         .target(
             name: "WeftNetns",
             dependencies: ["WeftCore", "CWeftLinux"]
@@ -49,12 +53,13 @@ let package = Package(
         .executableTarget(
             name: "weft",
             dependencies: [
-                "WeftCore", "WeftNetns", "WeftAgent", "CWeftLinux",
+                "WeftCore", "WeftNetns", "WeftAgent", "CWeftLinux", "WeftConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "WeftNetnsTests", dependencies: ["WeftNetns", "WeftCore"]),
+        .testTarget(name: "WeftConfigTests", dependencies: ["WeftConfig", "WeftCore"]),
         .testTarget(
             name: "WeftProxyTests",
             dependencies: [

@@ -1,0 +1,114 @@
+/// Checks that need more than one resource: duplicates, subsets a route names but no
+/// DestinationRule defines, weights, unreachable routes. Pure; returns diagnostics.
+public enum ConfigValidator {
+    /// Istio's short-name semantics: `web` in namespace `shop` is web.shop.svc.cluster.local;
+    /// `web.blog` is web.blog.svc.cluster.local; names with more dots are taken as written.
+    public static func fqdn(_ host: String, namespace: String) -> String {
+        let h = host.lowercased()
+        if h.hasSuffix(".svc.cluster.local") || h == "*" || h.hasPrefix("*.") { return h }
+        let dots = h.filter { $0 == "." }.count
+        switch dots {
+        case 0: return "\(h).\(namespace).svc.cluster.local"
+        case 1: return "\(h).svc.cluster.local"
+        default: return h.hasSuffix(".svc") ? "\(h).cluster.local" : h
+        }
+    }
+
+    public static func validate(_ resources: [Resource]) -> [Diagnostic] {
+        var out: [Diagnostic] = []
+        var seen: [String: SourceLocation] = [:]
+        for r in resources {
+            let id = "\(r.kind)/\(r.metadata.namespace)/\(r.metadata.name)"
+            if let first = seen[id] {
+                out.append(Diagnostic(.error, at: r.location, "\(r.kind) \(r.metadata.name) in namespace \(r.metadata.namespace) is defined twice (first at \(first))"))
+            } else {
+                seen[id] = r.location
+            }
+        }
+        var rulesByHost: [String: [DestinationRule]] = [:]
+        for case .destinationRule(let d) in resources {
+            rulesByHost[fqdn(d.host, namespace: d.metadata.namespace), default: []].append(d)
+        }
+        for (host, rules) in rulesByHost where rules.count > 1 {
+            for d in rules.dropFirst() {
+                out.append(Diagnostic(.warning, at: d.location, "more than one DestinationRule for \(host)",
+                                      why: "only one is applied; which one depends on order, so subsets may vanish unexpectedly"))
+            }
+        }
+        for case .virtualService(let vs) in resources {
+            out += validateRoutes(vs, rulesByHost: rulesByHost)
+        }
+        return out
+    }
+
+    static func validateRoutes(_ vs: VirtualService, rulesByHost: [String: [DestinationRule]]) -> [Diagnostic] {
+        var out: [Diagnostic] = []
+        let ns = vs.metadata.namespace
+        var catchAll: HTTPRoute?
+        for route in vs.http {
+            if let earlier = catchAll {
+                out.append(Diagnostic(.warning, at: route.location, "route \(route.name ?? "") is never reached",
+                                      why: "the route at \(earlier.location) matches every request and the first match wins"))
+            }
+            if route.match.isEmpty && catchAll == nil { catchAll = route }
+            let weights = route.route.map { $0.weight }
+            if route.route.count > 1 || weights.contains(where: { $0 != nil }) {
+                let total = weights.reduce(0) { $0 + ($1 ?? 0) }
+                if route.route.count > 1 && total != 100 {
+                    out.append(Diagnostic(.error, at: route.location, "route weights add up to \(total), not 100",
+                                          why: "a split must say where every request goes"))
+                } else if route.route.count == 1, let w = weights[0], w != 100 {
+                    out.append(Diagnostic(.warning, at: route.route[0].location, "the only destination has weight \(w)",
+                                          why: "a lone destination receives all traffic whatever its weight"))
+                }
+            }
+            for dest in route.route {
+                guard let subset = dest.destination.subset else { continue }
+                let host = fqdn(dest.destination.host, namespace: ns)
+                let rules = rulesByHost[host] ?? []
+                let defined = rules.flatMap { $0.subsets.map(\.name) }
+                if !defined.contains(subset) {
+                    let known = rules.isEmpty ? "no DestinationRule defines subsets for \(host)"
+                        : "defined: \(defined.isEmpty ? "none" : defined.joined(separator: ", "))"
+                    out.append(Diagnostic(.error, at: dest.destination.location, "unknown subset '\(subset)' of \(dest.destination.host) (\(known))",
+                                          why: "requests routed to it would have no endpoints"))
+                }
+            }
+            if let retries = route.retries, let perTry = retries.perTryTimeout, let timeout = route.timeout,
+               retries.attempts > 0, perTry * (retries.attempts + 1) > timeout {
+                out.append(Diagnostic(.warning, at: route.location, "timeout \(timeout) is shorter than perTryTimeout × attempts",
+                                      why: "the last retries can never finish; the whole-request timeout cuts them off"))
+            }
+        }
+        return out
+    }
+}
+
+/// Reads files or directories of YAML (*.yaml, *.yml, sorted) and runs parse + validate.
+public enum ConfigLoader {
+    public struct Report: Sendable {
+        public var resources: [Resource]
+        public var diagnostics: [Diagnostic]
+        public var errorCount: Int { diagnostics.filter { $0.severity == .error }.count }
+        public var warningCount: Int { diagnostics.filter { $0.severity == .warning }.count }
+    }
+
+    public static func load(paths: [String], read: (String) throws -> String, list: (String) -> [String]?) -> Report {
+        var resources: [Resource] = []
+        var diagnostics: [Diagnostic] = []
+        for path in paths {
+            let files = list(path).map { $0.filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }.sorted() } ?? [path]
+            for file in files {
+                do {
+                    let result = ConfigParser.parse(yaml: try read(file), file: file)
+                    resources += result.resources
+                    diagnostics += result.diagnostics
+                } catch {
+                    diagnostics.append(Diagnostic(.error, at: SourceLocation(file: file, line: 0, column: 0), "cannot read: \(error)"))
+                }
+            }
+        }
+        diagnostics += ConfigValidator.validate(resources)
+        return Report(resources: resources, diagnostics: diagnostics)
+    }
+}

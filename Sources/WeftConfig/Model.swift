@@ -1,0 +1,156 @@
+/// Istio's networking kinds, the fields Weft supports. Field names are Istio's, so Istio
+/// examples read the same. Everything carries its source location for diagnostics.
+
+public struct ObjectMeta: Sendable, Equatable {
+    public var name: String
+    public var namespace: String
+}
+
+public enum StringMatch: Sendable, Equatable {
+    case exact(String)
+    case prefix(String)
+    case regex(String)
+}
+
+public struct PortSelector: Sendable, Equatable {
+    public var number: UInt16
+}
+
+public struct Destination: Sendable, Equatable {
+    public var host: String
+    public var subset: String?
+    public var port: PortSelector?
+    public var location: SourceLocation
+}
+
+public struct HeaderOperations: Sendable, Equatable {
+    public var set: [String: String] = [:]
+    public var add: [String: String] = [:]
+    public var remove: [String] = []
+}
+
+public struct Headers: Sendable, Equatable {
+    public var request: HeaderOperations?
+    public var response: HeaderOperations?
+}
+
+public struct HTTPRouteDestination: Sendable, Equatable {
+    public var destination: Destination
+    public var weight: Int?
+    public var headers: Headers?
+    public var location: SourceLocation
+}
+
+public struct HTTPMatchRequest: Sendable, Equatable {
+    public var name: String?
+    public var uri: StringMatch?
+    public var method: StringMatch?
+    public var headers: [String: StringMatch] = [:]
+    public var port: UInt16?
+    public var location: SourceLocation
+}
+
+public struct HTTPRewrite: Sendable, Equatable {
+    public var uri: String?
+    public var authority: String?
+}
+
+public struct HTTPRetry: Sendable, Equatable {
+    public var attempts: Int
+    public var perTryTimeout: Duration?
+    public var retryOn: [String]
+}
+
+public struct HTTPFaultInjection: Sendable, Equatable {
+    public struct Delay: Sendable, Equatable {
+        public var fixedDelay: Duration
+        public var percentage: Double
+    }
+
+    public struct Abort: Sendable, Equatable {
+        public var httpStatus: Int
+        public var percentage: Double
+    }
+
+    public var delay: Delay?
+    public var abort: Abort?
+}
+
+public struct HTTPRoute: Sendable, Equatable {
+    public var name: String?
+    public var match: [HTTPMatchRequest]
+    public var route: [HTTPRouteDestination]
+    public var rewrite: HTTPRewrite?
+    public var headers: Headers?
+    public var timeout: Duration?
+    public var retries: HTTPRetry?
+    public var fault: HTTPFaultInjection?
+    public var location: SourceLocation
+}
+
+public struct VirtualService: Sendable, Equatable {
+    public var metadata: ObjectMeta
+    public var hosts: [String]
+    public var http: [HTTPRoute]
+    public var location: SourceLocation
+}
+
+public enum LoadBalancer: Sendable, Equatable {
+    public enum Simple: String, Sendable, CaseIterable {
+        case ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH
+    }
+
+    public enum HashKey: Sendable, Equatable {
+        case header(String)
+        case cookie(name: String, ttl: Duration?)
+        case sourceIP
+    }
+
+    case simple(Simple)
+    case consistentHash(HashKey)
+}
+
+public struct TrafficPolicy: Sendable, Equatable {
+    public var loadBalancer: LoadBalancer?
+}
+
+public struct Subset: Sendable, Equatable {
+    public var name: String
+    public var labels: [String: String]
+    public var trafficPolicy: TrafficPolicy?
+    public var location: SourceLocation
+}
+
+public struct DestinationRule: Sendable, Equatable {
+    public var metadata: ObjectMeta
+    public var host: String
+    public var trafficPolicy: TrafficPolicy?
+    public var subsets: [Subset]
+    public var location: SourceLocation
+}
+
+public enum Resource: Sendable, Equatable {
+    case virtualService(VirtualService)
+    case destinationRule(DestinationRule)
+
+    public var kind: String {
+        switch self {
+        case .virtualService: return "VirtualService"
+        case .destinationRule: return "DestinationRule"
+        }
+    }
+
+    public var metadata: ObjectMeta {
+        switch self {
+        case .virtualService(let v): return v.metadata
+        case .destinationRule(let d): return d.metadata
+        }
+    }
+
+    public var location: SourceLocation {
+        switch self {
+        case .virtualService(let v): return v.location
+        case .destinationRule(let d): return d.location
+        }
+    }
+}

@@ -1,0 +1,246 @@
+import Yams
+
+extension ConfigParser {
+    static func virtualService(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> VirtualService? {
+        guard let f = r.fields(spec, "VirtualService.spec", allowed: ["hosts", "http", "gateways"], unsupported: [
+            "tcp": "TCP routes are not supported yet (L4 traffic is forwarded to its destination)",
+            "tls": "TLS (SNI) routes are not supported yet",
+            "exportTo": "all config is mesh-wide",
+        ]) else { return nil }
+        guard let hostsNode = f["hosts"], let hosts = r.stringList(hostsNode, "hosts"), !hosts.isEmpty else {
+            r.error(spec, "VirtualService \(meta.name): spec.hosts must list at least one host")
+            return nil
+        }
+        if let g = f["gateways"], let gateways = r.stringList(g, "gateways"), gateways != ["mesh"] {
+            r.error(g, "gateways: only 'mesh' is supported (Weft has no ingress gateways)")
+        }
+        var routes: [HTTPRoute] = []
+        if let h = f["http"], let list = r.list(h, "http") {
+            for (i, node) in list.enumerated() {
+                if let route = httpRoute(node, "http[\(i)]", r) { routes.append(route) }
+            }
+        }
+        return VirtualService(metadata: meta, hosts: hosts, http: routes, location: loc)
+    }
+
+    static func httpRoute(_ node: Node, _ what: String, _ r: NodeReader) -> HTTPRoute? {
+        guard let f = r.fields(node, what, allowed: ["name", "match", "route", "rewrite", "headers", "timeout", "retries", "fault"], unsupported: [
+            "redirect": "redirects are not supported yet", "directResponse": "direct responses are not supported yet",
+            "delegate": "delegation is not supported", "mirror": "mirroring is not supported yet",
+            "mirrorPercentage": "mirroring is not supported yet", "mirrors": "mirroring is not supported yet",
+            "corsPolicy": "CORS policies are not supported yet",
+        ]) else { return nil }
+        var route = HTTPRoute(name: nil, match: [], route: [], location: r.location(node))
+        if let n = f["name"] { route.name = r.string(n, "\(what).name") }
+        if let m = f["match"], let list = r.list(m, "\(what).match") {
+            route.match = list.enumerated().compactMap { matchRequest($1, "\(what).match[\($0)]", r) }
+        }
+        guard let dest = f["route"], let list = r.list(dest, "\(what).route"), !list.isEmpty else {
+            r.error(node, "\(what): route must list at least one destination")
+            return nil
+        }
+        route.route = list.enumerated().compactMap { routeDestination($1, "\(what).route[\($0)]", r) }
+        if let rw = f["rewrite"], let rf = r.fields(rw, "\(what).rewrite", allowed: ["uri", "authority"],
+                                                    unsupported: ["uriRegexRewrite": "regex rewrites are not supported yet"]) {
+            route.rewrite = HTTPRewrite(uri: rf["uri"].flatMap { r.string($0, "rewrite.uri") },
+                                        authority: rf["authority"].flatMap { r.string($0, "rewrite.authority") })
+        }
+        if let h = f["headers"] { route.headers = headers(h, "\(what).headers", r) }
+        if let t = f["timeout"] { route.timeout = r.duration(t, "\(what).timeout") }
+        if let rt = f["retries"], let rf = r.fields(rt, "\(what).retries", allowed: ["attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities"]) {
+            let attempts = rf["attempts"].flatMap { r.int($0, "retries.attempts", 0...100) } ?? 0
+            var retryOn: [String] = []
+            if let on = rf["retryOn"], let text = r.string(on, "retries.retryOn") {
+                retryOn = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                for policy in retryOn where !knownRetryOn.contains(policy) && Int(policy) == nil {
+                    r.error(on, "retries.retryOn: unknown policy '\(policy)'" + NodeReader.suggestion(policy, knownRetryOn.sorted()))
+                }
+            }
+            route.retries = HTTPRetry(attempts: attempts, perTryTimeout: rf["perTryTimeout"].flatMap { r.duration($0, "retries.perTryTimeout") },
+                                      retryOn: retryOn)
+        }
+        if let fl = f["fault"] { route.fault = fault(fl, "\(what).fault", r) }
+        return route
+    }
+
+    static let knownRetryOn: Set<String> = [
+        "5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx", "retriable-status-codes",
+        "retriable-headers", "envoy-ratelimited",
+        "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+    ]
+
+    static func matchRequest(_ node: Node, _ what: String, _ r: NodeReader) -> HTTPMatchRequest? {
+        let unsupported = ["scheme", "authority", "queryParams", "sourceLabels", "gateways", "withoutHeaders", "sourceNamespace", "statPrefix"]
+        guard let f = r.fields(node, what, allowed: ["name", "uri", "method", "headers", "port", "ignoreUriCase"],
+                               unsupported: Dictionary(uniqueKeysWithValues: unsupported.map { ($0, "this match condition is not supported yet") }))
+        else { return nil }
+        var m = HTTPMatchRequest(location: r.location(node))
+        if let n = f["name"] { m.name = r.string(n, "\(what).name") }
+        if let u = f["uri"] { m.uri = stringMatch(u, "\(what).uri", r) }
+        if let u = f["method"] { m.method = stringMatch(u, "\(what).method", r) }
+        if let i = f["ignoreUriCase"], r.bool(i, "\(what).ignoreUriCase") == true {
+            r.error(i, "\(what).ignoreUriCase: true is not supported yet")
+        }
+        if let h = f["headers"], let mapping = h.mapping {
+            for (k, v) in mapping {
+                guard let name = k.scalar?.string else { continue }
+                if let sm = stringMatch(v, "\(what).headers.\(name)", r) { m.headers[name.lowercased()] = sm }
+            }
+        } else if let h = f["headers"] {
+            r.error(h, "\(what).headers must be a mapping of header name to exact/prefix/regex")
+        }
+        if let p = f["port"] { m.port = r.int(p, "\(what).port", 1...65535).map(UInt16.init) }
+        return m
+    }
+
+    static func stringMatch(_ node: Node, _ what: String, _ r: NodeReader) -> StringMatch? {
+        guard let f = r.fields(node, what, allowed: ["exact", "prefix", "regex"]) else { return nil }
+        guard f.count == 1, let (kind, valueNode) = f.first, let value = r.string(valueNode, "\(what).\(kind)") else {
+            if f.count != 1 { r.error(node, "\(what) must have exactly one of exact, prefix, regex") }
+            return nil
+        }
+        switch kind {
+        case "exact": return .exact(value)
+        case "prefix": return .prefix(value)
+        default:
+            do {
+                _ = try Regex(value)
+            } catch {
+                r.error(valueNode, "\(what).regex '\(value)' is not a valid regular expression: \(error)")
+                return nil
+            }
+            return .regex(value)
+        }
+    }
+
+    static func routeDestination(_ node: Node, _ what: String, _ r: NodeReader) -> HTTPRouteDestination? {
+        guard let f = r.fields(node, what, allowed: ["destination", "weight", "headers"]) else { return nil }
+        guard let d = f["destination"], let df = r.fields(d, "\(what).destination", allowed: ["host", "subset", "port"]) else {
+            if f["destination"] == nil { r.error(node, "\(what) has no destination") }
+            return nil
+        }
+        guard let hostNode = df["host"], let host = r.string(hostNode, "\(what).destination.host") else {
+            r.error(d, "\(what).destination has no host")
+            return nil
+        }
+        var dest = Destination(host: host, subset: nil, port: nil, location: r.location(d))
+        if let s = df["subset"] { dest.subset = r.string(s, "\(what).destination.subset") }
+        if let p = df["port"], let pf = r.fields(p, "\(what).destination.port", allowed: ["number"]),
+           let n = pf["number"], let number = r.int(n, "\(what).destination.port.number", 1...65535) {
+            dest.port = PortSelector(number: UInt16(number))
+        }
+        var out = HTTPRouteDestination(destination: dest, weight: nil, headers: nil, location: r.location(node))
+        if let w = f["weight"] { out.weight = r.int(w, "\(what).weight", 0...100) }
+        if let h = f["headers"] { out.headers = headers(h, "\(what).headers", r) }
+        return out
+    }
+
+    static func headers(_ node: Node, _ what: String, _ r: NodeReader) -> Headers? {
+        guard let f = r.fields(node, what, allowed: ["request", "response"]) else { return nil }
+        func ops(_ n: Node, _ w: String) -> HeaderOperations? {
+            guard let o = r.fields(n, w, allowed: ["set", "add", "remove"]) else { return nil }
+            var h = HeaderOperations()
+            if let s = o["set"] { h.set = r.stringMap(s, "\(w).set") ?? [:] }
+            if let a = o["add"] { h.add = r.stringMap(a, "\(w).add") ?? [:] }
+            if let rm = o["remove"] { h.remove = r.stringList(rm, "\(w).remove") ?? [] }
+            return h
+        }
+        return Headers(request: f["request"].flatMap { ops($0, "\(what).request") },
+                       response: f["response"].flatMap { ops($0, "\(what).response") })
+    }
+
+    static func fault(_ node: Node, _ what: String, _ r: NodeReader) -> HTTPFaultInjection? {
+        guard let f = r.fields(node, what, allowed: ["delay", "abort"]) else { return nil }
+        func percentage(_ fields: [String: Node], _ w: String) -> Double {
+            guard let p = fields["percentage"], let pf = r.fields(p, "\(w).percentage", allowed: ["value"]),
+                  let v = pf["value"] else { return 100 }
+            return r.double(v, "\(w).percentage.value", 0...100) ?? 100
+        }
+        var out = HTTPFaultInjection()
+        if let d = f["delay"], let df = r.fields(d, "\(what).delay", allowed: ["fixedDelay", "percentage"],
+                                                 unsupported: ["percent": "use percentage.value", "exponentialDelay": "not supported"]) {
+            if let fd = df["fixedDelay"], let delay = r.duration(fd, "\(what).delay.fixedDelay") {
+                out.delay = .init(fixedDelay: delay, percentage: percentage(df, "\(what).delay"))
+            } else if df["fixedDelay"] == nil {
+                r.error(d, "\(what).delay needs fixedDelay")
+            }
+        }
+        if let a = f["abort"], let af = r.fields(a, "\(what).abort", allowed: ["httpStatus", "percentage"],
+                                                 unsupported: ["grpcStatus": "not supported yet", "http2Error": "not supported yet"]) {
+            if let s = af["httpStatus"], let status = r.int(s, "\(what).abort.httpStatus", 200...599) {
+                out.abort = .init(httpStatus: status, percentage: percentage(af, "\(what).abort"))
+            } else if af["httpStatus"] == nil {
+                r.error(a, "\(what).abort needs httpStatus")
+            }
+        }
+        return out
+    }
+
+    static func destinationRule(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> DestinationRule? {
+        guard let f = r.fields(spec, "DestinationRule.spec", allowed: ["host", "trafficPolicy", "subsets"], unsupported: [
+            "exportTo": "all config is mesh-wide", "workloadSelector": "not supported",
+        ]) else { return nil }
+        guard let h = f["host"], let host = r.string(h, "DestinationRule.spec.host") else {
+            r.error(spec, "DestinationRule \(meta.name): spec.host is required")
+            return nil
+        }
+        var rule = DestinationRule(metadata: meta, host: host, trafficPolicy: nil, subsets: [], location: loc)
+        if let tp = f["trafficPolicy"] { rule.trafficPolicy = trafficPolicy(tp, "trafficPolicy", r) }
+        if let s = f["subsets"], let list = r.list(s, "subsets") {
+            for (i, node) in list.enumerated() {
+                guard let sf = r.fields(node, "subsets[\(i)]", allowed: ["name", "labels", "trafficPolicy"]) else { continue }
+                guard let n = sf["name"], let name = r.string(n, "subsets[\(i)].name") else {
+                    r.error(node, "subsets[\(i)] has no name")
+                    continue
+                }
+                if rule.subsets.contains(where: { $0.name == name }) { r.error(n, "subset '\(name)' is defined twice") }
+                rule.subsets.append(Subset(name: name, labels: sf["labels"].flatMap { r.stringMap($0, "subsets[\(i)].labels") } ?? [:],
+                                           trafficPolicy: sf["trafficPolicy"].flatMap { trafficPolicy($0, "subsets[\(i)].trafficPolicy", r) },
+                                           location: r.location(node)))
+            }
+        }
+        return rule
+    }
+
+    static func trafficPolicy(_ node: Node, _ what: String, _ r: NodeReader) -> TrafficPolicy? {
+        guard let f = r.fields(node, what, allowed: ["loadBalancer"], unsupported: [
+            "connectionPool": "circuit breaking arrives with the resilience work",
+            "outlierDetection": "outlier detection arrives with the resilience work",
+            "tls": "mesh TLS is automatic; origination is not supported", "portLevelSettings": "not supported yet",
+            "tunnel": "not supported", "proxyProtocol": "not supported",
+        ]) else { return nil }
+        guard let lb = f["loadBalancer"] else { return TrafficPolicy() }
+        guard let lf = r.fields(lb, "\(what).loadBalancer", allowed: ["simple", "consistentHash"],
+                                unsupported: ["localityLbSetting": "locality load balancing is not supported", "warmupDurationSecs": "not supported"])
+        else { return nil }
+        if lf.count != 1 { r.error(lb, "\(what).loadBalancer must have exactly one of simple, consistentHash") }
+        if let s = lf["simple"], let text = r.string(s, "loadBalancer.simple") {
+            guard let simple = LoadBalancer.Simple(rawValue: text) else {
+                r.error(s, "loadBalancer.simple: unknown policy '\(text)' (known: ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH)")
+                return nil
+            }
+            if simple == .ROUND_ROBIN {
+                r.warning(s, "loadBalancer.simple: ROUND_ROBIN",
+                          why: "round robin keeps sending a slow replica its full share; LEAST_REQUEST (the default) steers away from it")
+            }
+            return TrafficPolicy(loadBalancer: .simple(simple))
+        }
+        if let c = lf["consistentHash"], let cf = r.fields(c, "loadBalancer.consistentHash",
+                                                            allowed: ["httpHeaderName", "httpCookie", "useSourceIp"],
+                                                            unsupported: ["httpQueryParameterName": "not supported yet", "ringHash": "not supported yet",
+                                                                          "maglev": "not supported", "minimumRingSize": "not supported yet"]) {
+            if let h = cf["httpHeaderName"], let name = r.string(h, "consistentHash.httpHeaderName") {
+                return TrafficPolicy(loadBalancer: .consistentHash(.header(name.lowercased())))
+            }
+            if let ck = cf["httpCookie"], let kf = r.fields(ck, "consistentHash.httpCookie", allowed: ["name", "ttl", "path"]),
+               let n = kf["name"], let name = r.string(n, "httpCookie.name") {
+                return TrafficPolicy(loadBalancer: .consistentHash(.cookie(name: name, ttl: kf["ttl"].flatMap { r.duration($0, "httpCookie.ttl") })))
+            }
+            if let s = cf["useSourceIp"], r.bool(s, "consistentHash.useSourceIp") == true {
+                return TrafficPolicy(loadBalancer: .consistentHash(.sourceIP))
+            }
+            r.error(c, "loadBalancer.consistentHash needs httpHeaderName, httpCookie.name or useSourceIp: true")
+        }
+        return nil
+    }
+}

@@ -1,0 +1,177 @@
+import WeftCore
+import XCTest
+@testable import WeftConfig
+
+final class ConfigParserTests: XCTestCase {
+    let canary = """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata:
+          name: payments
+          namespace: shop
+        spec:
+          hosts: [payments]
+          http:
+          - name: beta-users
+            match:
+            - headers:
+                x-user:
+                  exact: beta
+              uri:
+                prefix: /charge
+            route:
+            - destination: {host: payments, subset: v2}
+          - route:
+            - destination: {host: payments, subset: v1, port: {number: 80}}
+              weight: 90
+            - destination: {host: payments, subset: v2}
+              weight: 10
+            timeout: 2s
+            retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,reset,connect-failure"}
+        ---
+        apiVersion: networking.istio.io/v1beta1
+        kind: DestinationRule
+        metadata: {name: payments, namespace: shop}
+        spec:
+          host: payments.shop.svc.cluster.local
+          trafficPolicy:
+            loadBalancer: {consistentHash: {httpHeaderName: X-User}}
+          subsets:
+          - name: v1
+            labels: {version: v1}
+          - name: v2
+            labels: {version: v2}
+        """
+
+    func testIstioExampleParsesAndValidates() throws {
+        let result = ConfigParser.parse(yaml: canary, file: "canary.yaml")
+        XCTAssertEqual(result.diagnostics, [])
+        XCTAssertEqual(result.resources.count, 2)
+        guard case .virtualService(let vs) = result.resources[0], case .destinationRule(let dr) = result.resources[1] else {
+            return XCTFail("kinds")
+        }
+        XCTAssertEqual(vs.metadata, ObjectMeta(name: "payments", namespace: "shop"))
+        XCTAssertEqual(vs.http.count, 2)
+        XCTAssertEqual(vs.http[0].match[0].headers["x-user"], .exact("beta"))
+        XCTAssertEqual(vs.http[0].match[0].uri, .prefix("/charge"))
+        XCTAssertEqual(vs.http[1].route.map(\.weight), [90, 10])
+        XCTAssertEqual(vs.http[1].route[0].destination.port, PortSelector(number: 80))
+        XCTAssertEqual(vs.http[1].timeout, .seconds(2))
+        XCTAssertEqual(vs.http[1].retries, HTTPRetry(attempts: 3, perTryTimeout: .milliseconds(500), retryOn: ["5xx", "reset", "connect-failure"]))
+        XCTAssertEqual(dr.trafficPolicy?.loadBalancer, .consistentHash(.header("x-user")))
+        XCTAssertEqual(dr.subsets.map(\.labels), [["version": "v1"], ["version": "v2"]])
+        XCTAssertEqual(ConfigValidator.validate(result.resources), [], "subsets resolve across short and full host names")
+    }
+
+    func errors(_ yaml: String) -> [String] {
+        let r = ConfigParser.parse(yaml: yaml, file: "f.yaml")
+        return (r.diagnostics + ConfigValidator.validate(r.resources)).filter { $0.severity == .error }.map(\.description)
+    }
+
+    func testErrorsCarryFileLineAndReason() {
+        let typo = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec:
+              hosts: [web]
+              http:
+              - route:
+                - destination: {host: web}
+                  wieght: 50
+            """
+        XCTAssertEqual(errors(typo), ["f.yaml:9:7: error: http[0].route[0]: unknown field 'wieght' (did you mean 'weight'?)\n  why: a misspelt field would otherwise be silently ignored"])
+        XCTAssertEqual(errors("kind: VirtualService\napiVersion: networking.istio.io/v1\nmetadata: {name: x}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}}]}], tcp: []}\n").first,
+                       "f.yaml:4:65: error: VirtualService.spec: field 'tcp' is not supported by Weft: TCP routes are not supported yet (L4 traffic is forwarded to its destination)")
+        let broken = errors("a: [1, 2\n")
+        XCTAssertEqual(broken.count, 1)
+        XCTAssertTrue(broken.first?.hasPrefix("f.yaml:2:1: error: invalid YAML") ?? false, "\(broken)")
+        let secondBroken = errors("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: a}\n---\nb: [\n")
+        XCTAssertEqual(secondBroken.count, 1, "an error in a later document is reported, not dropped: \(secondBroken)")
+        XCTAssertEqual(errors("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").first,
+                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule)")
+        XCTAssertEqual(errors("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [a]}\n").first,
+                       "f.yaml:1:13: error: VirtualService: apiVersion networking.istio.io/v2 is not one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1")
+        XCTAssertTrue(errors("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {}\n").first!.contains("not supported by Weft yet"))
+    }
+
+    func testBadValuesAreRejected() {
+        func vs(_ http: String) -> String {
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n\(http)"
+        }
+        let cases: [(String, String)] = [
+            ("  - match: [{uri: {regex: '(unclosed'}}]\n    route: [{destination: {host: web}}]\n", "is not a valid regular expression"),
+            ("  - match: [{uri: {exact: /a, prefix: /b}}]\n    route: [{destination: {host: web}}]\n", "exactly one of exact, prefix, regex"),
+            ("  - route: [{destination: {host: web}, weight: 70}, {destination: {host: web}, weight: 20}]\n", "route weights add up to 90, not 100"),
+            ("  - route: [{destination: {host: web}, weight: 170}]\n", "must be between 0 and 100, got 170"),
+            ("  - route: [{destination: {host: web, subset: v3}}]\n", "unknown subset 'v3' of web (no DestinationRule defines subsets for web.default.svc.cluster.local)"),
+            ("  - route: []\n", "route must list at least one destination"),
+            ("  - route: [{destination: {host: web}}]\n    timeout: soon\n", "timeout must be a duration"),
+            ("  - route: [{destination: {host: web}}]\n    retries: {attempts: 2, retryOn: '5xx,sometimes'}\n", "unknown policy 'sometimes'"),
+            ("  - route: [{destination: {host: web}}]\n    fault: {abort: {percentage: {value: 50}}}\n", "abort needs httpStatus"),
+            ("  - route: [{destination: {host: web}}]\n    mirror: {host: other}\n", "mirroring is not supported yet"),
+        ]
+        for (http, expected) in cases {
+            let found = errors(vs(http))
+            XCTAssertTrue(found.contains { $0.contains(expected) }, "expected '\(expected)' in \(found)")
+        }
+        let dup = vs("  - route: [{destination: {host: web}}]\n") + "\n---\n" + vs("  - route: [{destination: {host: web}}]\n")
+        XCTAssertTrue(errors(dup).contains { $0.contains("is defined twice (first at f.yaml:1:1)") }, "\(errors(dup))")
+    }
+
+    func testWarningsExplainWhy() {
+        let yaml = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec:
+              hosts: [web]
+              http:
+              - route: [{destination: {host: web}}]
+                timeout: 1s
+                retries: {attempts: 3, perTryTimeout: 500ms}
+              - match: [{uri: {prefix: /admin}}]
+                route: [{destination: {host: web}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec: {host: web, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+            """
+        let r = ConfigParser.parse(yaml: yaml, file: "w.yaml")
+        let warnings = (r.diagnostics + ConfigValidator.validate(r.resources)).filter { $0.severity == .warning }
+        XCTAssertEqual(r.errors, [])
+        XCTAssertEqual(warnings.count, 3, "\(warnings)")
+        XCTAssertTrue(warnings.allSatisfy { $0.why != nil })
+        XCTAssertTrue(warnings.contains { $0.message.contains("never reached") && $0.location.line == 10 })
+        XCTAssertTrue(warnings.contains { $0.message.contains("shorter than perTryTimeout × attempts") })
+        XCTAssertTrue(warnings.contains { $0.message.contains("ROUND_ROBIN") })
+    }
+
+    func testShortHostNames() {
+        XCTAssertEqual(ConfigValidator.fqdn("web", namespace: "shop"), "web.shop.svc.cluster.local")
+        XCTAssertEqual(ConfigValidator.fqdn("web.blog", namespace: "shop"), "web.blog.svc.cluster.local")
+        XCTAssertEqual(ConfigValidator.fqdn("web.blog.svc", namespace: "shop"), "web.blog.svc.cluster.local")
+        XCTAssertEqual(ConfigValidator.fqdn("api.example.com", namespace: "shop"), "api.example.com")
+    }
+
+    func testDurations() {
+        XCTAssertEqual(NodeReader.parseDuration("1.5s"), .milliseconds(1500))
+        XCTAssertEqual(NodeReader.parseDuration("250ms"), .milliseconds(250))
+        XCTAssertEqual(NodeReader.parseDuration("2m"), .seconds(120))
+        XCTAssertEqual(NodeReader.parseDuration("1h"), .seconds(3600))
+        for bad in ["", "s", "1", "-1s", "1d", "1.2.3s"] { XCTAssertNil(NodeReader.parseDuration(bad), bad) }
+    }
+
+    /// Arbitrary text never traps the parser.
+    func testGarbageNeverCrashes() {
+        let pieces = ["apiVersion:", "kind: VirtualService", "metadata:", "  name:", "spec:", "  hosts:", "  - ", "http:", "{", "[", "]",
+                      "}", ": :", "- route:", "weight: -1", "\t", "&a", "*a", "!!binary", "---", "...", "\"", "'", "#", "?", "|", ">"]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2_000 {
+            let text = (0..<Int.random(in: 1...12, using: &rng)).map { _ in pieces.randomElement(using: &rng)! }.joined(separator: Bool.random(using: &rng) ? "\n" : " ")
+            let r = ConfigParser.parse(yaml: text, file: "g.yaml")
+            _ = ConfigValidator.validate(r.resources)
+        }
+    }
+}

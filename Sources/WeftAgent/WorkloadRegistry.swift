@@ -36,6 +36,43 @@ public actor WorkloadRegistry {
         directory.publish(catalog)
     }
 
+    private var store: StateStore { StateStore(directory: config.stateDirectory) }
+
+    /// Re-attaches the workloads of the previous run whose netns still exists. Returns how
+    /// many came back; the others are logged and forgotten.
+    public func restore() async -> Int {
+        let specs: [WorkloadSpec]
+        do { specs = try store.load() } catch {
+            logger.error("state: \(error)")
+            return 0
+        }
+        var restored = 0
+        for spec in specs {
+            guard NetnsManager.exists(spec.netns) else {
+                logger.notice("state: netns \(spec.netns) of workload \(spec.name) is gone; forgetting it")
+                continue
+            }
+            do {
+                if let ip = spec.podIP, case .v4 = ip, config.podCIDR.contains(ip) { try pool.reserve(ip, for: spec.netns) }
+                try await attach(spec, persist: false)
+                restored += 1
+            } catch {
+                pool.release(spec.netns)
+                logger.error("state: cannot re-attach workload \(spec.name) (netns \(spec.netns)): \(error)")
+            }
+        }
+        persist()
+        return restored
+    }
+
+    private func persist() {
+        do {
+            try store.save(attached.values.map(\.proxy.spec))
+        } catch {
+            logger.error("state: \(error)")
+        }
+    }
+
     /// Recomputes services and endpoints from the attached workloads and publishes them.
     private func republish() {
         do {
@@ -77,6 +114,10 @@ public actor WorkloadRegistry {
     }
 
     public func attach(_ spec: WorkloadSpec) async throws {
+        try await attach(spec, persist: true)
+    }
+
+    private func attach(_ spec: WorkloadSpec, persist shouldPersist: Bool) async throws {
         await reapVanished()
         if let existing = attached[spec.netns] {
             throw WeftError(.alreadyExists, "netns \(spec.netns) is already meshed as workload '\(existing.proxy.spec.name)'",
@@ -101,6 +142,7 @@ public actor WorkloadRegistry {
             directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, logger: logger, now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)
         republish()
+        if shouldPersist { persist() }
         reservedAt[spec.netns] = nil
         logger.info("attached workload", metadata: ["workload": "\(spec.name)", "netns": "\(spec.netns)",
                                                     "service": "\(spec.service)", "ip": "\(spec.podIP.map { "\($0)" } ?? "-")"])
@@ -113,6 +155,7 @@ public actor WorkloadRegistry {
         await entry.proxy.stop()
         pool.release(netns)
         republish()
+        persist()
         logger.info("detached workload", metadata: ["workload": "\(entry.proxy.spec.name)", "netns": "\(netns)"])
     }
 
@@ -126,6 +169,7 @@ public actor WorkloadRegistry {
             await entry.proxy.stop()
             pool.release(name)
             republish()
+            persist()
             logger.notice("netns \(name) disappeared; detached workload \(entry.proxy.spec.name)")
         }
     }

@@ -65,6 +65,17 @@ public struct PodAddressPool: Sendable {
         return .v6(bytes)
     }
 
+    /// Claims a known address for `netns` (restoring state after an agent restart).
+    public mutating func reserve(_ ip: IPAddress, for netns: NetnsName) throws {
+        guard case .v4(let v) = ip, v >= first, v <= last else {
+            throw WeftError(.invalidArgument, "\(ip) is not a pod address of \(cidr)")
+        }
+        if let owner = assigned.first(where: { $0.value == ip && $0.key != netns })?.key {
+            throw WeftError(.alreadyExists, "\(ip) is already assigned to netns \(owner)")
+        }
+        assigned[netns] = ip
+    }
+
     public mutating func release(_ netns: NetnsName) {
         assigned[netns] = nil
     }

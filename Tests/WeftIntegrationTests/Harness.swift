@@ -136,18 +136,33 @@ final class MeshHarness {
     """#
 
     private func startAgent() throws {
-        try startDNSStub()
+        if dnsStub == nil { try startDNSStub() }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
         p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug",
-                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)"]
+                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state"]
         p.standardOutput = FileHandle(forWritingAtPath: touch(dir + "/agent.out"))
-        p.standardError = FileHandle(forWritingAtPath: touch(dir + "/agent.err"))
+        let log = dir + "/agent.err"
+        if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
+        let handle = FileHandle(forWritingAtPath: log)
+        handle?.seekToEndOfFile()
+        p.standardError = handle
         try p.run()
         agent = p
         try waitUntil("agent serving \(socket)", timeout: 20) {
             self.weft(["get", "workloads", "--agent-socket", self.socket]).status == 0
         }
+    }
+
+    /// Stops the agent with `signal` (waiting until it is gone), then starts it again on the
+    /// same socket, bridge and state directory.
+    func restartAgent(signal: Int32) throws {
+        if let agent, agent.isRunning {
+            kill(agent.processIdentifier, signal)
+            let deadline = Date().addingTimeInterval(10)
+            while agent.isRunning && Date() < deadline { usleep(20_000) }
+        }
+        try startAgent()
     }
 
     var agentLog: String { (try? String(contentsOfFile: dir + "/agent.err", encoding: .utf8)) ?? "" }

@@ -74,6 +74,9 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     public var dnsAnswered: Int = 0
     public var dnsForwarded: Int = 0
     public var dnsMalformed: Int = 0
+    /// HTTP requests through the L7 outbound path, and those answered with a mesh error.
+    public var httpRequests: Int = 0
+    public var httpErrors: Int = 0
 
     public init() {}
 }

@@ -7,8 +7,9 @@ import WeftCore
 ///
 /// 1. recover the original destination (SO_ORIGINAL_DST)
 /// 2. decide: refuse loops and direct connections to the proxy port
-/// 3. route: a service virtual IP becomes one of the service's endpoints (round robin);
-///    any other address is used as it is
+/// 3. route: a service port declared `/http` goes to the L7 path (HTTPOutboundProxyHandler:
+///    one endpoint per request); otherwise a service virtual IP becomes one of the
+///    service's endpoints (round robin) and any other address is used as it is
 /// 4. connect to the target from inside the netns with the proxy's SO_MARK, so the capture
 ///    rules let this connection through
 /// 5. splice the two connections, counting bytes both ways
@@ -20,6 +21,9 @@ enum Outbound {
             case .refuse(let reason):
                 return context.refuse(downstream, direction: .outbound, reason: reason)
             case .forward(let original):
+                if context.directory.portProtocol(original) == .http {
+                    return HTTPPath.start(downstream, context: context, original: original)
+                }
                 let target: OriginalDestination
                 switch context.directory.resolve(original) {
                 case .passthrough:

@@ -27,6 +27,8 @@ public final class ProxyCounters: Sendable {
     let dnsAnswered = Counter()
     let dnsForwarded = Counter()
     let dnsMalformed = Counter()
+    let httpRequests = Counter()
+    let httpErrors = Counter()
 
     public init() {}
 
@@ -42,6 +44,8 @@ public final class ProxyCounters: Sendable {
         c.dnsAnswered = dnsAnswered.current
         c.dnsForwarded = dnsForwarded.current
         c.dnsMalformed = dnsMalformed.current
+        c.httpRequests = httpRequests.current
+        c.httpErrors = httpErrors.current
         return c
     }
 }

@@ -14,6 +14,8 @@ public struct WorkloadContext: Sendable {
     public let connectTimeout: TimeAmount
     public let logger: Logger
     public let directory: ServiceDirectory
+    /// Idle HTTP/1.1 upstream connections; only touched on the workload's loop.
+    let upstreamPool: NIOLoopBound<UpstreamPool>
 }
 
 enum Direction: String {

@@ -31,9 +31,11 @@ public final class WorkloadProxy: Sendable {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
         var logger = logger
         logger[metadataKey: "workload"] = "\(spec.name)"
+        let eventLoop = loop.loop
+        let pool = try await eventLoop.submit { NIOLoopBound(UpstreamPool(), eventLoop: eventLoop) }.get()
         let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
-                                      directory: directory)
+                                      directory: directory, upstreamPool: pool)
         let plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),

@@ -270,6 +270,11 @@ final class MeshHarness {
             while bg.process.isRunning && Date() < deadline { usleep(20_000) }
             if bg.process.isRunning { kill(bg.process.processIdentifier, SIGKILL) }
         }
+        // An agent that died during the test crashed (tests that stop it start it again):
+        // that fails the test, whatever it asserted, with the end of the agent's log.
+        if let agent, !agent.isRunning {
+            XCTFail("the agent died during the test (exit \(agent.terminationStatus)):\n\(agentLog.suffix(4000))")
+        }
         if let agent, agent.isRunning {
             kill(agent.processIdentifier, SIGTERM)
             let deadline = Date().addingTimeInterval(10)

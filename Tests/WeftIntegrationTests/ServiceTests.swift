@@ -18,7 +18,7 @@ final class ServiceTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         FileManager.default.createFile(atPath: root + "/id.txt", contents: Data("\(name)\n".utf8), attributes: [.posixPermissions: 0o644])
         let bg = try mesh.startWeft(["run", "--name", mesh.name(name), "--service", "web", "--namespace", "shop",
-                                     "--port", "80:3000/http", "--", "/usr/bin/python3", "-m", "http.server", "3000",
+                                     "--port", "80:3000/http", "--port", "90:3000", "--", "/usr/bin/python3", "-m", "http.server", "3000",
                                      "--bind", "0.0.0.0", "--directory", root])
         try mesh.waitForListener(netns: mesh.name(name), port: 3000)
         return bg
@@ -36,7 +36,7 @@ final class ServiceTests: XCTestCase {
         let web = try XCTUnwrap(try services().first { $0.key.name.rawValue == "web" })
         XCTAssertEqual(web.key.namespace.rawValue, "shop")
         XCTAssertTrue(CIDR("240.240.0.0/16")!.contains(web.vip), "\(web.vip)")
-        XCTAssertEqual(web.ports.map(\.description), ["80:3000/http"])
+        XCTAssertEqual(web.ports.map(\.description), ["80:3000/http", "90:3000"])
         XCTAssertEqual(Set(web.endpoints.map(\.workload)), [mesh.name("a"), mesh.name("b")])
         let table = mesh.weft(["get", "services"]).stdout
         XCTAssertTrue(table.contains("web") && table.contains("shop") && table.contains("\(web.vip)"), table)
@@ -76,11 +76,17 @@ final class ServiceTests: XCTestCase {
         let vip = try XCTUnwrap(try services().first?.vip)
         kill(a.process.processIdentifier, SIGTERM)
         XCTAssertNotNil(mesh.wait(a))
+        // An L4 port (no protocol declared): the connection is reset at once.
         let started = Date()
         let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--",
-                           "curl", "-sS", "-m", "5", "http://\(vip):80/"], timeout: 30)
+                           "curl", "-sS", "-m", "5", "http://\(vip):90/"], timeout: 30)
         XCTAssertNotEqual(r.status, 0)
         XCTAssertLessThan(Date().timeIntervalSince(started), 4)
-        XCTAssertTrue(mesh.agentLog.contains("service web.shop (\(vip):80) has no endpoints"), mesh.agentLog.suffix(1500).description)
+        XCTAssertTrue(mesh.agentLog.contains("service web.shop (\(vip):90) has no endpoints"), mesh.agentLog.suffix(1500).description)
+        // The HTTP port answers in HTTP: 503 with the UH flag.
+        let http = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--",
+                              "curl", "-sS", "-m", "5", "-D", "-", "http://\(vip):80/"], timeout: 30)
+        XCTAssertTrue(http.stdout.contains("HTTP/1.1 503"), http.output)
+        XCTAssertTrue(http.stdout.lowercased().contains("x-weft-response-flags: uh"), http.stdout)
     }
 }

@@ -18,6 +18,13 @@ public final class ServiceDirectory: Sendable {
         state.withLock { $0.catalog = catalog }
     }
 
+    /// The protocol a service declares for the dialled VIP port (`--port 80:3000/http`).
+    public func portProtocol(_ destination: OriginalDestination) -> PortProtocol? {
+        state.withLock { state in
+            state.catalog?.service(forVIP: destination.ip)?.ports.first { $0.port == destination.port }?.proto
+        }
+    }
+
     /// The virtual IPs of a service, for the DNS proxy.
     public func lookup(name: String, namespace: String) -> (vip: IPAddress, vip6: IPAddress?)? {
         state.withLock { $0.catalog?.service(named: name, namespace: namespace).map { ($0.vip, $0.vip6) } }

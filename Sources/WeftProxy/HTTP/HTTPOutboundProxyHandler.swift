@@ -1,0 +1,332 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import WeftCore
+
+/// The L7 outbound path for HTTP/1.1 (service ports declared `/http`). Sits after NIO's
+/// server codec and pipelining handler on the app's connection, so it sees one request at a
+/// time. Per request: apply HTTPHeaderPolicy, pick an endpoint (per request, not per
+/// connection, so keep-alive clients are balanced), take a pooled upstream connection or
+/// open one from inside the netns, stream the request up and the response back with
+/// backpressure both ways, then return the upstream connection to the pool.
+///
+/// Failures answer with a status and an `x-weft-response-flags` header (Envoy's flags):
+/// UH no endpoints, UF upstream connect failure, UC upstream closed before the response,
+/// NR no such port, and requests the policy refuses get 400/431/501.
+final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        case idle
+        /// Waiting for an upstream connection; request parts read meanwhile are buffered.
+        case connecting(request: HTTPRequestHead, buffered: [HTTPServerRequestPart], keepAlive: Bool)
+        case streaming(Exchange)
+        /// An error response was sent; the rest of this request is dropped, then we close.
+        case discarding
+    }
+
+    private struct Exchange {
+        let upstream: Channel
+        let endpoint: OriginalDestination
+        let keepAlive: Bool
+        var requestEnded = false
+        var responseHeadSent = false
+        var responseEnded = false
+        var upstreamKeepAlive = true
+    }
+
+    private let workload: WorkloadContext
+    private let original: OriginalDestination
+    private let pool: UpstreamPool
+    private var state = State.idle
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+
+    init(workload: WorkloadContext, original: OriginalDestination, pool: UpstreamPool) {
+        self.workload = workload
+        self.original = original
+        self.pool = pool
+    }
+
+    var downstreamWritable: Bool { context?.channel.isWritable ?? false }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    // MARK: - requests from the app
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        switch (state, part) {
+        case (.idle, .head(let head)):
+            begin(head, context: context)
+        case (.idle, _):
+            break  // the tail of a request already answered
+        case (.connecting(let request, var buffered, let keepAlive), _):
+            buffered.append(part)
+            state = .connecting(request: request, buffered: buffered, keepAlive: keepAlive)
+        case (.streaming(let exchange), .body(let body)):
+            workload.counters.bytesOutboundSent.add(body.readableBytes)
+            exchange.upstream.write(NIOAny(HTTPClientRequestPart.body(.byteBuffer(body))), promise: nil)
+        case (.streaming(var exchange), .end(let trailers)):
+            exchange.requestEnded = true
+            state = .streaming(exchange)
+            exchange.upstream.writeAndFlush(NIOAny(HTTPClientRequestPart.end(trailers)), promise: nil)
+            finishIfDone()
+        case (.streaming, .head):
+            break  // cannot happen behind HTTPServerPipelineHandler
+        case (.discarding, .end):
+            context.close(promise: nil)
+        case (.discarding, _):
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if case .streaming(let exchange) = state { exchange.upstream.flush() }
+    }
+
+    private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        workload.counters.httpRequests.add(1)
+        let client = context.channel.remoteAddress?.weftIP
+        let verdict = HTTPHeaderPolicy.request(head, client: client) { UUID().uuidString.lowercased() }
+        let request: HTTPRequestHead
+        switch verdict {
+        case .reject(let status, let reason):
+            return fail(status, flags: "DPE", reason: reason, context: context)
+        case .forward(let h):
+            request = h
+        }
+        let target: OriginalDestination
+        switch workload.directory.resolve(original) {
+        case .endpoint(let endpoint, _, _):
+            target = endpoint
+        case .passthrough:
+            target = original
+        case .noEndpoints(let service):
+            return fail(.serviceUnavailable, flags: "UH", reason: "no healthy upstream for \(service)", context: context)
+        case .unknownPort(let service, let port):
+            return fail(.notFound, flags: "NR", reason: "service \(service) has no port \(port)", context: context)
+        }
+        guard let address = try? target.socketAddress else {
+            return fail(.serviceUnavailable, flags: "UF", reason: "bad upstream address \(target)", context: context)
+        }
+        state = .connecting(request: request, buffered: [], keepAlive: head.isKeepAlive)
+        if let pooled = pool.take(target) {
+            attach(pooled, endpoint: target)
+            return
+        }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        workload.loop.connect(to: address, mark: workload.mark, timeout: workload.connectTimeout) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                try channel.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
+            }
+        }.whenComplete { result in
+            let handler = loopBound.value
+            switch result {
+            case .success(let channel):
+                _ = channel.setOption(.autoRead, value: true)
+                handler.attach(channel, endpoint: target)
+            case .failure(let error):
+                handler.fail(.serviceUnavailable, flags: "UF", reason: "upstream connect error (\(target)): \(WorkloadContext.describe(error))",
+                             context: nil)
+            }
+        }
+    }
+
+    private func attach(_ upstream: Channel, endpoint: OriginalDestination) {
+        guard case .connecting(let request, let buffered, let keepAlive) = state else {
+            upstream.close(promise: nil)  // the client went away meanwhile
+            return
+        }
+        guard let handler = try? upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self) else {
+            upstream.close(promise: nil)
+            return
+        }
+        handler.owner = self
+        var exchange = Exchange(upstream: upstream, endpoint: endpoint, keepAlive: keepAlive)
+        guard upstream.isActive else {
+            // Reset between the handshake and now: its channelInactive found no owner yet.
+            state = .streaming(exchange)
+            upstreamClosed(error: nil)
+            return
+        }
+        upstream.write(NIOAny(HTTPClientRequestPart.head(request)), promise: nil)
+        for part in buffered {
+            switch part {
+            case .body(let b):
+                workload.counters.bytesOutboundSent.add(b.readableBytes)
+                upstream.write(NIOAny(HTTPClientRequestPart.body(.byteBuffer(b))), promise: nil)
+            case .end(let t):
+                exchange.requestEnded = true
+                upstream.write(NIOAny(HTTPClientRequestPart.end(t)), promise: nil)
+            case .head:
+                break
+            }
+        }
+        upstream.flush()
+        state = .streaming(exchange)
+        if pendingRead, upstream.isWritable {
+            pendingRead = false
+            context?.read()
+        }
+    }
+
+    // MARK: - responses from the upstream
+
+    func upstreamRead(_ part: HTTPClientResponsePart) {
+        guard case .streaming(var exchange) = state, let context else { return }
+        switch part {
+        case .head(let head):
+            exchange.responseHeadSent = true
+            exchange.upstreamKeepAlive = head.isKeepAlive
+            context.write(wrapOutboundOut(.head(HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive))), promise: nil)
+        case .body(let body):
+            workload.counters.bytesOutboundReceived.add(body.readableBytes)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        case .end(let trailers):
+            exchange.responseEnded = true
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+        }
+        state = .streaming(exchange)
+        finishIfDone()
+    }
+
+    func upstreamReadComplete() {
+        context?.flush()
+    }
+
+    func upstreamWritabilityChanged(_ writable: Bool) {
+        if writable, pendingRead {
+            pendingRead = false
+            context?.read()
+        }
+    }
+
+    func upstreamClosed(error: Error?) {
+        guard case .streaming(let exchange) = state, !exchange.responseEnded else { return }
+        if exchange.responseHeadSent {
+            // Part of the response is already with the client: the only honest signal left
+            // is to cut the connection.
+            state = .idle
+            release(exchange.upstream)
+            context?.channel.closeWithReset()
+        } else {
+            fail(.serviceUnavailable, flags: "UC",
+                 reason: "upstream \(exchange.endpoint) closed before responding" + (error.map { ": \(WorkloadContext.describe($0))" } ?? ""),
+                 context: nil)
+        }
+    }
+
+    /// After both directions ended: recycle the upstream, and close the client side if it
+    /// asked for it.
+    private func finishIfDone() {
+        guard case .streaming(let exchange) = state, exchange.requestEnded, exchange.responseEnded else { return }
+        state = .idle
+        if exchange.upstreamKeepAlive {
+            if let handler = try? exchange.upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self) {
+                handler.owner = nil
+            }
+            pool.give(exchange.upstream, for: exchange.endpoint)
+        } else {
+            release(exchange.upstream)
+        }
+        if !exchange.keepAlive { context?.close(promise: nil) }
+    }
+
+    /// Stops listening to an upstream connection and closes it. The owner is cleared first:
+    /// closing fires channelInactive synchronously, which must not re-enter this handler.
+    private func release(_ upstream: Channel) {
+        if let handler = try? upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self) {
+            handler.owner = nil
+        }
+        upstream.close(promise: nil)
+    }
+
+    /// Answers the current request with an error and stops using this connection. The new
+    /// state is set before any side effect, so a re-entrant call finds nothing to answer.
+    private func fail(_ status: HTTPResponseStatus, flags: String, reason: String, context given: ChannelHandlerContext?) {
+        guard let context = given ?? self.context else { return }
+        let previous = state
+        var requestEnded = false
+        var upstream: Channel?
+        switch previous {
+        case .connecting(_, let buffered, _):
+            requestEnded = buffered.contains { if case .end = $0 { return true } else { return false } }
+        case .streaming(let exchange):
+            guard !exchange.responseHeadSent else {
+                state = .idle
+                release(exchange.upstream)
+                context.channel.closeWithReset()
+                return
+            }
+            requestEnded = exchange.requestEnded
+            upstream = exchange.upstream
+        case .discarding:
+            return  // already answered
+        case .idle:
+            break
+        }
+        state = requestEnded ? .idle : .discarding
+        if let upstream { release(upstream) }
+        workload.counters.httpErrors.add(1)
+        workload.logger.notice("outbound HTTP \(status.code) \(flags): \(reason)", metadata: ["destination": "\(original)"])
+        let body = "\(reason)\n"
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/plain; charset=utf-8")
+        headers.add(name: "content-length", value: "\(body.utf8.count)")
+        headers.add(name: "x-weft-response-flags", value: flags)
+        headers.add(name: "connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if requestEnded { context.close(promise: nil) }
+    }
+
+    // MARK: - the app's connection
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let previous = state
+        state = .idle
+        if case .streaming(let exchange) = previous { release(exchange.upstream) }
+        context.fireChannelInactive()
+    }
+
+    /// A malformed request (NIO's HTTPServerProtocolErrorHandler, before us, has already
+    /// answered 400) or a failed connection: this exchange is over. No further response may
+    /// be written (NIO's pipelining handler traps on a second one), the upstream is released
+    /// and the connection closed at once rather than left to the client's timeout.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let previous = state
+        state = .discarding
+        if case .streaming(let exchange) = previous { release(exchange.upstream) }
+        workload.logger.notice("outbound HTTP request refused: \(error)", metadata: ["destination": "\(original)"])
+        workload.counters.httpErrors.add(1)
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, case .streaming(let exchange) = state,
+           let handler = try? exchange.upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self),
+           let upstreamContext = try? exchange.upstream.pipeline.syncOperations.context(handlerType: UpstreamHTTPHandler.self) {
+            handler.resumeReading(context: upstreamContext)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Backpressure: read the request only while the upstream can take it.
+    func read(context: ChannelHandlerContext) {
+        switch state {
+        case .streaming(let exchange) where !exchange.upstream.isWritable:
+            pendingRead = true
+        case .connecting:
+            pendingRead = true  // resumes once attached
+        default:
+            context.read()
+        }
+    }
+}

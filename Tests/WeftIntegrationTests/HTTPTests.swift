@@ -1,0 +1,139 @@
+import Foundation
+import WeftCore
+import XCTest
+
+/// The HTTP/1.1 L7 path (service ports declared `/http`) through real namespaces: per-request
+/// balancing on a keep-alive connection, mesh headers, streaming bodies, smuggling refused,
+/// and the mesh's own error answers.
+final class HTTPTests: XCTestCase {
+    var mesh: MeshHarness!
+    var vip = ""
+
+    static let echoApp = #"""
+    import sys, http.server
+    name = sys.argv[2]
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def reply(self, body=b""):
+            text = ("replica=%s\nxff=%s\nrid=%s\nlen=%d\nconn=%s\n" % (name, self.headers.get("x-forwarded-for"),
+                    self.headers.get("x-request-id"), len(body), self.headers.get("connection"))).encode()
+            self.send_response(200); self.send_header("content-length", str(len(text))); self.end_headers()
+            if self.command != "HEAD": self.wfile.write(text)
+        def do_GET(self): self.reply()
+        def do_HEAD(self): self.reply()
+        def do_POST(self):
+            if self.headers.get("transfer-encoding") == "chunked":
+                body = b""
+                while True:
+                    size = int(self.rfile.readline().strip(), 16)
+                    if size == 0: self.rfile.readline(); break
+                    body += self.rfile.read(size); self.rfile.readline()
+            else:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.reply(body)
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+    """#
+
+    override func setUpWithError() throws {
+        mesh = try MeshHarness.start()
+        try Self.echoApp.write(toFile: mesh.dir + "/echo.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/echo.py", 0o644)
+        for replica in ["a", "b"] {
+            _ = try mesh.startWeft(["run", "--name", mesh.name(replica), "--service", "web", "--port", "80:3000/http",
+                                    "--port", "81:3999/http", "--", "/usr/bin/python3", mesh.dir + "/echo.py", "3000", replica])
+            try mesh.waitForListener(netns: mesh.name(replica), port: 3000)
+        }
+        let services = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
+        vip = "\(try XCTUnwrap(services.first).vip)"
+    }
+
+    override func tearDown() {
+        mesh?.shutdown()
+        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
+    }
+
+    func client(_ script: String) -> MeshHarness.Result {
+        mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c", script], timeout: 60)
+    }
+
+    func testKeepAliveRequestsAreBalancedPerRequestWithMeshHeaders() throws {
+        // One curl, four URLs: one client connection, reused (num_connects 1 then 0).
+        let r = client("curl -sS -m 10 -w 'connects=%{num_connects}\\n' http://web/1 http://web/2 http://web/3 http://web/4")
+        XCTAssertEqual(r.status, 0, r.output)
+        let replicas = r.stdout.split(separator: "\n").filter { $0.hasPrefix("replica=") }
+        XCTAssertEqual(replicas.count, 4, r.stdout)
+        XCTAssertEqual(Set(replicas).count, 2, "per-request balancing reaches both replicas on one connection:\n\(r.stdout)")
+        XCTAssertEqual(r.stdout.components(separatedBy: "connects=1").count - 1, 1, r.stdout)
+        XCTAssertEqual(r.stdout.components(separatedBy: "connects=0").count - 1, 3, r.stdout)
+        let cliIP = r.stdout.split(separator: "\n").first { $0.hasPrefix("xff=") }
+        XCTAssertTrue((cliIP?.hasPrefix("xff=10.234.") ?? false) || (cliIP?.hasPrefix("xff=fd77:7765:6674::") ?? false),
+                      "x-forwarded-for carries the client's pod address (IPv4 or IPv6): \(r.stdout)")
+        XCTAssertFalse(r.stdout.contains("rid=None"), "x-request-id is set: \(r.stdout)")
+        XCTAssertFalse(r.stdout.contains("conn=keep-alive"), "hop-by-hop Connection is not forwarded: \(r.stdout)")
+        let w = try XCTUnwrap(try mesh.workload(mesh.name("a")))
+        XCTAssertGreaterThanOrEqual(w.counters.connectionsInbound, 1)
+    }
+
+    func testBodiesStreamBothWaysAndHEADWorks() throws {
+        let r = client("""
+            head -c 3000000 /dev/zero > /tmp/weft-body-$$ && \
+            curl -sS -m 20 --data-binary @/tmp/weft-body-$$ http://web/upload && \
+            curl -sS -m 20 -H 'transfer-encoding: chunked' --data-binary @/tmp/weft-body-$$ http://web/chunked && \
+            curl -sS -m 10 -I http://web/ | head -1; rm -f /tmp/weft-body-$$
+            """)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertEqual(r.stdout.components(separatedBy: "len=3000000").count - 1, 2, r.stdout)
+        XCTAssertTrue(r.stdout.contains("HTTP/1.1 200"), r.stdout)
+    }
+
+    func testSmugglingAndBadInputAreRefused() throws {
+        let script = """
+            import socket
+            def send(raw):
+                s = socket.create_connection(("web", 80), timeout=5); s.sendall(raw)
+                data = b""
+                try:
+                    while True:
+                        chunk = s.recv(4096)
+                        if not chunk: break
+                        data += chunk
+                except socket.timeout:
+                    pass
+                return data.split(b"\\r\\n")[0].decode()
+            print("clte", send(b"POST / HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n"))
+            print("h2c", send(b"GET / HTTP/1.1\\r\\nHost: web\\r\\nUpgrade: h2c\\r\\nHTTP2-Settings: AAMAAABkAAQAAP__\\r\\nConnection: Upgrade, HTTP2-Settings\\r\\n\\r\\n"))
+            print("badchunk", send(b"POST / HTTP/1.1\\r\\nHost: web\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\nzz\\r\\nhello\\r\\n0\\r\\n\\r\\n"))
+            print("garbage", send(b"\\x16\\x03\\x01 not http at all\\r\\n\\r\\n"))
+            print("ok", send(b"GET / HTTP/1.1\\r\\nHost: web\\r\\nConnection: close\\r\\n\\r\\n"))
+            """
+        try script.write(toFile: mesh.dir + "/smuggle.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/smuggle.py", 0o644)
+        let r = client("/usr/bin/python3 \(mesh.dir)/smuggle.py")
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("clte HTTP/1.1 400"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("h2c HTTP/1.1 400"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("badchunk HTTP/1.1 400"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("garbage HTTP/1.1 400"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("ok HTTP/1.1 200"), "the proxy keeps serving after bad input: \(r.stdout)")
+    }
+
+    func testMeshErrorsAreAnsweredWithFlags() throws {
+        // Port 81 maps to 3999, where nothing listens: the upstream closes before answering.
+        let r = client("curl -sS -m 10 -D - http://web:81/; echo; curl -sS -m 10 -o /dev/null -w '%{http_code}\\n' http://web:82/")
+        XCTAssertTrue(r.stdout.contains("HTTP/1.1 503"), r.output)
+        XCTAssertTrue(r.stdout.lowercased().contains("x-weft-response-flags: uc"), "\(r.output)\n--- agent ---\n\(mesh.agentLog.suffix(2500))")
+        // Stop both replicas: no endpoints left.
+        for replica in ["a", "b"] {
+            _ = mesh.run(["pkill", "-TERM", "-f", "echo.py 3000 \(replica)"])
+        }
+        try mesh.waitUntil("endpoints gone", timeout: 20) {
+            let s = try JSONDecoder().decode([ServiceStatus].self, from: Data(self.mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
+            return s.first?.endpoints.isEmpty ?? false
+        }
+        let none = client("curl -sS -m 10 -D - http://\(vip):80/")
+        XCTAssertTrue(none.stdout.contains("HTTP/1.1 503"), none.output)
+        XCTAssertTrue(none.stdout.lowercased().contains("x-weft-response-flags: uh"), none.stdout)
+        XCTAssertTrue(none.stdout.contains("no healthy upstream for web.default"), none.stdout)
+    }
+}

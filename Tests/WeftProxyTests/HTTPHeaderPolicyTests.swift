@@ -1,0 +1,65 @@
+import NIOHTTP1
+import WeftCore
+import XCTest
+@testable import WeftProxy
+
+final class HTTPHeaderPolicyTests: XCTestCase {
+    func head(_ headers: [(String, String)], method: HTTPMethod = .GET) -> HTTPRequestHead {
+        HTTPRequestHead(version: .http1_1, method: method, uri: "/x", headers: HTTPHeaders(headers))
+    }
+
+    func verdict(_ headers: [(String, String)], method: HTTPMethod = .GET) -> HTTPHeaderPolicy.Verdict {
+        HTTPHeaderPolicy.request(head(headers, method: method), client: IPAddress("10.0.0.9")) { "rid-1" }
+    }
+
+    func testSmugglingShapesAreRefused() {
+        let cases: [([(String, String)], HTTPResponseStatus, String)] = [
+            ([("content-length", "4"), ("transfer-encoding", "chunked")], .badRequest, "both Content-Length and Transfer-Encoding"),
+            ([("content-length", "4"), ("content-length", "5")], .badRequest, "conflicting Content-Length"),
+            ([("content-length", "4, 5")], .badRequest, "conflicting Content-Length"),
+            ([("content-length", "-1")], .badRequest, "invalid"),
+            ([("transfer-encoding", "gzip, chunked")], .badRequest, "only chunked"),
+            ([("transfer-encoding", "chunked, chunked")], .badRequest, "only chunked"),
+            ([("upgrade", "h2c"), ("connection", "upgrade, http2-settings"), ("http2-settings", "AAA")], .badRequest, "h2c"),
+            ([("http2-settings", "AAA")], .badRequest, "h2c"),
+            ([("upgrade", "websocket"), ("connection", "upgrade")], .notImplemented, "upgrade"),
+        ]
+        for (headers, status, reason) in cases {
+            guard case .reject(let s, let r) = verdict(headers) else { return XCTFail("\(headers) must be refused") }
+            XCTAssertEqual(s, status, "\(headers)")
+            XCTAssertTrue(r.contains(reason), "\(headers): \(r)")
+        }
+        guard case .reject(.methodNotAllowed, _) = verdict([], method: .CONNECT) else { return XCTFail("CONNECT") }
+        let many = (0..<101).map { ("x-h\($0)", "v") }
+        guard case .reject(.requestHeaderFieldsTooLarge, _) = verdict(many) else { return XCTFail("header count limit") }
+        guard case .reject(.requestHeaderFieldsTooLarge, _) = verdict([("x-big", String(repeating: "a", count: 70_000))]) else {
+            return XCTFail("header size limit")
+        }
+    }
+
+    func testForwardedRequestIsCleanedAndAnnotated() throws {
+        guard case .forward(let out) = verdict([("host", "web"), ("connection", "keep-alive, x-private"), ("x-private", "1"),
+                                                 ("keep-alive", "timeout=5"), ("te", "trailers"), ("proxy-connection", "x"),
+                                                 ("x-forwarded-for", "192.0.2.1"), ("transfer-encoding", "chunked")]) else {
+            return XCTFail("must forward")
+        }
+        for gone in ["connection", "x-private", "keep-alive", "te", "proxy-connection"] {
+            XCTAssertFalse(out.headers.contains(name: gone), gone)
+        }
+        XCTAssertEqual(out.headers["transfer-encoding"], ["chunked"], "framing is end to end")
+        XCTAssertEqual(out.headers["x-forwarded-for"], ["192.0.2.1, 10.0.0.9"])
+        XCTAssertEqual(out.headers["x-request-id"], ["rid-1"])
+        XCTAssertEqual(out.headers["x-forwarded-proto"], ["http"])
+        XCTAssertEqual(out.headers["host"], ["web"])
+        guard case .forward(let keep) = verdict([("x-request-id", "given")]) else { return XCTFail() }
+        XCTAssertEqual(keep.headers["x-request-id"], ["given"], "an incoming request id is kept")
+    }
+
+    func testResponseHopByHopIsStripped() {
+        let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: HTTPHeaders([("connection", "close"), ("keep-alive", "x"), ("x-app", "1")]))
+        let kept = HTTPHeaderPolicy.response(head, keepClientAlive: true)
+        XCTAssertFalse(kept.headers.contains(name: "connection"))
+        XCTAssertEqual(kept.headers["x-app"], ["1"])
+        XCTAssertEqual(HTTPHeaderPolicy.response(head, keepClientAlive: false).headers["connection"], ["close"])
+    }
+}

@@ -34,7 +34,7 @@ let package = Package(
         .target(
             name: "WeftProxy",
             dependencies: [
-                "WeftCore", "CWeftLinux",
+                "WeftCore", "CWeftLinux", "WeftConfig",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -44,7 +44,7 @@ let package = Package(
         .target(
             name: "WeftAgent",
             dependencies: [
-                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux",
+                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux", "WeftConfig",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(
             name: "WeftProxyTests",
             dependencies: [
-                "WeftProxy", "WeftCore", "WeftAgent",
+                "WeftProxy", "WeftCore", "WeftAgent", "WeftConfig",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

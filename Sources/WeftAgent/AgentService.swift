@@ -32,6 +32,7 @@ public struct AgentService: Service {
         try PodNetworking.ensureBridge(
             config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
+        await registry.restoreConfig()
         let restored = await registry.restore()
         if restored > 0 { logger.info("re-attached \(restored) workload(s) from \(config.stateDirectory)") }
         let api = LocalAPI(registry: registry, capture: config.capture, logger: logger)

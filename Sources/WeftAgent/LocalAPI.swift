@@ -111,6 +111,12 @@ final class LocalAPI: Sendable {
                 return AgentResponse(workloads: await registry.list())
             case .listServices:
                 return AgentResponse(services: await registry.services())
+            case .applyConfig(let files):
+                return AgentResponse(config: await registry.applyConfig(files))
+            case .deleteConfig(let files):
+                return AgentResponse(config: await registry.deleteConfig(files))
+            case .getConfig:
+                return AgentResponse(config: await registry.currentConfig())
             }
         } catch let error as WeftError {
             return .failure(error)

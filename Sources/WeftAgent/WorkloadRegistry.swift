@@ -2,6 +2,7 @@ import Glibc
 import CWeftLinux
 import Foundation
 import Logging
+import WeftConfig
 import WeftCore
 import WeftNetns
 import WeftProxy
@@ -81,6 +82,46 @@ public actor WorkloadRegistry {
             logger.error("service registry: \(error)")
         }
         directory.publish(catalog)
+    }
+
+    private var configStore = ConfigStore()
+
+    /// Applies config all-or-nothing; on success the new routes are published and saved.
+    public func applyConfig(_ files: [ConfigFile]) -> ConfigReply {
+        let reply = configStore.apply(files)
+        if !reply.rejected { commitConfig() }
+        return reply
+    }
+
+    public func deleteConfig(_ files: [ConfigFile]) -> ConfigReply {
+        let reply = configStore.delete(files)
+        if !reply.rejected { commitConfig() }
+        return reply
+    }
+
+    public func currentConfig() -> ConfigReply {
+        var reply = ConfigReply()
+        reply.documents = configStore.documents
+        reply.version = configStore.version
+        return reply
+    }
+
+    /// Config of the previous run, from the state directory.
+    public func restoreConfig() {
+        guard let saved = ConfigStore.load(from: config.stateDirectory) else { return }
+        let reply = configStore.apply([saved])
+        if reply.rejected {
+            logger.error("state: saved config no longer valid, starting without it: \(reply.diagnostics.joined(separator: "; "))")
+        } else {
+            directory.publish(routes: RouteTable(resources: configStore.resources))
+            logger.info("restored config version \(configStore.version) (\(configStore.resources.count) resource(s))")
+        }
+    }
+
+    private func commitConfig() {
+        directory.publish(routes: RouteTable(resources: configStore.resources))
+        do { try configStore.save(to: config.stateDirectory) } catch { logger.error("state: \(error)") }
+        logger.info("config version \(configStore.version) in force (\(configStore.resources.count) resource(s))")
     }
 
     public func services() async -> [ServiceStatus] {

@@ -9,6 +9,8 @@ public enum ConfigParser {
 
     public struct Result: Sendable {
         public var resources: [Resource] = []
+        /// Each resource's document, re-serialised (what the agent stores and shows).
+        public var sources: [String] = []
         public var diagnostics: [Diagnostic] = []
         public var errors: [Diagnostic] { diagnostics.filter { $0.severity == .error } }
     }
@@ -33,6 +35,7 @@ public enum ConfigParser {
             let reader = NodeReader(file: file)
             if let resource = parseDocument(doc, reader) {
                 result.resources.append(resource)
+                result.sources.append((try? Yams.serialize(node: doc)) ?? "")
             }
             result.diagnostics += reader.diagnostics
         }

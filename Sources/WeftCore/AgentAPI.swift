@@ -105,6 +105,35 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case detach(netns: NetnsName)
     case listWorkloads
     case listServices
+    /// Apply or delete config: every file parsed and the merged result validated first;
+    /// any error and nothing changes.
+    case applyConfig([ConfigFile])
+    case deleteConfig([ConfigFile])
+    case getConfig
+}
+
+public struct ConfigFile: Codable, Sendable, Equatable {
+    public var name: String
+    public var content: String
+
+    public init(name: String, content: String) {
+        self.name = name
+        self.content = content
+    }
+}
+
+/// The answer to a config request.
+public struct ConfigReply: Codable, Sendable, Equatable {
+    /// "VirtualService/shop/payments configured" and the like.
+    public var changes: [String] = []
+    /// Rendered diagnostics (file:line:col: severity: message, with why).
+    public var diagnostics: [String] = []
+    public var rejected = false
+    /// For getConfig: the stored documents.
+    public var documents: [String] = []
+    public var version = 0
+
+    public init() {}
 }
 
 public struct AgentResponse: Codable, Sendable, Equatable {
@@ -114,12 +143,14 @@ public struct AgentResponse: Codable, Sendable, Equatable {
     public var network: PodNetwork?
     public var workloads: [WorkloadStatus]?
     public var services: [ServiceStatus]?
+    public var config: ConfigReply?
     public var version: String?
 
     public init(error: String? = nil, errorCode: String? = nil, capture: CaptureSettings? = nil,
                 network: PodNetwork? = nil, workloads: [WorkloadStatus]? = nil, services: [ServiceStatus]? = nil,
-                version: String? = nil) {
+                config: ConfigReply? = nil, version: String? = nil) {
         self.services = services
+        self.config = config
         self.error = error
         self.errorCode = errorCode
         self.capture = capture

@@ -6,7 +6,7 @@ import WeftCore
 
 struct GetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "get", abstract: "Show what the agent knows.", subcommands: [GetWorkloads.self, GetServices.self])
+        commandName: "get", abstract: "Show what the agent knows.", subcommands: [GetWorkloads.self, GetServices.self, GetConfig.self])
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {

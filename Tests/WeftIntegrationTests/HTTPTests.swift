@@ -14,6 +14,7 @@ final class HTTPTests: XCTestCase {
     name = sys.argv[2]
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes
         def reply(self, body=b""):
             text = ("replica=%s\nxff=%s\nrid=%s\nlen=%d\nconn=%s\n" % (name, self.headers.get("x-forwarded-for"),
                     self.headers.get("x-request-id"), len(body), self.headers.get("connection"))).encode()

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOHTTP1
+import WeftConfig
 import WeftCore
 
 /// The L7 outbound path for HTTP/1.1 (service ports declared `/http`). Sits after NIO's
@@ -21,7 +22,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private enum State {
         case idle
         /// Waiting for an upstream connection; request parts read meanwhile are buffered.
-        case connecting(request: HTTPRequestHead, buffered: [HTTPServerRequestPart], keepAlive: Bool)
+        case connecting(request: HTTPRequestHead, buffered: [HTTPServerRequestPart], keepAlive: Bool, responseHeaders: [HeaderOperations])
         case streaming(Exchange)
         /// An error response was sent; the rest of this request is dropped, then we close.
         case discarding
@@ -31,6 +32,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         let upstream: Channel
         let endpoint: OriginalDestination
         let keepAlive: Bool
+        let responseHeaders: [HeaderOperations]
         var requestEnded = false
         var responseHeadSent = false
         var responseEnded = false
@@ -65,9 +67,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             begin(head, context: context)
         case (.idle, _):
             break  // the tail of a request already answered
-        case (.connecting(let request, var buffered, let keepAlive), _):
+        case (.connecting(let request, var buffered, let keepAlive, let ops), _):
             buffered.append(part)
-            state = .connecting(request: request, buffered: buffered, keepAlive: keepAlive)
+            state = .connecting(request: request, buffered: buffered, keepAlive: keepAlive, responseHeaders: ops)
         case (.streaming(let exchange), .body(let body)):
             workload.counters.bytesOutboundSent.add(body.readableBytes)
             exchange.upstream.write(NIOAny(HTTPClientRequestPart.body(.byteBuffer(body))), promise: nil)
@@ -93,7 +95,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         workload.counters.httpRequests.add(1)
         let client = context.channel.remoteAddress?.weftIP
         let verdict = HTTPHeaderPolicy.request(head, client: client) { UUID().uuidString.lowercased() }
-        let request: HTTPRequestHead
+        var request: HTTPRequestHead
         switch verdict {
         case .reject(let status, let reason):
             return fail(status, flags: "DPE", reason: reason, context: context)
@@ -101,20 +103,27 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             request = h
         }
         let target: OriginalDestination
-        switch workload.directory.resolve(original) {
-        case .endpoint(let endpoint, _, _):
+        var responseOps: [HeaderOperations] = []
+        switch workload.directory.route(original, facts: Self.facts(request, port: original.port), random: Double.random(in: 0..<1)) {
+        case .endpoint(let endpoint, _, _, let route):
             target = endpoint
+            if let route {
+                Self.apply(route, to: &request)
+                responseOps = route.responseHeaders
+            }
         case .passthrough:
             target = original
-        case .noEndpoints(let service):
-            return fail(.serviceUnavailable, flags: "UH", reason: "no healthy upstream for \(service)", context: context)
-        case .unknownPort(let service, let port):
-            return fail(.notFound, flags: "NR", reason: "service \(service) has no port \(port)", context: context)
+        case .noRoute(let reason):
+            return fail(.notFound, flags: "NR", reason: reason, context: context)
+        case .noEndpoints(let what):
+            return fail(.serviceUnavailable, flags: "UH", reason: "no healthy upstream for \(what)", context: context)
+        case .unknownPort(let reason):
+            return fail(.notFound, flags: "NR", reason: reason, context: context)
         }
         guard let address = try? target.socketAddress else {
             return fail(.serviceUnavailable, flags: "UF", reason: "bad upstream address \(target)", context: context)
         }
-        state = .connecting(request: request, buffered: [], keepAlive: head.isKeepAlive)
+        state = .connecting(request: request, buffered: [], keepAlive: head.isKeepAlive, responseHeaders: responseOps)
         if let pooled = pool.take(target) {
             attach(pooled, endpoint: target)
             return
@@ -138,8 +147,35 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
     }
 
+    static func facts(_ head: HTTPRequestHead, port: UInt16) -> RequestFacts {
+        var headers: [String: String] = [:]
+        for (name, value) in head.headers where headers[name.lowercased()] == nil { headers[name.lowercased()] = value }
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        return RequestFacts(method: head.method.rawValue, path: path, headers: headers, port: port)
+    }
+
+    /// The route's rewrite and request header operations, in Istio's order (route, then
+    /// destination).
+    static func apply(_ route: RoutedDestination, to request: inout HTTPRequestHead) {
+        if let rewrite = route.rewrite {
+            if let uri = rewrite.uri {
+                let parts = request.uri.split(separator: "?", maxSplits: 1)
+                let path = RouteTable.rewritePath(String(parts.first ?? ""), rewrite: uri, match: route.matchedURI)
+                request.uri = parts.count == 2 ? "\(path)?\(parts[1])" : path
+            }
+            if let authority = rewrite.authority { request.headers.replaceOrAdd(name: "host", value: authority) }
+        }
+        for ops in route.requestHeaders { apply(ops, to: &request.headers) }
+    }
+
+    static func apply(_ ops: HeaderOperations, to headers: inout HTTPHeaders) {
+        for (name, value) in ops.set.sorted(by: { $0.key < $1.key }) { headers.replaceOrAdd(name: name, value: value) }
+        for (name, value) in ops.add.sorted(by: { $0.key < $1.key }) { headers.add(name: name, value: value) }
+        for name in ops.remove { headers.remove(name: name) }
+    }
+
     private func attach(_ upstream: Channel, endpoint: OriginalDestination) {
-        guard case .connecting(let request, let buffered, let keepAlive) = state else {
+        guard case .connecting(let request, let buffered, let keepAlive, let responseOps) = state else {
             upstream.close(promise: nil)  // the client went away meanwhile
             return
         }
@@ -148,7 +184,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return
         }
         handler.owner = self
-        var exchange = Exchange(upstream: upstream, endpoint: endpoint, keepAlive: keepAlive)
+        var exchange = Exchange(upstream: upstream, endpoint: endpoint, keepAlive: keepAlive, responseHeaders: responseOps)
         guard upstream.isActive else {
             // Reset between the handshake and now: its channelInactive found no owner yet.
             state = .streaming(exchange)
@@ -184,7 +220,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .head(let head):
             exchange.responseHeadSent = true
             exchange.upstreamKeepAlive = head.isKeepAlive
-            context.write(wrapOutboundOut(.head(HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive))), promise: nil)
+            var out = HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive)
+            for ops in exchange.responseHeaders { Self.apply(ops, to: &out.headers) }
+            context.write(wrapOutboundOut(.head(out)), promise: nil)
         case .body(let body):
             workload.counters.bytesOutboundReceived.add(body.readableBytes)
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
@@ -255,7 +293,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         var requestEnded = false
         var upstream: Channel?
         switch previous {
-        case .connecting(_, let buffered, _):
+        case .connecting(_, let buffered, _, _):
             requestEnded = buffered.contains { if case .end = $0 { return true } else { return false } }
         case .streaming(let exchange):
             guard !exchange.responseHeadSent else {

@@ -8,12 +8,15 @@ import WeftCore
 /// when the upstream closes it or after `idleTimeout`.
 final class UpstreamPool {
     private var idle: [OriginalDestination: [Channel]] = [:]
+    /// Idle timers, cancelled when a connection is taken back into use.
+    private var timers: [ObjectIdentifier: Scheduled<Void>] = [:]
     private let maxIdlePerEndpoint = 32
     private let idleTimeout: TimeAmount = .seconds(60)
 
     func take(_ endpoint: OriginalDestination) -> Channel? {
         while var list = idle[endpoint], let channel = list.popLast() {
             idle[endpoint] = list.isEmpty ? nil : list
+            timers.removeValue(forKey: ObjectIdentifier(channel))?.cancel()
             if channel.isActive { return channel }
         }
         return nil
@@ -25,12 +28,14 @@ final class UpstreamPool {
             return
         }
         idle[endpoint, default: []].append(channel)
-        let timer = channel.eventLoop.scheduleTask(in: idleTimeout) { [weak self] in
-            self?.evict(channel, from: endpoint)
+        let id = ObjectIdentifier(channel)
+        timers[id] = channel.eventLoop.scheduleTask(in: idleTimeout) { [weak self] in
+            guard let self, self.timers.removeValue(forKey: id) != nil else { return }
+            self.evict(channel, from: endpoint)
             channel.close(promise: nil)
         }
         channel.closeFuture.whenComplete { [weak self] _ in
-            timer.cancel()
+            self?.timers.removeValue(forKey: id)?.cancel()
             self?.evict(channel, from: endpoint)
         }
     }
@@ -41,6 +46,8 @@ final class UpstreamPool {
     }
 
     func closeAll() {
+        for timer in timers.values { timer.cancel() }
+        timers.removeAll()
         for channel in idle.values.joined() { channel.close(promise: nil) }
         idle.removeAll()
     }

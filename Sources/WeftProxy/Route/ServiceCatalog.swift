@@ -71,6 +71,15 @@ public struct ServiceCatalog: Sendable, Equatable {
         return .v6(b)
     }
 
+    /// The service behind a fully qualified mesh host (name.namespace.svc.cluster.local).
+    public func service(fqdn: String) -> Entry? {
+        let suffix = ".svc.cluster.local"
+        guard fqdn.hasSuffix(suffix) else { return nil }
+        let parts = fqdn.dropLast(suffix.count).split(separator: ".")
+        guard parts.count == 2 else { return nil }
+        return service(named: String(parts[0]), namespace: String(parts[1]))
+    }
+
     /// The service called `name` in `namespace`, if both are valid names and it exists.
     public func service(named name: String, namespace: String) -> Entry? {
         guard let n = try? ServiceName(name), let ns = try? MeshNamespace(namespace) else { return nil }
@@ -106,7 +115,8 @@ extension ServiceCatalog.Entry {
     /// declared ports passes the port through; otherwise the port must be declared and each
     /// endpoint's own mapping gives its target port. IPv6 callers reach IPv6 endpoints when
     /// they have one.
-    public func resolve(port: UInt16, family: IPFamily, pick: (Int) -> Int) -> ServiceResolution {
+    public func resolve(port: UInt16, family: IPFamily, labels: [String: String]? = nil, pick: (Int) -> Int) -> ServiceResolution {
+        let endpoints = labels.map { wanted in self.endpoints.filter { e in wanted.allSatisfy { e.labels[$0.key] == $0.value } } } ?? self.endpoints
         guard !endpoints.isEmpty else { return .noEndpoints(key) }
         if !ports.isEmpty && !ports.contains(where: { $0.port == port }) { return .unknownPort(key, port) }
         let chosen = endpoints[pick(endpoints.count) % endpoints.count]

@@ -7,7 +7,8 @@ import WeftCore
 public final class ServiceDirectory: Sendable {
     private struct State {
         var catalog: ServiceCatalog?
-        var cursors: [ServiceKey: Int] = [:]
+        var routes = RouteTable()
+        var cursors: [String: Int] = [:]
     }
 
     private let state = Mutex(State())
@@ -16,6 +17,48 @@ public final class ServiceDirectory: Sendable {
 
     public func publish(_ catalog: ServiceCatalog) {
         state.withLock { $0.catalog = catalog }
+    }
+
+    public func publish(routes: RouteTable) {
+        state.withLock { $0.routes = routes }
+    }
+
+    /// Where one HTTP request goes: the VirtualService for the dialled service (if any)
+    /// chooses a destination and subset, then round robin among that subset's endpoints.
+    public func route(_ original: OriginalDestination, facts: RequestFacts, random: Double) -> HTTPResolution {
+        state.withLock { state in
+            guard let catalog = state.catalog, let entry = catalog.service(forVIP: original.ip) else { return .passthrough }
+            switch state.routes.decide(host: entry.key.fqdn, facts: facts, random: random) {
+            case .defaultRoute:
+                return Self.pick(entry, port: original.port, family: original.ip.family, labels: nil, cursorKey: "\(entry.key)",
+                                 route: nil, state: &state)
+            case .noMatch(let vs):
+                return .noRoute("no route of VirtualService \(vs) matches \(facts.method) \(facts.path)")
+            case .destination(let routed):
+                guard let target = catalog.service(fqdn: routed.host) else {
+                    return .noEndpoints("\(routed.host) is not a service of the mesh")
+                }
+                let key = "\(target.key)/\(routed.subset ?? "")"
+                return Self.pick(target, port: routed.port ?? original.port, family: original.ip.family, labels: routed.subsetLabels,
+                                 cursorKey: key, route: routed, state: &state)
+            }
+        }
+    }
+
+    private static func pick(_ entry: ServiceCatalog.Entry, port: UInt16, family: IPFamily, labels: [String: String]?,
+                             cursorKey: String, route: RoutedDestination?, state: inout State) -> HTTPResolution {
+        let turn = state.cursors[cursorKey, default: 0]
+        state.cursors[cursorKey] = turn &+ 1
+        switch entry.resolve(port: port, family: family, labels: labels, pick: { turn % $0 }) {
+        case .endpoint(let target, let service, let workload):
+            return .endpoint(target, service: service, workload: workload, route: route)
+        case .noEndpoints(let service):
+            return .noEndpoints(route?.subset.map { "\(service) subset \($0)" } ?? "\(service)")
+        case .unknownPort(let service, let port):
+            return .unknownPort("service \(service) has no port \(port)")
+        case .passthrough:
+            return .passthrough
+        }
     }
 
     /// The protocol a service declares for the dialled VIP port (`--port 80:3000/http`).
@@ -35,9 +78,18 @@ public final class ServiceDirectory: Sendable {
     public func resolve(_ destination: OriginalDestination) -> ServiceResolution {
         state.withLock { state in
             guard let entry = state.catalog?.service(forVIP: destination.ip) else { return .passthrough }
-            let turn = state.cursors[entry.key, default: 0]
-            state.cursors[entry.key] = turn &+ 1
+            let turn = state.cursors["\(entry.key)", default: 0]
+            state.cursors["\(entry.key)"] = turn &+ 1
             return entry.resolve(port: destination.port, family: destination.ip.family) { count in turn % count }
         }
     }
+}
+
+/// The outcome of routing one HTTP request.
+public enum HTTPResolution: Equatable, Sendable {
+    case endpoint(OriginalDestination, service: ServiceKey, workload: String, route: RoutedDestination?)
+    case passthrough
+    case noRoute(String)
+    case noEndpoints(String)
+    case unknownPort(String)
 }

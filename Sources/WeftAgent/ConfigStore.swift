@@ -1,0 +1,86 @@
+import Foundation
+import WeftConfig
+import WeftCore
+
+/// The config in force: VirtualServices and DestinationRules by kind/namespace/name, with
+/// their documents. A change is all-or-nothing: every file must parse and the merged result
+/// must validate, or nothing changes and the last good config keeps serving. Persisted to
+/// `<state-dir>/config.yaml` (0600) and reloaded at start.
+struct ConfigStore {
+    private var entries: [String: (resource: Resource, source: String)] = [:]
+    private(set) var version = 0
+
+    static func id(_ r: Resource) -> String { "\(r.kind)/\(r.metadata.namespace)/\(r.metadata.name)" }
+
+    var resources: [Resource] { entries.keys.sorted().map { entries[$0]!.resource } }
+    var documents: [String] { entries.keys.sorted().map { entries[$0]!.source } }
+
+    mutating func apply(_ files: [ConfigFile]) -> ConfigReply {
+        var reply = ConfigReply()
+        let parsed = files.map { ConfigParser.parse(yaml: $0.content, file: $0.name) }
+        reply.diagnostics = parsed.flatMap(\.diagnostics).map(\.description)
+        var merged = entries
+        var changes: [String] = []
+        for result in parsed {
+            for (resource, source) in zip(result.resources, result.sources) {
+                let id = Self.id(resource)
+                changes.append(merged[id] == nil ? "\(id) created" : (merged[id]!.resource == resource ? "\(id) unchanged" : "\(id) configured"))
+                merged[id] = (resource, source)
+            }
+        }
+        let crossChecks = ConfigValidator.validate(merged.keys.sorted().map { merged[$0]!.resource })
+        reply.diagnostics += crossChecks.map(\.description)
+        let errors = parsed.flatMap(\.errors).count + crossChecks.filter { $0.severity == .error }.count
+        if errors > 0 || parsed.allSatisfy({ $0.resources.isEmpty }) {
+            reply.rejected = true
+            if parsed.allSatisfy({ $0.resources.isEmpty }) && errors == 0 { reply.diagnostics.append("no VirtualService or DestinationRule found") }
+            reply.version = version
+            return reply
+        }
+        entries = merged
+        if changes.contains(where: { !$0.hasSuffix("unchanged") }) { version += 1 }
+        reply.changes = changes
+        reply.version = version
+        return reply
+    }
+
+    mutating func delete(_ files: [ConfigFile]) -> ConfigReply {
+        var reply = ConfigReply()
+        let parsed = files.map { ConfigParser.parse(yaml: $0.content, file: $0.name) }
+        reply.diagnostics = parsed.flatMap(\.errors).map(\.description)
+        var remaining = entries
+        for resource in parsed.flatMap(\.resources) {
+            let id = Self.id(resource)
+            reply.changes.append(remaining.removeValue(forKey: id) == nil ? "\(id) not found" : "\(id) deleted")
+        }
+        let crossChecks = ConfigValidator.validate(remaining.keys.sorted().map { remaining[$0]!.resource }).filter { $0.severity == .error }
+        if !reply.diagnostics.isEmpty || !crossChecks.isEmpty {
+            reply.diagnostics += crossChecks.map { "\($0) (after the delete)" }
+            reply.rejected = true
+            reply.changes = []
+            reply.version = version
+            return reply
+        }
+        if reply.changes.contains(where: { $0.hasSuffix("deleted") }) { version += 1 }
+        entries = remaining
+        reply.version = version
+        return reply
+    }
+
+    func save(to directory: String) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let file = directory + "/config.yaml", temp = file + ".tmp"
+        let text = documents.joined(separator: "---\n")
+        guard fm.createFile(atPath: temp, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw WeftError(.system, "cannot write \(temp)")
+        }
+        guard rename(temp, file) == 0 else { throw WeftError(.system, "cannot replace \(file): \(String(cString: strerror(errno)))") }
+    }
+
+    static func load(from directory: String) -> ConfigFile? {
+        let file = directory + "/config.yaml"
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8), !text.isEmpty else { return nil }
+        return ConfigFile(name: file, content: text)
+    }
+}

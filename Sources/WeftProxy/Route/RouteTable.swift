@@ -1,0 +1,143 @@
+import WeftConfig
+import WeftCore
+
+/// The facts of one HTTP request that routes can match on.
+public struct RequestFacts: Sendable {
+    public var method: String
+    public var path: String
+    /// Lowercased names.
+    public var headers: [String: String]
+    public var port: UInt16
+
+    public init(method: String, path: String, headers: [String: String], port: UInt16) {
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.port = port
+    }
+}
+
+/// Where a request goes according to the VirtualServices in force. Pure.
+public enum RouteDecision: Equatable, Sendable {
+    /// No VirtualService for the host: default routing (the dialled service, all endpoints).
+    case defaultRoute
+    /// A VirtualService exists but none of its routes matched: 404, flag NR.
+    case noMatch(virtualService: String)
+    case destination(RoutedDestination)
+}
+
+public struct RoutedDestination: Equatable, Sendable {
+    /// Fully qualified host, e.g. payments.shop.svc.cluster.local.
+    public var host: String
+    public var subsetLabels: [String: String]?
+    public var subset: String?
+    public var port: UInt16?
+    public var rewrite: HTTPRewrite?
+    /// The uri condition that matched (Istio rewrites replace a matched prefix).
+    public var matchedURI: StringMatch?
+    public var requestHeaders: [HeaderOperations]
+    public var responseHeaders: [HeaderOperations]
+    public var routeName: String?
+}
+
+/// VirtualServices and DestinationRules compiled for lookups by host. Built by the agent
+/// from the applied config and swapped whole into the ServiceDirectory.
+public struct RouteTable: Sendable, Equatable {
+    struct Compiled: Sendable, Equatable {
+        let name: String
+        let namespace: String
+        let routes: [HTTPRoute]
+    }
+
+    private var byHost: [String: Compiled] = [:]
+    /// host → subset name → labels.
+    private var subsets: [String: [String: [String: String]]] = [:]
+
+    public init() {}
+
+    public init(resources: [Resource]) {
+        // Deterministic: the first VirtualService (by namespace, name) claiming a host wins.
+        let ordered = resources.sorted { ($0.metadata.namespace, $0.metadata.name) < ($1.metadata.namespace, $1.metadata.name) }
+        for case .virtualService(let vs) in ordered {
+            for host in vs.hosts {
+                let fqdn = ConfigValidator.fqdn(host, namespace: vs.metadata.namespace)
+                if byHost[fqdn] == nil {
+                    byHost[fqdn] = Compiled(name: "\(vs.metadata.namespace)/\(vs.metadata.name)", namespace: vs.metadata.namespace, routes: vs.http)
+                }
+            }
+        }
+        for case .destinationRule(let dr) in ordered {
+            let fqdn = ConfigValidator.fqdn(dr.host, namespace: dr.metadata.namespace)
+            if subsets[fqdn] == nil {
+                subsets[fqdn] = Dictionary(dr.subsets.map { ($0.name, $0.labels) }, uniquingKeysWith: { a, _ in a })
+            }
+        }
+    }
+
+    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty }
+
+    /// Ordered first match; then a weighted pick among the route's destinations using
+    /// `random` in [0, 1).
+    public func decide(host: String, facts: RequestFacts, random: Double) -> RouteDecision {
+        guard let vs = byHost[host] else { return .defaultRoute }
+        for route in vs.routes {
+            let matched = route.match.first { Self.matches($0, facts) }
+            guard route.match.isEmpty || matched != nil else { continue }
+            guard let chosen = Self.pick(route.route, random: random) else { continue }
+            let destHost = ConfigValidator.fqdn(chosen.destination.host, namespace: vs.namespace)
+            var labels: [String: String]?
+            if let subset = chosen.destination.subset {
+                labels = subsets[destHost]?[subset] ?? ["weft.dev/unknown-subset": subset]
+            }
+            return .destination(RoutedDestination(
+                host: destHost, subsetLabels: labels, subset: chosen.destination.subset,
+                port: chosen.destination.port?.number, rewrite: route.rewrite, matchedURI: matched?.uri,
+                requestHeaders: [route.headers?.request, chosen.headers?.request].compactMap { $0 },
+                responseHeaders: [route.headers?.response, chosen.headers?.response].compactMap { $0 },
+                routeName: route.name))
+        }
+        return .noMatch(virtualService: vs.name)
+    }
+
+    static func pick(_ destinations: [HTTPRouteDestination], random: Double) -> HTTPRouteDestination? {
+        if destinations.count == 1 { return destinations[0] }
+        let total = destinations.reduce(0) { $0 + ($1.weight ?? 0) }
+        guard total > 0 else { return destinations.first }
+        var point = random * Double(total)
+        for d in destinations {
+            point -= Double(d.weight ?? 0)
+            if point < 0 { return d }
+        }
+        return destinations.last { ($0.weight ?? 0) > 0 }
+    }
+
+    public static func matches(_ m: HTTPMatchRequest, _ facts: RequestFacts) -> Bool {
+        if let port = m.port, port != facts.port { return false }
+        if let uri = m.uri, !matches(uri, facts.path) { return false }
+        if let method = m.method, !matches(method, facts.method) { return false }
+        for (name, match) in m.headers {
+            guard let value = facts.headers[name], matches(match, value) else { return false }
+        }
+        return true
+    }
+
+    static func matches(_ m: StringMatch, _ value: String) -> Bool {
+        switch m {
+        case .exact(let s): return value == s
+        case .prefix(let s): return value.hasPrefix(s)
+        case .regex(let pattern):
+            // Istio's regexes are RE2, anchored on the whole value.
+            guard let regex = try? Regex(pattern) else { return false }
+            return (try? regex.wholeMatch(in: value)) != nil
+        }
+    }
+
+    /// Istio's uri rewrite: replaces the matched prefix (or the whole path for exact and
+    /// regex matches and routes without a uri match).
+    public static func rewritePath(_ path: String, rewrite: String, match: StringMatch?) -> String {
+        if case .prefix(let prefix)? = match, path.hasPrefix(prefix) {
+            return rewrite + path.dropFirst(prefix.count)
+        }
+        return rewrite
+    }
+}

@@ -1,0 +1,119 @@
+import ArgumentParser
+import Foundation
+import WeftAgent
+import WeftCore
+
+/// Reads -f arguments: files as given, directories as their *.yaml / *.yml, sorted.
+enum ConfigFiles {
+    static func read(_ paths: [String]) throws -> [ConfigFile] {
+        guard !paths.isEmpty else { throw WeftError(.invalidArgument, "no -f FILE|DIR given") }
+        let fm = FileManager.default
+        var out: [ConfigFile] = []
+        for path in paths {
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: path, isDirectory: &isDir) else {
+                throw WeftError(.notFound, "-f \(path): no such file or directory")
+            }
+            let files = isDir.boolValue
+                ? try fm.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }.sorted()
+                    .map { (path as NSString).appendingPathComponent($0) }
+                : [path]
+            for file in files {
+                do {
+                    out.append(ConfigFile(name: file, content: try String(contentsOfFile: file, encoding: .utf8)))
+                } catch {
+                    throw WeftError(.invalidArgument, "-f \(file): cannot read: \(error.localizedDescription)")
+                }
+            }
+        }
+        return out
+    }
+
+    /// Prints a config reply; returns whether it was rejected.
+    static func report(_ reply: ConfigReply, verb: String) -> Bool {
+        for d in reply.diagnostics { print(d) }
+        if reply.rejected {
+            print("nothing was \(verb): fix the errors above; config version \(reply.version) stays in force")
+        } else {
+            for change in reply.changes { print(change) }
+            print("config version \(reply.version) in force")
+        }
+        return reply.rejected
+    }
+}
+
+struct ApplyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apply",
+        abstract: "Apply VirtualService / DestinationRule YAML to the mesh (all files, or nothing).",
+        discussion: "Checked exactly as `weft lint` checks; any error and nothing changes. Exit 1 when rejected.")
+
+    @Option(name: .shortAndLong, help: "A YAML file or a directory of *.yaml / *.yml (repeatable).") var file: [String] = []
+    @OptionGroup var agent: AgentSocketOption
+
+    func run() throws {
+        do {
+            let files = try ConfigFiles.read(file)
+            let reply = try AgentClient(socketPath: agent.path).call(.applyConfig(files)).config ?? ConfigReply()
+            if ConfigFiles.report(reply, verb: "applied") { throw ExitCode(1) }
+        } catch let e as ExitCode {
+            throw e
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+struct DeleteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "delete", abstract: "Delete the resources named in YAML files from the mesh's config.")
+
+    @Option(name: .shortAndLong, help: "A YAML file or a directory (repeatable).") var file: [String] = []
+    @OptionGroup var agent: AgentSocketOption
+
+    func run() throws {
+        do {
+            let files = try ConfigFiles.read(file)
+            let reply = try AgentClient(socketPath: agent.path).call(.deleteConfig(files)).config ?? ConfigReply()
+            if ConfigFiles.report(reply, verb: "deleted") { throw ExitCode(1) }
+        } catch let e as ExitCode {
+            throw e
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+struct GetConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "config", abstract: "Show the config in force.")
+
+    enum Format: String, ExpressibleByArgument { case table, yaml }
+    @Option(name: .shortAndLong, help: "table or yaml.") var output: Format = .table
+    @OptionGroup var agent: AgentSocketOption
+
+    func run() throws {
+        do {
+            let reply = try AgentClient(socketPath: agent.path).call(.getConfig).config ?? ConfigReply()
+            switch output {
+            case .yaml:
+                print(reply.documents.joined(separator: "---\n"), terminator: "")
+            case .table:
+                var rows = [["KIND", "NAMESPACE", "NAME"]]
+                for doc in reply.documents {
+                    let fields = Dictionary(doc.split(separator: "\n").compactMap { line -> (String, String)? in
+                        let t = line.trimmingCharacters(in: .whitespaces)
+                        for key in ["kind", "name", "namespace"] where t.hasPrefix("\(key): ") {
+                            return (key, String(t.dropFirst(key.count + 2)))
+                        }
+                        return nil
+                    }, uniquingKeysWith: { a, _ in a })
+                    rows.append([fields["kind"] ?? "?", fields["namespace"] ?? "default", fields["name"] ?? "?"])
+                }
+                print(TextTable.render(rows), terminator: "")
+                print("config version \(reply.version)")
+            }
+        } catch {
+            fail(error)
+        }
+    }
+}

@@ -1,0 +1,181 @@
+import Foundation
+import WeftCore
+import XCTest
+
+/// Routing with Istio's VirtualService and DestinationRule through real namespaces:
+/// subsets by labels, header and path rules, rewrites, weighted splits, first match wins,
+/// all-or-nothing apply, and config that survives an agent restart.
+final class RoutingTests: XCTestCase {
+    var mesh: MeshHarness!
+
+    static let app = #"""
+    import sys, http.server
+    name = sys.argv[2]
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes
+        def do_GET(self):
+            text = ("%s %s %s\n" % (name, self.path, self.headers.get("x-routed"))).encode()
+            self.send_response(200); self.send_header("content-length", str(len(text))); self.end_headers(); self.wfile.write(text)
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+    """#
+
+    /// A keep-alive client: GETs `path` `count` times with `headers`, prints "replica count".
+    static let client = #"""
+    import sys, json, http.client, collections
+    count, path, headers = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+    seen = collections.Counter()
+    conn = http.client.HTTPConnection("web", 80, timeout=10)
+    for _ in range(count):
+        conn.request("GET", path, headers=headers); r = conn.getresponse(); body = r.read().decode()
+        seen[body.split()[0] if r.status == 200 else "status-%d" % r.status] += 1
+        if r.status != 200: last = body
+    for k, v in sorted(seen.items()): print(k, v)
+    if any(k.startswith("status") for k in seen): print("body", last.strip())
+    """#
+
+    override func setUpWithError() throws {
+        mesh = try MeshHarness.start()
+        try Self.app.write(toFile: mesh.dir + "/app.py", atomically: true, encoding: .utf8)
+        try Self.client.write(toFile: mesh.dir + "/client.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/app.py", 0o644)
+        chmod(mesh.dir + "/client.py", 0o644)
+        for version in ["v1", "v2"] {
+            _ = try mesh.startWeft(["run", "--name", mesh.name(version), "--service", "web", "--port", "80:3000/http",
+                                    "--label", "version=\(version)", "--", "/usr/bin/python3", mesh.dir + "/app.py", "3000", version])
+            try mesh.waitForListener(netns: mesh.name(version), port: 3000)
+        }
+    }
+
+    override func tearDown() {
+        mesh?.shutdown()
+        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
+    }
+
+    func apply(_ yaml: String) -> MeshHarness.Result {
+        let file = mesh.dir + "/cfg-\(UUID().uuidString.prefix(6)).yaml"
+        try? yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        return mesh.weft(["apply", "-f", file])
+    }
+
+    /// Counts of replicas answering `count` requests.
+    func traffic(_ count: Int, path: String = "/", headers: [String: String] = [:]) -> [String: Int] {
+        let json = String(decoding: try! JSONSerialization.data(withJSONObject: headers), as: UTF8.self)
+        let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--",
+                           "/usr/bin/python3", mesh.dir + "/client.py", "\(count)", path, json], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.output)
+        var out: [String: Int] = [:]
+        for line in r.stdout.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, let n = Int(parts[1]) { out[String(parts[0])] = n }
+        }
+        return out
+    }
+
+    let rules = """
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: web}
+        spec:
+          host: web
+          subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: web}
+        spec:
+          hosts: [web]
+          http:
+          - name: beta
+            match: [{headers: {x-user: {exact: beta}}}]
+            route: [{destination: {host: web, subset: v2}}]
+          - name: legacy
+            match: [{uri: {prefix: /legacy/}}]
+            rewrite: {uri: /}
+            headers: {request: {set: {x-routed: legacy}}}
+            route: [{destination: {host: web, subset: v1}}]
+          - name: split
+            route:
+            - {destination: {host: web, subset: v1}, weight: 90}
+            - {destination: {host: web, subset: v2}, weight: 10}
+        """
+
+    func testWeightedSplitHeaderAndPathRules() throws {
+        let applied = apply(rules)
+        XCTAssertEqual(applied.status, 0, applied.output)
+        XCTAssertTrue(applied.stdout.contains("VirtualService/default/web created"), applied.stdout)
+
+        // 90/10 measured over 2,000 requests: within ±3 points.
+        let split = traffic(2000)
+        let v1 = Double(split["v1"] ?? 0) / 2000 * 100
+        XCTAssertEqual(split.values.reduce(0, +), 2000, "\(split)")
+        XCTAssertTrue((87...93).contains(v1), "v1 got \(v1)% of 2,000 requests: \(split)")
+
+        XCTAssertEqual(traffic(20, headers: ["x-user": "beta"]), ["v2": 20])
+        let legacy = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "curl", "-sS", "-m", "5", "http://web/legacy/a/b?q=1"])
+        XCTAssertEqual(legacy.stdout, "v1 /a/b?q=1 legacy\n", "prefix rewritten, query kept, header set: \(legacy.output)")
+    }
+
+    func testReorderingRulesChangesTheDestinationAndBadConfigKeepsTheLastGood() throws {
+        XCTAssertEqual(apply(rules).status, 0)
+        // Matches both "beta" (→ v2) and "legacy" (→ v1): the first rule wins.
+        XCTAssertEqual(traffic(5, path: "/legacy/x", headers: ["x-user": "beta"]), ["v2": 5])
+        let reordered = rules.replacingOccurrences(of: """
+              - name: beta
+                match: [{headers: {x-user: {exact: beta}}}]
+                route: [{destination: {host: web, subset: v2}}]
+              - name: legacy
+                match: [{uri: {prefix: /legacy/}}]
+                rewrite: {uri: /}
+                headers: {request: {set: {x-routed: legacy}}}
+                route: [{destination: {host: web, subset: v1}}]
+            """, with: """
+              - name: legacy
+                match: [{uri: {prefix: /legacy/}}]
+                rewrite: {uri: /}
+                headers: {request: {set: {x-routed: legacy}}}
+                route: [{destination: {host: web, subset: v1}}]
+              - name: beta
+                match: [{headers: {x-user: {exact: beta}}}]
+                route: [{destination: {host: web, subset: v2}}]
+            """)
+        XCTAssertNotEqual(reordered, rules)
+        XCTAssertEqual(apply(reordered).status, 0)
+        XCTAssertEqual(traffic(5, path: "/legacy/x", headers: ["x-user": "beta"]), ["v1": 5])
+
+        // An unknown subset: rejected with file:line, nothing changes.
+        let bad = apply(reordered.replacingOccurrences(of: "subset: v2}}]", with: "subset: v3}}]"))
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stdout.contains("unknown subset 'v3'") && bad.stdout.contains(".yaml:"), bad.stdout)
+        XCTAssertTrue(bad.stdout.contains("nothing was applied"), bad.stdout)
+        XCTAssertEqual(traffic(5, path: "/legacy/x", headers: ["x-user": "beta"]), ["v1": 5], "the last good config keeps serving")
+
+        // Survives an agent restart.
+        try mesh.restartAgent(signal: SIGTERM)
+        XCTAssertTrue(mesh.weft(["get", "config"]).stdout.contains("VirtualService"))
+        XCTAssertEqual(traffic(5, path: "/legacy/x", headers: ["x-user": "beta"]), ["v1": 5])
+
+        // Deleted: default routing over both versions again.
+        let file = mesh.dir + "/del.yaml"
+        try reordered.write(toFile: file, atomically: true, encoding: .utf8)
+        let deleted = mesh.weft(["delete", "-f", file])
+        XCTAssertEqual(deleted.status, 0, deleted.output)
+        XCTAssertEqual(Set(traffic(10).keys), ["v1", "v2"])
+    }
+
+    func testNoMatchingRouteIsA404FromTheMesh() throws {
+        XCTAssertEqual(apply("""
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec:
+              hosts: [web.default.svc.cluster.local]
+              http: [{match: [{uri: {prefix: /api}}], route: [{destination: {host: web}}]}]
+            """).status, 0)
+        let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "curl", "-sS", "-m", "5", "-D", "-", "http://web/other"])
+        XCTAssertTrue(r.stdout.contains("HTTP/1.1 404"), r.output)
+        XCTAssertTrue(r.stdout.lowercased().contains("x-weft-response-flags: nr"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("no route of VirtualService default/web matches GET /other"), r.stdout)
+    }
+}

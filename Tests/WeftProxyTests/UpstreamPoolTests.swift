@@ -1,0 +1,38 @@
+import NIOCore
+import NIOEmbedded
+import WeftCore
+import XCTest
+@testable import WeftProxy
+
+/// The pool on virtual time: idle connections expire, connections in use never do.
+final class UpstreamPoolTests: XCTestCase {
+    let endpoint = OriginalDestination(ip: IPAddress("10.0.0.2")!, port: 3000)
+
+    func connected(_ loop: EmbeddedEventLoop) throws -> EmbeddedChannel {
+        let channel = EmbeddedChannel(loop: loop)
+        try channel.connect(to: SocketAddress(ipAddress: "10.0.0.2", port: 3000)).wait()
+        return channel
+    }
+
+    func testIdleConnectionsExpireButTakenOnesAreNotClosedUnderTheirUser() throws {
+        let loop = EmbeddedEventLoop()
+        let pool = UpstreamPool()
+        let busy = try connected(loop), idle = try connected(loop)
+        pool.give(busy, for: endpoint)
+        XCTAssertTrue(pool.take(endpoint) === busy)
+        pool.give(idle, for: endpoint)
+        loop.advanceTime(by: .seconds(61))
+        XCTAssertTrue(busy.isActive, "a connection taken back into use must not be closed by its old idle timer")
+        XCTAssertFalse(idle.isActive, "an idle connection is closed after the idle timeout")
+        XCTAssertNil(pool.take(endpoint))
+    }
+
+    func testClosedConnectionsLeaveThePool() throws {
+        let loop = EmbeddedEventLoop()
+        let pool = UpstreamPool()
+        let c = try connected(loop)
+        pool.give(c, for: endpoint)
+        try c.close().wait()
+        XCTAssertNil(pool.take(endpoint))
+    }
+}

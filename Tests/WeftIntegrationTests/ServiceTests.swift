@@ -41,14 +41,18 @@ final class ServiceTests: XCTestCase {
         let table = mesh.weft(["get", "services"]).stdout
         XCTAssertTrue(table.contains("web") && table.contains("shop") && table.contains("\(web.vip)"), table)
 
-        // Six calls to the VIP on the service port: round robin over both replicas, each
-        // reached on its target port 3000.
+        // Six connections to the VIP's L4 port: round robin per connection over both
+        // replicas, each reached on its target port 3000.
         let calls = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
-                               "for i in 1 2 3 4 5 6; do curl -sS -m 5 http://\(web.vip):80/id.txt; done"], timeout: 60)
+                               "for i in 1 2 3 4 5 6; do curl -sS -m 5 http://\(web.vip):90/id.txt; done"], timeout: 60)
         XCTAssertEqual(calls.status, 0, calls.output)
         let answers = calls.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(answers.filter { $0 == "a" }.count, 3, calls.stdout)
         XCTAssertEqual(answers.filter { $0 == "b" }.count, 3, calls.stdout)
+        // The HTTP port balances per request (LEAST_REQUEST): twenty calls reach both.
+        let http = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
+                              "for i in $(seq 20); do curl -sS -m 5 http://\(web.vip):80/id.txt; done"], timeout: 60)
+        XCTAssertEqual(Set(http.stdout.split(separator: "\n").map(String.init)), ["a", "b"], http.output)
 
         // The service does not declare port 81: refused at once, with the reason logged.
         let wrongPort = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--",

@@ -45,6 +45,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private var state = State.idle
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    /// The in-flight slot of the current request's endpoint (LEAST_REQUEST), returned once.
+    private var lease: EndpointLease?
 
     init(workload: WorkloadContext, original: OriginalDestination, pool: UpstreamPool) {
         self.workload = workload
@@ -104,9 +106,12 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
         let target: OriginalDestination
         var responseOps: [HeaderOperations] = []
-        switch workload.directory.route(original, facts: Self.facts(request, port: original.port), random: Double.random(in: 0..<1)) {
-        case .endpoint(let endpoint, _, _, let route):
+        var facts = Self.facts(request, port: original.port)
+        facts.sourceIP = client
+        switch workload.directory.route(original, facts: facts) {
+        case .endpoint(let endpoint, _, _, let route, let lease):
             target = endpoint
+            self.lease = lease
             if let route {
                 Self.apply(route, to: &request)
                 responseOps = route.responseHeaders
@@ -251,6 +256,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             // Part of the response is already with the client: the only honest signal left
             // is to cut the connection.
             state = .idle
+            endLease()
             release(exchange.upstream)
             context?.channel.closeWithReset()
         } else {
@@ -262,9 +268,17 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     /// After both directions ended: recycle the upstream, and close the client side if it
     /// asked for it.
+    private func endLease() {
+        if let lease {
+            self.lease = nil
+            workload.directory.release(lease)
+        }
+    }
+
     private func finishIfDone() {
         guard case .streaming(let exchange) = state, exchange.requestEnded, exchange.responseEnded else { return }
         state = .idle
+        endLease()
         if exchange.upstreamKeepAlive {
             if let handler = try? exchange.upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self) {
                 handler.owner = nil
@@ -288,6 +302,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// Answers the current request with an error and stops using this connection. The new
     /// state is set before any side effect, so a re-entrant call finds nothing to answer.
     private func fail(_ status: HTTPResponseStatus, flags: String, reason: String, context given: ChannelHandlerContext?) {
+        endLease()
         guard let context = given ?? self.context else { return }
         let previous = state
         var requestEnded = false
@@ -330,6 +345,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         let previous = state
         state = .idle
+        endLease()
         if case .streaming(let exchange) = previous { release(exchange.upstream) }
         context.fireChannelInactive()
     }
@@ -341,6 +357,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         let previous = state
         state = .discarding
+        endLease()
         if case .streaming(let exchange) = previous { release(exchange.upstream) }
         workload.logger.notice("outbound HTTP request refused: \(error)", metadata: ["destination": "\(original)"])
         workload.counters.httpErrors.add(1)

@@ -8,12 +8,15 @@ public struct RequestFacts: Sendable {
     /// Lowercased names.
     public var headers: [String: String]
     public var port: UInt16
+    /// The calling workload's address (for consistentHash.useSourceIp).
+    public var sourceIP: IPAddress?
 
-    public init(method: String, path: String, headers: [String: String], port: UInt16) {
+    public init(method: String, path: String, headers: [String: String], port: UInt16, sourceIP: IPAddress? = nil) {
         self.method = method
         self.path = path
         self.headers = headers
         self.port = port
+        self.sourceIP = sourceIP
     }
 }
 
@@ -52,6 +55,9 @@ public struct RouteTable: Sendable, Equatable {
     private var byHost: [String: Compiled] = [:]
     /// host → subset name → labels.
     private var subsets: [String: [String: [String: String]]] = [:]
+    /// host → policy, and host → subset → policy (a subset's own policy wins).
+    private var policies: [String: LoadBalancer] = [:]
+    private var subsetPolicies: [String: [String: LoadBalancer]] = [:]
 
     public init() {}
 
@@ -70,11 +76,20 @@ public struct RouteTable: Sendable, Equatable {
             let fqdn = ConfigValidator.fqdn(dr.host, namespace: dr.metadata.namespace)
             if subsets[fqdn] == nil {
                 subsets[fqdn] = Dictionary(dr.subsets.map { ($0.name, $0.labels) }, uniquingKeysWith: { a, _ in a })
+                policies[fqdn] = dr.trafficPolicy?.loadBalancer
+                for s in dr.subsets {
+                    if let lb = s.trafficPolicy?.loadBalancer { subsetPolicies[fqdn, default: [:]][s.name] = lb }
+                }
             }
         }
     }
 
     public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty }
+
+    /// The load-balancing policy for a host (and subset); nil means the default, LEAST_REQUEST.
+    public func loadBalancer(host: String, subset: String?) -> LoadBalancer? {
+        subset.flatMap { subsetPolicies[host]?[$0] } ?? policies[host]
+    }
 
     /// Ordered first match; then a weighted pick among the route's destinations using
     /// `random` in [0, 1).

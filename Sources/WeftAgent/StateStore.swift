@@ -19,6 +19,36 @@ struct StateStore: Sendable {
         }
     }
 
+    var vipFile: String { directory + "/services.json" }
+
+    struct VIP: Codable {
+        var service: ServiceKey
+        var vip: IPAddress
+    }
+
+    func loadVIPs() -> [ServiceKey: IPAddress] {
+        guard let data = FileManager.default.contents(atPath: vipFile),
+              let list = try? JSONDecoder().decode([VIP].self, from: data) else { return [:] }
+        return Dictionary(list.map { ($0.service, $0.vip) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    func saveVIPs(_ vips: [ServiceKey: IPAddress]) throws {
+        let list = vips.map { VIP(service: $0.key, vip: $0.value) }.sorted { $0.service < $1.service }
+        try write(JSONEncoder().encode(list), to: vipFile)
+    }
+
+    private func write(_ data: Data, to file: String) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let temp = file + ".tmp"
+        guard fm.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw WeftError(.system, "cannot write \(temp)")
+        }
+        if rename(temp, file) != 0 {
+            throw WeftError(.system, "cannot replace \(file): \(String(cString: strerror(errno)))")
+        }
+    }
+
     func save(_ specs: [WorkloadSpec]) throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])

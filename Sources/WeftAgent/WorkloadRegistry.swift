@@ -42,6 +42,7 @@ public actor WorkloadRegistry {
     /// Re-attaches the workloads of the previous run whose netns still exists. Returns how
     /// many came back; the others are logged and forgotten.
     public func restore() async -> Int {
+        catalog.restore(store.loadVIPs())
         let specs: [WorkloadSpec]
         do { specs = try store.load() } catch {
             logger.error("state: \(error)")
@@ -69,6 +70,7 @@ public actor WorkloadRegistry {
     private func persist() {
         do {
             try store.save(attached.values.map(\.proxy.spec))
+            try store.saveVIPs(catalog.allocations)
         } catch {
             logger.error("state: \(error)")
         }

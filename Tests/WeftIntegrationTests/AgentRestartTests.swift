@@ -29,6 +29,12 @@ final class AgentRestartTests: XCTestCase {
         _ = try mesh.startWeft(["run", "--name", client, "--service", "client", "--", "sleep", "300"])
         try mesh.waitUntil("client attached", timeout: 20) { try self.mesh.workload(client) != nil }
         XCTAssertEqual(fetch(client).stdout, "still here\n")
+        func vips() throws -> [String: String] {
+            let list = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
+            return Dictionary(uniqueKeysWithValues: list.map { ("\($0.key)", "\($0.vip)") })
+        }
+        let vipsBefore = try vips()
+        XCTAssertEqual(vipsBefore.count, 2)
 
         for signal in [SIGTERM, SIGKILL] {
             if let agent = mesh.agent { kill(agent.processIdentifier, signal) }
@@ -45,6 +51,7 @@ final class AgentRestartTests: XCTestCase {
             var up = fetch(client)
             for _ in 0..<20 where up.status != 0 { usleep(100_000); up = fetch(client) }
             XCTAssertEqual(up.stdout, "still here\n", "traffic flows again after signal \(signal): \(up.output)")
+            XCTAssertEqual(try vips(), vipsBefore, "virtual IPs survive the restart (callers and DNS caches hold them)")
         }
         let state = try String(contentsOfFile: mesh.dir + "/state/workloads.json", encoding: .utf8)
         XCTAssertTrue(state.contains(client))

@@ -36,3 +36,20 @@ final class UpstreamPoolTests: XCTestCase {
         XCTAssertNil(pool.take(endpoint))
     }
 }
+
+extension UpstreamPoolTests {
+    /// A connection reused many times stays cheap to return and still leaves the pool when
+    /// it closes.
+    func testReusedConnectionReturnsManyTimesAndStillLeavesOnClose() throws {
+        let loop = EmbeddedEventLoop()
+        let pool = UpstreamPool()
+        let c = try connected(loop)
+        for _ in 0..<10_000 {
+            pool.give(c, for: endpoint)
+            XCTAssertTrue(pool.take(endpoint) === c)
+        }
+        pool.give(c, for: endpoint)
+        try c.close().wait()
+        XCTAssertNil(pool.take(endpoint))
+    }
+}

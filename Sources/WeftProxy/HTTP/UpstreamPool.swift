@@ -22,6 +22,11 @@ final class UpstreamPool {
         return nil
     }
 
+    /// Connections whose close is already watched: the callback is registered once per
+    /// connection, not once per return to the pool (a long-lived upstream returns thousands
+    /// of times; one closure each would pile up on its close future).
+    private var watched: Set<ObjectIdentifier> = []
+
     func give(_ channel: Channel, for endpoint: OriginalDestination) {
         guard channel.isActive, idle[endpoint, default: []].count < maxIdlePerEndpoint else {
             channel.close(promise: nil)
@@ -34,9 +39,12 @@ final class UpstreamPool {
             self.evict(channel, from: endpoint)
             channel.close(promise: nil)
         }
-        channel.closeFuture.whenComplete { [weak self] _ in
-            self?.timers.removeValue(forKey: id)?.cancel()
-            self?.evict(channel, from: endpoint)
+        if watched.insert(id).inserted {
+            channel.closeFuture.whenComplete { [weak self] _ in
+                self?.watched.remove(id)
+                self?.timers.removeValue(forKey: id)?.cancel()
+                self?.evict(channel, from: endpoint)
+            }
         }
     }
 
@@ -48,6 +56,7 @@ final class UpstreamPool {
     func closeAll() {
         for timer in timers.values { timer.cancel() }
         timers.removeAll()
+        watched.removeAll()
         for channel in idle.values.joined() { channel.close(promise: nil) }
         idle.removeAll()
     }

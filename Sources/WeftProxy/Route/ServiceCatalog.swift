@@ -50,6 +50,23 @@ public struct ServiceCatalog: Sendable, Equatable {
         }
     }
 
+    /// Every service's VIP, for the state directory: VIPs must survive agent restarts, or a
+    /// caller (or a DNS cache) holding one would reach another service.
+    public var allocations: [ServiceKey: IPAddress] { entries.mapValues(\.vip) }
+
+    /// Restores allocations from a previous run (before any rebuild). Addresses outside the
+    /// range or taken twice are skipped; the allocator continues after the highest.
+    public mutating func restore(_ saved: [ServiceKey: IPAddress]) {
+        for (key, vip) in saved.sorted(by: { $0.key < $1.key }) where entries[key] == nil {
+            guard vipRange.contains(vip), byVIP[vip] == nil, case .v4(let v) = vip else { continue }
+            let vip6 = vip6Prefix.flatMap { Self.embed(vip, in: $0) }
+            entries[key] = Entry(key: key, vip: vip, vip6: vip6, ports: [], endpoints: [])
+            byVIP[vip] = key
+            if let vip6 { byVIP[vip6] = key }
+            nextVIP = max(nextVIP, v + 1)
+        }
+    }
+
     private mutating func allocate(_ key: ServiceKey) throws {
         let size = UInt32(1) << UInt32(32 - vipRange.prefixLength)
         let last = vipRange.ipv4Network! + size - 2

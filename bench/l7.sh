@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# L7 benchmark (HTTP/1.1 keep-alive): Weft's HTTP path against HAProxy in HTTP mode, one
+# proxy hop each, in one topology (client netns → server netns with nginx), in one run:
+#   direct        wrk/hey (client netns) → nginx
+#   haproxy-http  → HAProxy (mode http, 1 thread, upstream keep-alive) on 127.0.0.1 → nginx
+#   weft-l7       → the service's virtual IP, port declared /http → Weft's L7 outbound
+#                   proxy (per-request endpoint choice, pooled upstream) → nginx
+# Two loads: the most requests/s (wrk, 32 connections) and latency at a fixed 1,000
+# requests/s (hey, 10 workers × 100 req/s). Median of interleaved rounds. Writes
+# bench/reports/l7.md with the machine and the ratios.
+#
+# Usage: sudo bench/l7.sh [--duration SECONDS] [--rounds N] [--weft PATH]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH"
+DURATION=10
+ROUNDS=3
+WEFT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --weft) WEFT=$2; shift 2 ;;
+    *) echo "l7.sh: unknown argument $1 (use --duration, --rounds, --weft)" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "l7.sh: run as root" >&2; exit 1; }
+scripts/setup-deps --bench >/dev/null
+if [ -z "$WEFT" ]; then
+  swift build -c release --product weft >/dev/null
+  WEFT=.build/release/weft
+fi
+
+work=$(mktemp -d /tmp/weft-bench7.XXXXXX)
+chmod 755 "$work"
+BR=wbench7
+CLI=wb7-cli
+SRV=wb7-srv
+SRV_IP=10.237.7.3
+pids=()
+export WEFT_AGENT_SOCKET=$work/agent.sock
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  ip netns del $CLI 2>/dev/null; ip netns del $SRV 2>/dev/null
+  ip link del $BR 2>/dev/null; ip link del wbagent7 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+ip link add $BR type bridge && ip addr add 10.237.7.1/24 dev $BR && ip link set $BR up
+n=0
+for pair in "$CLI:10.237.7.2" "$SRV:$SRV_IP"; do
+  ns=${pair%%:*}; ip=${pair##*:}; n=$((n + 1))
+  ip netns add "$ns"
+  ip link add "wb7h$n" type veth peer name eth0 netns "$ns"
+  ip link set "wb7h$n" master $BR up
+  ip -n "$ns" addr add "$ip/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" route add default via 10.237.7.1
+done
+
+mkdir -p "$work/nginx"
+cat > "$work/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1; pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  keepalive_requests 1000000;
+  server { listen 8080; location / { return 200 "ok\n"; } }
+}
+CONF
+ip netns exec $SRV nginx -c "$work/nginx.conf" -e "$work/nginx.err" & pids+=($!)
+
+cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen l7
+  bind 127.0.0.1:18090
+  server origin $SRV_IP:8080
+CFG
+ip netns exec $CLI haproxy -db -f "$work/haproxy.cfg" 2>>"$work/haproxy.log" & pids+=($!)
+
+"$WEFT" agent --socket "$WEFT_AGENT_SOCKET" --bridge wbagent7 --pod-cidr 10.238.7.0/24 --dns-upstream none \
+  --state-dir "$work/state" --log-level warning 2>"$work/agent.log" & pids+=($!)
+for _ in $(seq 100); do "$WEFT" get workloads >/dev/null 2>&1 && break; sleep 0.1; done
+# The server is registered as service "origin" (port 80 → 8080, HTTP) so it has a virtual
+# IP; its own capture rules are removed so the comparison is one proxy hop on each side.
+"$WEFT" attach --netns $SRV --service origin --port 80:8080/http >/dev/null
+"$WEFT" init --netns $SRV --remove >/dev/null
+"$WEFT" attach --netns $CLI --service bench-client >/dev/null
+VIP=$("$WEFT" get services -o json | python3 -c 'import json,sys; print([s["vip"] for s in json.load(sys.stdin) if s["key"]["name"]=="origin"][0])')
+for _ in $(seq 100); do ip netns exec $CLI curl -s -o /dev/null "http://$VIP/" && break; sleep 0.1; done
+
+to_us() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR+1)/2]; else printf "%.2f", (v[NR/2] + v[NR/2+1]) / 2}'; }
+declare -A ALL_RPS ALL_P50 ALL_P99 ALL_F50 ALL_F99
+measure() { # mode url
+  ip netns exec $CLI wrk -t1 -c32 -d2s "$2" >/dev/null 2>&1 || true
+  local out
+  out=$(ip netns exec $CLI wrk -t1 -c32 -d"${DURATION}s" --latency "$2")
+  ALL_RPS[$1]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+  ALL_P50[$1]+="$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')") "
+  ALL_P99[$1]+="$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
+  # Fixed rate: 10 workers × 100 requests/s, keep-alive; hey reports seconds.
+  out=$(ip netns exec $CLI hey -z "${DURATION}s" -c 10 -q 100 "$2")
+  ALL_F50[$1]+="$(echo "$out" | awk '/ 50% in / {printf "%.0f", $3 * 1000000}') "
+  ALL_F99[$1]+="$(echo "$out" | awk '/ 99% in / {printf "%.0f", $3 * 1000000}') "
+  echo "$1: $(echo "${ALL_RPS[$1]}" | awk '{print $NF}') req/s; at 1,000 req/s p50 $(echo "${ALL_F50[$1]}" | awk '{print $NF}') us"
+}
+for round in $(seq "$ROUNDS"); do
+  echo "-- round $round of $ROUNDS"
+  measure direct "http://$SRV_IP:8080/"
+  measure haproxy-http "http://127.0.0.1:18090/"
+  measure weft-l7 "http://$VIP/"
+done
+"$WEFT" get workloads > "$work/workloads.txt"
+
+declare -A RPS P50 P99 F50 F99
+for m in direct haproxy-http weft-l7; do
+  RPS[$m]=$(echo "${ALL_RPS[$m]}" | median); P50[$m]=$(echo "${ALL_P50[$m]}" | median); P99[$m]=$(echo "${ALL_P99[$m]}" | median)
+  F50[$m]=$(echo "${ALL_F50[$m]}" | median); F99[$m]=$(echo "${ALL_F99[$m]}" | median)
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a - b }'; }
+rps=$(ratio "${RPS[weft-l7]}" "${RPS[haproxy-http]}")
+added50=$(added "${F50[weft-l7]}" "${F50[direct]}")
+added50ha=$(added "${F50[haproxy-http]}" "${F50[direct]}")
+verdict() { awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN { if ((op == ">=" && v >= t) || (op == "<=" && v <= t)) print "met"; else print "NOT met" }'; }
+cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+report=bench/reports/l7.md
+{
+  echo "# L7 benchmark (bench/l7.sh)"
+  echo
+  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "- machine: $(nproc) cores, ${cpu:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+  echo "- HTTP/1.1 keep-alive, 3-byte body from nginx (1 worker); one proxy hop: HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}') mode http (1 thread, http-reuse always) vs Weft's L7 outbound path (release build)"
+  echo "- most requests/s: wrk -t1 -c32 -d${DURATION}s; fixed rate: hey -c 10 -q 100 (1,000 requests/s) -z ${DURATION}s"
+  echo "- $ROUNDS interleaved rounds, medians; all on the same $(nproc) cores"
+  echo
+  echo "| mode | requests/s (wrk) | p50 µs (wrk) | p99 µs (wrk) | p50 µs @1k/s | p99 µs @1k/s |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for m in direct haproxy-http weft-l7; do
+    echo "| $m | ${RPS[$m]} | ${P50[$m]} | ${P99[$m]} | ${F50[$m]} | ${F99[$m]} |"
+  done
+  echo
+  echo "| figure | value | target | |"
+  echo "|---|---:|---:|---|"
+  echo "| Weft / HAProxy requests/s | $rps | ≥ 0.80 | $(verdict "$rps" ">=" 0.8) |"
+  echo "| added p50 per hop at 1,000 req/s, Weft | $added50 µs | ≤ 100 µs | $(verdict "$added50" "<=" 100) |"
+  echo "| added p50 per hop at 1,000 req/s, HAProxy (for scale) | $added50ha µs | | |"
+  echo
+  echo "Every round: requests/s direct ${ALL_RPS[direct]}; haproxy-http ${ALL_RPS[haproxy-http]}; weft-l7 ${ALL_RPS[weft-l7]}"
+  echo
+  echo '```'
+  cat "$work/workloads.txt"
+  echo '```'
+} > "$report"
+cat "$report"

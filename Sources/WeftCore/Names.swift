@@ -33,10 +33,7 @@ public struct ServiceName: Hashable, Sendable, CustomStringConvertible, Codable 
     public let rawValue: String
 
     public init(_ raw: String) throws {
-        let ok = !raw.isEmpty && raw.count <= 63
-            && raw.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") })
-            && raw.first != "-" && raw.last != "-"
-        guard ok else {
+        guard DNSLabel.isValid(raw) else {
             throw WeftError(.invalidArgument,
                             "invalid service name '\(raw)': use a DNS label (lowercase letters, digits, '-', at most 63)")
         }
@@ -120,5 +117,14 @@ public struct Label: Hashable, Sendable {
         value = String(text[text.index(after: eq)...])
         let okKey = key.count <= 63 && key.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_./".contains($0)) }
         guard okKey else { throw WeftError(.invalidArgument, "--label \(text): invalid key '\(key)'") }
+    }
+}
+
+/// RFC 1123 labels, as Kubernetes and Istio require for service and namespace names.
+enum DNSLabel {
+    static func isValid(_ s: String) -> Bool {
+        !s.isEmpty && s.count <= 63
+            && s.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") })
+            && s.first != "-" && s.last != "-"
     }
 }

@@ -4,10 +4,7 @@ public struct MeshNamespace: Hashable, Sendable, CustomStringConvertible, Codabl
     public static let `default` = try! MeshNamespace("default")
 
     public init(_ raw: String) throws {
-        let ok = !raw.isEmpty && raw.count <= 63
-            && raw.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") })
-            && raw.first != "-" && raw.last != "-"
-        guard ok else {
+        guard DNSLabel.isValid(raw) else {
             throw WeftError(.invalidArgument,
                             "invalid namespace '\(raw)': use a DNS label (lowercase letters, digits, '-', at most 63)")
         }

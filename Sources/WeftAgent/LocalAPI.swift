@@ -104,8 +104,8 @@ final class LocalAPI: Sendable {
             case .attach(let spec):
                 try await registry.attach(spec)
                 return AgentResponse(capture: capture)
-            case .detach(let netns):
-                try await registry.detach(netns)
+            case .detach(let netns, let force):
+                try await registry.detach(netns, force: force)
                 return AgentResponse()
             case .listWorkloads:
                 return AgentResponse(workloads: await registry.list())

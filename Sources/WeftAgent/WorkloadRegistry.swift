@@ -191,10 +191,16 @@ public actor WorkloadRegistry {
                                                     "service": "\(spec.service)", "ip": "\(spec.podIP.map { "\($0)" } ?? "-")"])
     }
 
-    public func detach(_ netns: NetnsName) async throws {
-        guard let entry = attached.removeValue(forKey: netns) else {
+    public func detach(_ netns: NetnsName, force: Bool = false) async throws {
+        guard let entry = attached[netns] else {
             throw WeftError(.notFound, "netns \(netns) is not attached to this agent", hint: "see `weft get workloads`")
         }
+        if entry.proxy.spec.ownedByRun == true && !force {
+            throw WeftError(.permissionDenied,
+                            "netns \(netns) belongs to a running `weft run` (workload \(entry.proxy.spec.name)); detaching it would let its traffic bypass the mesh",
+                            hint: "stop that command instead (it cleans up after itself), or pass --force")
+        }
+        attached[netns] = nil
         await entry.proxy.stop()
         pool.release(netns)
         republish()

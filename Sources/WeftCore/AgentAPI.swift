@@ -47,6 +47,8 @@ public struct WorkloadSpec: Codable, Sendable, Equatable {
     public var labels: [String: String]
     /// Set for namespaces created by `weft run` (the agent allocated the address).
     public var podIP: IPAddress?
+    /// The workload belongs to a running `weft run`, which removes it when its command exits.
+    public var ownedByRun: Bool? = nil
     public var podIPv6: IPAddress?
 
     public init(name: String, netns: NetnsName, service: ServiceName, namespace: MeshNamespace = .default,
@@ -102,7 +104,9 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     /// Give back a reservation that was never attached (a failed `weft run`).
     case release(netns: NetnsName)
     case attach(WorkloadSpec)
-    case detach(netns: NetnsName)
+    /// `force` detaches a workload that a running `weft run` owns (it normally detaches its
+    /// own when its command exits).
+    case detach(netns: NetnsName, force: Bool)
     case listWorkloads
     case listServices
     /// Apply or delete config: every file parsed and the merged result validated first;

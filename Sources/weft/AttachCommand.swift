@@ -32,7 +32,7 @@ struct AttachCommand: ParsableCommand {
             do {
                 try CaptureInstaller(netns: netns).apply(CaptureOptions(reply.capture ?? CaptureSettings()))
             } catch {
-                _ = try? client.call(.detach(netns: netns))
+                _ = try? client.call(.detach(netns: netns, force: true))
                 throw error
             }
             print("attached netns \(netns) as workload \(spec.name) (service \(spec.service))")
@@ -48,6 +48,7 @@ struct DetachCommand: ParsableCommand {
         commandName: "detach", abstract: "Stop meshing a network namespace: remove its capture rules and proxy.")
 
     @Option(help: "The network namespace.") var netns: String
+    @Flag(help: "Also detach a namespace that a running `weft run` owns (its traffic then leaves the mesh).") var force = false
     @OptionGroup var agent: AgentSocketOption
 
     func run() throws {
@@ -55,7 +56,8 @@ struct DetachCommand: ParsableCommand {
             try requireRoot("weft detach")
             let netns = try NetnsName(self.netns)
             var agentError: Error?
-            do { _ = try AgentClient(socketPath: agent.path).call(.detach(netns: netns)) } catch { agentError = error }
+            do { _ = try AgentClient(socketPath: agent.path).call(.detach(netns: netns, force: force)) } catch { agentError = error }
+            if let e = agentError as? WeftError, e.code == .permissionDenied { throw e }  // owned by weft run: leave everything
             // Rules go last: while the proxy was up they kept traffic from bypassing it.
             if NetnsManager.exists(netns) { try CaptureInstaller(netns: netns).remove() }
             if let agentError { throw agentError }

@@ -141,10 +141,11 @@ struct RunPlan {
         cleanup.push("delete veth \(PodNetworking.hostVethName(for: netns))") { try PodNetworking.disconnect(netns) }
 
         var spec = self.spec
+        spec.ownedByRun = true
         spec.podIP = network.podIP
         spec.podIPv6 = network.podIPv6
         _ = try client.call(.attach(spec))
-        cleanup.push("detach \(netns)") { _ = try client.call(.detach(netns: netns)) }
+        cleanup.push("detach \(netns)") { _ = try client.call(.detach(netns: netns, force: true)) }
 
         let installer = CaptureInstaller(netns: netns)
         try installer.apply(CaptureOptions(capture))

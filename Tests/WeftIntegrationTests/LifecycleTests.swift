@@ -52,6 +52,24 @@ final class LifecycleTests: XCTestCase {
         try assertNothingLeft(ns)
     }
 
+    func testDetachRefusesANamespaceOwnedByARunningWeftRun() throws {
+        let ns = mesh.name("owned")
+        let job = try mesh.startWeft(["run", "--name", ns, "--service", "job", "--", "sh", "-c", "echo ready; exec sleep 60"])
+        try mesh.waitUntil("job ready", timeout: 20) { job.stdout.contains("ready") }
+        let refused = mesh.weft(["detach", "--netns", ns])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stderr.contains("belongs to a running `weft run`"), refused.stderr)
+        XCTAssertNotNil(try mesh.workload(ns), "still attached")
+        XCTAssertTrue(mesh.run(["ip", "netns", "exec", ns, "iptables-save", "-t", "nat"]).stdout.contains("WEFT_OUTPUT"),
+                      "capture rules stay")
+        let forced = mesh.weft(["detach", "--netns", ns, "--force"])
+        XCTAssertEqual(forced.status, 0, forced.output)
+        XCTAssertNil(try mesh.workload(ns))
+        kill(job.process.processIdentifier, SIGTERM)
+        XCTAssertNotNil(mesh.wait(job))
+        try assertNothingLeft(ns)
+    }
+
     func testChildrenLeftBehindAreStoppedWithTheWorkload() throws {
         let ns = mesh.name("orphans")
         let marker = "317.\(Int.random(in: 100...999))"

@@ -22,7 +22,7 @@ final class LocalAPITests: XCTestCase {
         let garbage = await api.respond(to: Array("not json".utf8))
         XCTAssertEqual(garbage.errorCode, "protocol-error")
         XCTAssertTrue(garbage.error!.contains("malformed request"))
-        let detach = try JSONEncoder().encode(AgentRequest.detach(netns: try NetnsName("ghost")))
+        let detach = try JSONEncoder().encode(AgentRequest.detach(netns: try NetnsName("ghost"), force: false))
         let reply = await api.respond(to: Array(detach))
         XCTAssertEqual(reply.errorCode, "not-found")
         XCTAssertTrue(reply.error!.contains("ghost"))

@@ -18,6 +18,7 @@
 # Usage: sudo bench/l4.sh [--duration SECONDS] [--connections N] [--rounds N] [--weft PATH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 export PATH="/opt/swift/usr/bin:$PATH"
 DURATION=10
 CONNS=32
@@ -59,35 +60,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# --- topology: two namespaces on a bridge -------------------------------------------
-ip link add $BR type bridge && ip addr add 10.237.0.1/24 dev $BR && ip link set $BR up
-n=0
-for pair in "$CLI:$CLI_IP" "$SRV:$SRV_IP"; do
-  ns=${pair%%:*}; ip=${pair##*:}; n=$((n + 1))
-  ip netns add "$ns"
-  ip link add "wbh$n" type veth peer name eth0 netns "$ns"
-  ip link set "wbh$n" master $BR up
-  ip -n "$ns" addr add "$ip/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" link set lo up
-done
-
-# --- the origin: nginx returning a 3-byte body --------------------------------------
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<CONF
-daemon off; master_process off; worker_processes 1; pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  keepalive_requests 1000000;
-  server { listen 8080; location / { return 200 "ok\n"; } }
-}
-CONF
-ip netns exec $SRV nginx -c "$work/nginx.conf" -e "$work/nginx.err" &
-pids+=($!)
+# --- topology and origin ------------------------------------------------------------
+bench_topology $BR 10.237.0 $CLI $SRV wbh
+pids+=($(bench_nginx "$work" $SRV))
 
 # --- HAProxy, TCP mode, one thread (as Weft's one loop thread per workload) ----------
 HAPROXY_UID=1337
@@ -127,11 +102,7 @@ for _ in $(seq 100); do "$WEFT" get workloads >/dev/null 2>&1 && break; sleep 0.
 for _ in $(seq 100); do ip netns exec $CLI curl -s -o /dev/null "http://$SRV_IP:8080/" && break; sleep 0.1; done
 
 # --- measuring -----------------------------------------------------------------------
-to_us() { # wrk latency like 512.00us, 1.23ms, 2.00s → microseconds
-  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'
-}
 declare -A RPS P50 P99 CPU ALL_RPS ALL_P50 ALL_P99 ALL_CPU
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR+1)/2]; else printf "%.2f", (v[NR/2] + v[NR/2+1]) / 2}'; }
 cpu_ticks() { # total user+system clock ticks of the given pids and their children (ip netns exec → proxy)
   local t=0 p
   for p in "$@"; do
@@ -186,21 +157,16 @@ for m in direct haproxy-explicit haproxy-1hop weft-1hop haproxy-2hop weft-2hop; 
 done
 
 # --- report ----------------------------------------------------------------------------
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 rps1=$(ratio "${RPS[weft-1hop]}" "${RPS[haproxy-1hop]}")
 p99_1=$(ratio "${P99[weft-1hop]}" "${P99[haproxy-1hop]}")
 rps2=$(ratio "${RPS[weft-2hop]}" "${RPS[haproxy-2hop]}")
 p99_2=$(ratio "${P99[weft-2hop]}" "${P99[haproxy-2hop]}")
-verdict() { # value op target
-  awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN { if (v == "n/a") print "n/a"; else if ((op == ">=" && v >= t) || (op == "<=" && v <= t)) print "met"; else print "NOT met" }'
-}
-cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 report=bench/reports/l4.md
 {
   echo "# L4 benchmark (bench/l4.sh)"
   echo
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "- machine: $(nproc) cores, ${cpu:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+  echo "- machine: $(bench_machine)"
   echo "- load: wrk -t1 -c$CONNS -d${DURATION}s --latency (keep-alive, after a 2 s warm-up), 3-byte body from nginx (1 worker)"
   echo "- $ROUNDS interleaved rounds; every figure below is the median of its rounds (all rounds are listed at the end)"
   echo "- peers: HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}') mode tcp nbthread 1, transparent behind the same capture rules as Weft (\`weft init --proxy-uid\`); Weft release build, one loop thread per workload"

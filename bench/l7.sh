@@ -12,6 +12,7 @@
 # Usage: sudo bench/l7.sh [--duration SECONDS] [--rounds N] [--weft PATH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 export PATH="/opt/swift/usr/bin:$PATH"
 DURATION=10
 ROUNDS=3
@@ -49,33 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-ip link add $BR type bridge && ip addr add 10.237.7.1/24 dev $BR && ip link set $BR up
-n=0
-for pair in "$CLI:10.237.7.2" "$SRV:$SRV_IP"; do
-  ns=${pair%%:*}; ip=${pair##*:}; n=$((n + 1))
-  ip netns add "$ns"
-  ip link add "wb7h$n" type veth peer name eth0 netns "$ns"
-  ip link set "wb7h$n" master $BR up
-  ip -n "$ns" addr add "$ip/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" link set lo up
-  ip -n "$ns" route add default via 10.237.7.1
-done
-
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<CONF
-daemon off; master_process off; worker_processes 1; pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  keepalive_requests 1000000;
-  server { listen 8080; location / { return 200 "ok\n"; } }
-}
-CONF
-ip netns exec $SRV nginx -c "$work/nginx.conf" -e "$work/nginx.err" & pids+=($!)
+bench_topology $BR 10.237.7 $CLI $SRV wb7h
+pids+=($(bench_nginx "$work" $SRV))
 
 cat > "$work/haproxy.cfg" <<CFG
 global
@@ -105,8 +81,6 @@ for _ in $(seq 100); do "$WEFT" get workloads >/dev/null 2>&1 && break; sleep 0.
 VIP=$("$WEFT" get services -o json | python3 -c 'import json,sys; print([s["vip"] for s in json.load(sys.stdin) if s["key"]["name"]=="origin"][0])')
 for _ in $(seq 100); do ip netns exec $CLI curl -s -o /dev/null "http://$VIP/" && break; sleep 0.1; done
 
-to_us() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR+1)/2]; else printf "%.2f", (v[NR/2] + v[NR/2+1]) / 2}'; }
 declare -A ALL_RPS ALL_P50 ALL_P99 ALL_F50 ALL_F99
 measure() { # mode url
   ip netns exec $CLI wrk -t1 -c32 -d2s "$2" >/dev/null 2>&1 || true
@@ -134,19 +108,16 @@ for m in direct haproxy-http weft-l7; do
   RPS[$m]=$(echo "${ALL_RPS[$m]}" | median); P50[$m]=$(echo "${ALL_P50[$m]}" | median); P99[$m]=$(echo "${ALL_P99[$m]}" | median)
   F50[$m]=$(echo "${ALL_F50[$m]}" | median); F99[$m]=$(echo "${ALL_F99[$m]}" | median)
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a - b }'; }
 rps=$(ratio "${RPS[weft-l7]}" "${RPS[haproxy-http]}")
 added50=$(added "${F50[weft-l7]}" "${F50[direct]}")
 added50ha=$(added "${F50[haproxy-http]}" "${F50[direct]}")
-verdict() { awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN { if ((op == ">=" && v >= t) || (op == "<=" && v <= t)) print "met"; else print "NOT met" }'; }
-cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 report=bench/reports/l7.md
 {
   echo "# L7 benchmark (bench/l7.sh)"
   echo
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "- machine: $(nproc) cores, ${cpu:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+  echo "- machine: $(bench_machine)"
   echo "- HTTP/1.1 keep-alive, 3-byte body from nginx (1 worker); one proxy hop: HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}') mode http (1 thread, http-reuse always) vs Weft's L7 outbound path (release build)"
   echo "- most requests/s: wrk -t1 -c32 -d${DURATION}s; fixed rate: hey -c 10 -q 100 (1,000 requests/s) -z ${DURATION}s"
   echo "- $ROUNDS interleaved rounds, medians; all on the same $(nproc) cores"

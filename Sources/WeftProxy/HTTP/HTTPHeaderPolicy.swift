@@ -13,8 +13,6 @@ public enum HTTPHeaderPolicy {
     public static let maxHeaderCount = 100
     public static let maxHeaderBytes = 64 * 1024
 
-    /// Headers that describe one hop, never the message; removed in both directions.
-    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
 
     public static func request(_ head: HTTPRequestHead, client: IPAddress?, requestID: () -> String) -> Verdict {
         let h = head.headers
@@ -71,10 +69,20 @@ public enum HTTPHeaderPolicy {
         return out
     }
 
+    /// On every request and response: look before allocating, since most messages carry at
+    /// most a `connection` header.
     static func stripHopByHop(_ headers: inout HTTPHeaders) {
-        let listed = headers["connection"].flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() } }
-        for name in hopByHop.union(listed) where name != "transfer-encoding" && name != "content-length" {
-            headers.remove(name: name)
+        var present = hopByHopNames.filter { headers.contains(name: $0) }
+        guard !present.isEmpty else { return }
+        for value in headers["connection"] {
+            for token in value.split(separator: ",") {
+                let name = token.trimmingCharacters(in: .whitespaces).lowercased()
+                if name != "transfer-encoding", name != "content-length", !name.isEmpty { present.append(name) }
+            }
         }
+        for name in present { headers.remove(name: name) }
     }
+
+    /// Headers that describe one hop, never the message; removed in both directions.
+    static let hopByHopNames = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
 }

@@ -5,60 +5,78 @@ import WeftCore
 /// Idle HTTP/1.1 upstream connections of one workload, by endpoint. Loop-confined (every
 /// call on the workload's loop), so no locks. A connection comes back only when both the
 /// request and the response finished cleanly and the upstream allowed keep-alive; it leaves
-/// when the upstream closes it or after `idleTimeout`.
+/// when the upstream closes it or after `idleTimeout` unused. Expiry is one sweep every few
+/// seconds, not a timer per return: returning a connection is on every request's path.
 final class UpstreamPool {
-    private var idle: [OriginalDestination: [Channel]] = [:]
-    /// Idle timers, cancelled when a connection is taken back into use.
-    private var timers: [ObjectIdentifier: Scheduled<Void>] = [:]
-    private let maxIdlePerEndpoint = 32
-    private let idleTimeout: TimeAmount = .seconds(60)
-
-    func take(_ endpoint: OriginalDestination) -> Channel? {
-        while var list = idle[endpoint], let channel = list.popLast() {
-            idle[endpoint] = list.isEmpty ? nil : list
-            timers.removeValue(forKey: ObjectIdentifier(channel))?.cancel()
-            if channel.isActive { return channel }
-        }
-        return nil
+    private struct Idle {
+        let channel: Channel
+        let since: NIODeadline
     }
 
+    private var idle: [OriginalDestination: [Idle]] = [:]
+    private let maxIdlePerEndpoint = 32
+    private let idleTimeout: TimeAmount
+    private let sweepInterval: TimeAmount
+    private var sweeper: RepeatedTask?
     /// Connections whose close is already watched: the callback is registered once per
     /// connection, not once per return to the pool (a long-lived upstream returns thousands
     /// of times; one closure each would pile up on its close future).
     private var watched: Set<ObjectIdentifier> = []
+
+    init(idleTimeout: TimeAmount = .seconds(60), sweepInterval: TimeAmount = .seconds(5)) {
+        self.idleTimeout = idleTimeout
+        self.sweepInterval = sweepInterval
+    }
+
+    func take(_ endpoint: OriginalDestination) -> Channel? {
+        while var list = idle[endpoint], let entry = list.popLast() {
+            idle[endpoint] = list.isEmpty ? nil : list
+            if entry.channel.isActive { return entry.channel }
+        }
+        return nil
+    }
 
     func give(_ channel: Channel, for endpoint: OriginalDestination) {
         guard channel.isActive, idle[endpoint, default: []].count < maxIdlePerEndpoint else {
             channel.close(promise: nil)
             return
         }
-        idle[endpoint, default: []].append(channel)
-        let id = ObjectIdentifier(channel)
-        timers[id] = channel.eventLoop.scheduleTask(in: idleTimeout) { [weak self] in
-            guard let self, self.timers.removeValue(forKey: id) != nil else { return }
-            self.evict(channel, from: endpoint)
-            channel.close(promise: nil)
+        let loop = channel.eventLoop
+        idle[endpoint, default: []].append(Idle(channel: channel, since: loop.now))
+        if sweeper == nil {
+            sweeper = loop.scheduleRepeatedTask(initialDelay: sweepInterval, delay: sweepInterval) { [weak self] _ in
+                self?.sweep(now: loop.now)
+            }
         }
+        let id = ObjectIdentifier(channel)
         if watched.insert(id).inserted {
             channel.closeFuture.whenComplete { [weak self] _ in
                 self?.watched.remove(id)
-                self?.timers.removeValue(forKey: id)?.cancel()
                 self?.evict(channel, from: endpoint)
             }
         }
     }
 
+    /// Closes connections idle for longer than the timeout.
+    func sweep(now: NIODeadline) {
+        for (endpoint, list) in idle {
+            let (stale, fresh) = (list.filter { now - $0.since >= idleTimeout }, list.filter { now - $0.since < idleTimeout })
+            idle[endpoint] = fresh.isEmpty ? nil : fresh
+            for entry in stale { entry.channel.close(promise: nil) }
+        }
+    }
+
     private func evict(_ channel: Channel, from endpoint: OriginalDestination) {
-        idle[endpoint]?.removeAll { $0 === channel }
+        idle[endpoint]?.removeAll { $0.channel === channel }
         if idle[endpoint]?.isEmpty ?? false { idle[endpoint] = nil }
     }
 
     func closeAll() {
-        for timer in timers.values { timer.cancel() }
-        timers.removeAll()
-        watched.removeAll()
-        for channel in idle.values.joined() { channel.close(promise: nil) }
+        sweeper?.cancel()
+        sweeper = nil
+        for entry in idle.values.joined() { entry.channel.close(promise: nil) }
         idle.removeAll()
+        watched.removeAll()
     }
 }
 

@@ -9,7 +9,7 @@ public final class ServiceDirectory: Sendable {
     private struct State {
         var catalog: ServiceCatalog?
         var routes = RouteTable()
-        var cursors: [String: Int] = [:]
+        var cursors: [Cursor: Int] = [:]
         /// Requests in flight per endpoint address (LEAST_REQUEST's signal).
         var inflight: [String: Int] = [:]
     }
@@ -20,6 +20,14 @@ public final class ServiceDirectory: Sendable {
             let n = (state.inflight[lease.workload] ?? 1) - 1
             state.inflight[lease.workload] = n > 0 ? n : nil
         }
+    }
+
+    /// Round-robin and split positions; a small key, built without string formatting on
+    /// every request.
+    private enum Cursor: Hashable {
+        case connections(ServiceKey)
+        case requests(ServiceKey, subset: String?)
+        case split(ServiceKey)
     }
 
     private let state = Mutex(State())
@@ -42,12 +50,13 @@ public final class ServiceDirectory: Sendable {
             // Weighted splits draw from a golden-ratio (Weyl) sequence per host instead of
             // independent random numbers: the same proportions, but 2,000 requests of a 90/10
             // split land within a fraction of a point of 90/10, not ±2 points of noise.
-            let n = state.cursors["split:\(entry.key)", default: 0]
-            state.cursors["split:\(entry.key)"] = n &+ 1
+            let n = state.cursors[.split(entry.key), default: 0]
+            state.cursors[.split(entry.key)] = n &+ 1
             let draw = (Double(n) * 0.618_033_988_749_894_9).truncatingRemainder(dividingBy: 1)
             switch state.routes.decide(host: entry.key.fqdn, facts: facts, random: draw) {
             case .defaultRoute:
-                return Self.pick(entry, port: original.port, family: original.ip.family, labels: nil, cursorKey: "\(entry.key)",
+                return Self.pick(entry, port: original.port, family: original.ip.family, labels: nil,
+                                 cursorKey: .requests(entry.key, subset: nil),
                                  route: nil, policy: state.routes.loadBalancer(host: entry.key.fqdn, subset: nil), facts: facts,
                                  state: &state)
             case .noMatch(let vs):
@@ -56,7 +65,7 @@ public final class ServiceDirectory: Sendable {
                 guard let target = catalog.service(fqdn: routed.host) else {
                     return .noEndpoints("\(routed.host) is not a service of the mesh")
                 }
-                let key = "\(target.key)/\(routed.subset ?? "")"
+                let key = Cursor.requests(target.key, subset: routed.subset)
                 return Self.pick(target, port: routed.port ?? original.port, family: original.ip.family, labels: routed.subsetLabels,
                                  cursorKey: key, route: routed, policy: state.routes.loadBalancer(host: routed.host, subset: routed.subset),
                                  facts: facts, state: &state)
@@ -65,7 +74,7 @@ public final class ServiceDirectory: Sendable {
     }
 
     private static func pick(_ entry: ServiceCatalog.Entry, port: UInt16, family: IPFamily, labels: [String: String]?,
-                             cursorKey: String, route: RoutedDestination?, policy: LoadBalancer?, facts: RequestFacts,
+                             cursorKey: Cursor, route: RoutedDestination?, policy: LoadBalancer?, facts: RequestFacts,
                              state: inout State) -> HTTPResolution {
         let turn = state.cursors[cursorKey, default: 0]
         state.cursors[cursorKey] = turn &+ 1
@@ -105,8 +114,8 @@ public final class ServiceDirectory: Sendable {
     public func resolve(_ destination: OriginalDestination) -> ServiceResolution {
         state.withLock { state in
             guard let entry = state.catalog?.service(forVIP: destination.ip) else { return .passthrough }
-            let turn = state.cursors["\(entry.key)", default: 0]
-            state.cursors["\(entry.key)"] = turn &+ 1
+            let turn = state.cursors[.connections(entry.key), default: 0]
+            state.cursors[.connections(entry.key)] = turn &+ 1
             return entry.resolve(port: destination.port, family: destination.ip.family) { count in turn % count }
         }
     }

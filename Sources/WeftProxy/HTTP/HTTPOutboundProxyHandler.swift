@@ -74,11 +74,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             state = .connecting(request: request, buffered: buffered, keepAlive: keepAlive, responseHeaders: ops)
         case (.streaming(let exchange), .body(let body)):
             workload.counters.bytesOutboundSent.add(body.readableBytes)
-            exchange.upstream.write(NIOAny(HTTPClientRequestPart.body(.byteBuffer(body))), promise: nil)
+            exchange.upstream.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
         case (.streaming(var exchange), .end(let trailers)):
             exchange.requestEnded = true
             state = .streaming(exchange)
-            exchange.upstream.writeAndFlush(NIOAny(HTTPClientRequestPart.end(trailers)), promise: nil)
+            exchange.upstream.writeAndFlush(HTTPClientRequestPart.end(trailers), promise: nil)
             finishIfDone()
         case (.streaming, .head):
             break  // cannot happen behind HTTPServerPipelineHandler
@@ -196,15 +196,15 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             upstreamClosed(error: nil)
             return
         }
-        upstream.write(NIOAny(HTTPClientRequestPart.head(request)), promise: nil)
+        upstream.write(HTTPClientRequestPart.head(request), promise: nil)
         for part in buffered {
             switch part {
             case .body(let b):
                 workload.counters.bytesOutboundSent.add(b.readableBytes)
-                upstream.write(NIOAny(HTTPClientRequestPart.body(.byteBuffer(b))), promise: nil)
+                upstream.write(HTTPClientRequestPart.body(.byteBuffer(b)), promise: nil)
             case .end(let t):
                 exchange.requestEnded = true
-                upstream.write(NIOAny(HTTPClientRequestPart.end(t)), promise: nil)
+                upstream.write(HTTPClientRequestPart.end(t), promise: nil)
             case .head:
                 break
             }

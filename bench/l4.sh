@@ -33,12 +33,7 @@ while [ $# -gt 0 ]; do
     *) echo "l4.sh: unknown argument $1 (use --duration, --connections, --rounds, --weft)" >&2; exit 2 ;;
   esac
 done
-[ "$(id -u)" = 0 ] || { echo "l4.sh: run as root" >&2; exit 1; }
-scripts/setup-deps --bench >/dev/null
-if [ -z "$WEFT" ]; then
-  swift build -c release --product weft >/dev/null
-  WEFT=.build/release/weft
-fi
+WEFT=$(bench_prepare l4.sh "$WEFT")
 
 work=$(mktemp -d /tmp/weft-bench.XXXXXX)
 chmod 755 "$work"

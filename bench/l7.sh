@@ -25,12 +25,7 @@ while [ $# -gt 0 ]; do
     *) echo "l7.sh: unknown argument $1 (use --duration, --rounds, --weft)" >&2; exit 2 ;;
   esac
 done
-[ "$(id -u)" = 0 ] || { echo "l7.sh: run as root" >&2; exit 1; }
-scripts/setup-deps --bench >/dev/null
-if [ -z "$WEFT" ]; then
-  swift build -c release --product weft >/dev/null
-  WEFT=.build/release/weft
-fi
+WEFT=$(bench_prepare l7.sh "$WEFT")
 
 work=$(mktemp -d /tmp/weft-bench7.XXXXXX)
 chmod 755 "$work"

@@ -1,6 +1,16 @@
 # Shared by bench/l4.sh and bench/l7.sh (sourced, not run): the two-namespace topology, the
 # nginx origin, and the arithmetic of the reports.
 
+# bench_prepare SCRIPT WEFT: root check, benchmark peers installed, and the Weft binary to
+# measure (the given one, else a fresh release build). Prints the binary's path.
+bench_prepare() {
+  [ "$(id -u)" = 0 ] || { echo "$1: run as root" >&2; exit 1; }
+  scripts/setup-deps --bench >/dev/null
+  if [ -n "$2" ]; then echo "$2"; return; fi
+  swift build -c release --product weft >/dev/null
+  echo .build/release/weft
+}
+
 # bench_topology BRIDGE PREFIX CLIENT_NS SERVER_NS VETH_PREFIX
 # Two namespaces on a bridge at PREFIX.1, client PREFIX.2, server PREFIX.3, default route
 # via the bridge.

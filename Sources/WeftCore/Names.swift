@@ -1,6 +1,6 @@
 /// The name of a network namespace under /run/netns. Restricted to characters that are safe
 /// in paths, iptables comments and log lines.
-public struct NetnsName: Hashable, Sendable, CustomStringConvertible, Codable, Comparable {
+public struct NetnsName: ValidatedName, Comparable {
     public let rawValue: String
 
     public init(_ raw: String) throws {
@@ -15,21 +15,11 @@ public struct NetnsName: Hashable, Sendable, CustomStringConvertible, Codable, C
     }
 
     public var path: String { "/run/netns/\(rawValue)" }
-    public var description: String { rawValue }
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
-
-    public init(from decoder: Decoder) throws {
-        try self.init(decoder.singleValueContainer().decode(String.self))
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(rawValue)
-    }
 }
 
 /// A service name: a DNS label (RFC 1123), as Istio and Kubernetes require.
-public struct ServiceName: Hashable, Sendable, CustomStringConvertible, Codable {
+public struct ServiceName: ValidatedName {
     public let rawValue: String
 
     public init(_ raw: String) throws {
@@ -40,16 +30,6 @@ public struct ServiceName: Hashable, Sendable, CustomStringConvertible, Codable 
         self.rawValue = raw
     }
 
-    public var description: String { rawValue }
-
-    public init(from decoder: Decoder) throws {
-        try self.init(decoder.singleValueContainer().decode(String.self))
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(rawValue)
-    }
 }
 
 /// Application protocol named on a service port (`--port 80:3000/http`).
@@ -127,4 +107,24 @@ enum DNSLabel {
             && s.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") })
             && s.first != "-" && s.last != "-"
     }
+}
+
+/// A string checked once at construction (netns, service and namespace names): encoded as
+/// the bare string, decoded through the same check, printed as itself.
+public protocol ValidatedName: Hashable, Sendable, Codable, CustomStringConvertible {
+    var rawValue: String { get }
+    init(_ raw: String) throws
+}
+
+extension ValidatedName {
+    public init(from decoder: Decoder) throws {
+        try self.init(decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(rawValue)
+    }
+
+    public var description: String { rawValue }
 }

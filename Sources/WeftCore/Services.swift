@@ -1,5 +1,5 @@
 /// A mesh namespace (Istio's namespace: part of service names and identities). A DNS label.
-public struct MeshNamespace: Hashable, Sendable, CustomStringConvertible, Codable, Comparable {
+public struct MeshNamespace: ValidatedName, Comparable {
     public let rawValue: String
     public static let `default` = try! MeshNamespace("default")
 
@@ -11,17 +11,7 @@ public struct MeshNamespace: Hashable, Sendable, CustomStringConvertible, Codabl
         rawValue = raw
     }
 
-    public var description: String { rawValue }
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
-
-    public init(from decoder: Decoder) throws {
-        try self.init(decoder.singleValueContainer().decode(String.self))
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(rawValue)
-    }
 }
 
 /// A service is named within a namespace: `payments.default`.

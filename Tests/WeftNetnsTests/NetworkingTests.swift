@@ -1,3 +1,4 @@
+import Foundation
 import WeftCore
 import XCTest
 @testable import WeftNetns
@@ -107,5 +108,16 @@ final class HostCommandTests: XCTestCase {
         XCTAssertEqual(r.status, 3)
         XCTAssertEqual(r.stdout, "out\n")
         XCTAssertEqual(r.stderr, "err\n")
+    }
+}
+
+final class NameCodingTests: XCTestCase {
+    /// Names travel as bare strings in the local API and state files, and are re-validated.
+    func testNamesEncodeAsStringsAndDecodeThroughValidation() throws {
+        let data = try JSONEncoder().encode([try NetnsName("web-1")])
+        XCTAssertEqual(String(decoding: data, as: UTF8.self), #"["web-1"]"#)
+        XCTAssertEqual(String(decoding: try JSONEncoder().encode(try MeshNamespace("shop")), as: UTF8.self), #""shop""#)
+        XCTAssertThrowsError(try JSONDecoder().decode(ServiceName.self, from: Data(#""Bad Name""#.utf8)))
+        XCTAssertEqual(try JSONDecoder().decode(ServiceName.self, from: Data(#""payments""#.utf8)).description, "payments")
     }
 }

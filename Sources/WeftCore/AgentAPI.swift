@@ -79,8 +79,41 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     /// HTTP requests through the L7 outbound path, and those answered with a mesh error.
     public var httpRequests: Int = 0
     public var httpErrors: Int = 0
+    /// Outbound connections by the protocol they were handled as (declared or detected):
+    /// HTTP/1.1 and h2c take the L7 path; tls and opaque are forwarded as bytes.
+    public var protocolHTTP1: Int = 0
+    public var protocolHTTP2: Int = 0
+    public var protocolTLS: Int = 0
+    public var protocolOpaque: Int = 0
+    /// Outbound connections on undeclared ports whose server spoke first (forwarded opaque).
+    public var serverFirst: Int = 0
 
     public init() {}
+}
+
+/// How one outbound connection was handled: what it was detected (or declared) as, and why.
+public struct ConnectionRecord: Codable, Sendable, Equatable {
+    /// Seconds since the epoch when the protocol was decided.
+    public var time: Double
+    public var client: String
+    public var destination: String
+    /// `http/1.1`, `h2c`, `tls` or `opaque`.
+    public var proto: String
+    /// `declared` (the service port names it), `sniffed` (the client's first bytes),
+    /// `server-first` (the upstream spoke before the client), `client-eof`, `timeout`
+    /// (the client stopped mid-way through something that could have been HTTP).
+    public var decidedBy: String
+    /// Milliseconds from accept to the decision.
+    public var detectMillis: Double
+
+    public init(time: Double, client: String, destination: String, proto: String, decidedBy: String, detectMillis: Double) {
+        self.time = time
+        self.client = client
+        self.destination = destination
+        self.proto = proto
+        self.decidedBy = decidedBy
+        self.detectMillis = detectMillis
+    }
 }
 
 public struct WorkloadStatus: Codable, Sendable, Equatable {
@@ -88,12 +121,16 @@ public struct WorkloadStatus: Codable, Sendable, Equatable {
     public var podIPs: [IPAddress]
     public var counters: TrafficCounters
     public var attachedAt: Double
+    /// The most recent outbound connections (newest last), with their detected protocol.
+    public var recentConnections: [ConnectionRecord]
 
-    public init(spec: WorkloadSpec, podIPs: [IPAddress], counters: TrafficCounters, attachedAt: Double) {
+    public init(spec: WorkloadSpec, podIPs: [IPAddress], counters: TrafficCounters, attachedAt: Double,
+                recentConnections: [ConnectionRecord] = []) {
         self.spec = spec
         self.podIPs = podIPs
         self.counters = counters
         self.attachedAt = attachedAt
+        self.recentConnections = recentConnections
     }
 }
 

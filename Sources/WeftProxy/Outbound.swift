@@ -7,11 +7,13 @@ import WeftCore
 ///
 /// 1. recover the original destination (SO_ORIGINAL_DST)
 /// 2. decide: refuse loops and direct connections to the proxy port
-/// 3. route: a service port declared `/http` goes to the L7 path (HTTPOutboundProxyHandler:
-///    one endpoint per request); otherwise a service virtual IP becomes one of the
-///    service's endpoints (round robin) and any other address is used as it is
-/// 4. connect to the target from inside the netns with the proxy's SO_MARK, so the capture
-///    rules let this connection through
+/// 3. protocol: a port declared `/http`, `/http2` or `/grpc` goes to the L7 path
+///    (HTTPOutboundProxyHandler: one endpoint per request, HTTP/1.1 or HTTP/2 as the client
+///    speaks); `/tcp` and `/tls` are forwarded as bytes; an undeclared port is detected
+///    (ProtocolDetector) while its upstream is already being dialled
+/// 4. for bytes: a service virtual IP becomes one of the service's endpoints (round robin),
+///    any other address is used as it is; connect from inside the netns with the proxy's
+///    SO_MARK, so the capture rules let this connection through
 /// 5. splice the two connections, counting bytes both ways
 enum Outbound {
     static func accept(_ downstream: Channel, context: WorkloadContext, listener: OriginalDestination) -> EventLoopFuture<Void> {
@@ -21,8 +23,13 @@ enum Outbound {
             case .refuse(let reason):
                 return context.refuse(downstream, direction: .outbound, reason: reason)
             case .forward(let original):
-                if context.directory.portProtocol(original) == .http {
-                    return HTTPPath.start(downstream, context: context, original: original)
+                let declared = context.directory.portProtocol(original)
+                switch declared {
+                case .http?, .http2?, .grpc?:
+                    ProtocolDetector.start(downstream, workload: context, original: original, mode: .declaredHTTP)
+                    return downstream.eventLoop.makeSucceededVoidFuture()
+                case .tcp?, .tls?, nil:
+                    break
                 }
                 let target: OriginalDestination
                 switch context.directory.resolve(original) {
@@ -35,6 +42,11 @@ enum Outbound {
                 case .unknownPort(let service, let port):
                     return context.refuse(downstream, direction: .outbound, reason: "service \(service) has no port \(port)")
                 }
+                guard let declared else {
+                    ProtocolDetector.start(downstream, workload: context, original: original, mode: .detect(target: target))
+                    return downstream.eventLoop.makeSucceededVoidFuture()
+                }
+                ProtocolDetector.recordDeclared(declared == .tls ? .tls : .opaque, downstream: downstream, workload: context, original: original)
                 return context.forward(downstream, to: target, direction: .outbound,
                                        downstreamBytes: context.counters.bytesOutboundSent,
                                        upstreamBytes: context.counters.bytesOutboundReceived)

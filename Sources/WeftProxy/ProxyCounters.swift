@@ -29,6 +29,11 @@ public final class ProxyCounters: Sendable {
     let dnsMalformed = Counter()
     let httpRequests = Counter()
     let httpErrors = Counter()
+    let protocolHTTP1 = Counter()
+    let protocolHTTP2 = Counter()
+    let protocolTLS = Counter()
+    let protocolOpaque = Counter()
+    let serverFirst = Counter()
 
     public init() {}
 
@@ -46,6 +51,29 @@ public final class ProxyCounters: Sendable {
         c.dnsMalformed = dnsMalformed.current
         c.httpRequests = httpRequests.current
         c.httpErrors = httpErrors.current
+        c.protocolHTTP1 = protocolHTTP1.current
+        c.protocolHTTP2 = protocolHTTP2.current
+        c.protocolTLS = protocolTLS.current
+        c.protocolOpaque = protocolOpaque.current
+        c.serverFirst = serverFirst.current
         return c
     }
+}
+
+/// The last outbound connections of a workload and how each was classified, for
+/// `weft get connections`. Written once per connection (at the decision), read by the API.
+public final class ConnectionLog: Sendable {
+    private let entries = Mutex<[ConnectionRecord]>([])
+    let capacity: Int
+
+    public init(capacity: Int = 64) { self.capacity = capacity }
+
+    func add(_ record: ConnectionRecord) {
+        entries.withLock { list in
+            if list.count >= capacity { list.removeFirst(list.count - capacity + 1) }
+            list.append(record)
+        }
+    }
+
+    public var snapshot: [ConnectionRecord] { entries.withLock { $0 } }
 }

@@ -9,6 +9,7 @@ public struct WorkloadContext: Sendable {
     public let spec: WorkloadSpec
     public let loop: NetnsEventLoop
     public let counters: ProxyCounters
+    public let connections: ConnectionLog
     public let ports: ProxyPorts
     public let mark: UInt32
     public let connectTimeout: TimeAmount
@@ -16,6 +17,8 @@ public struct WorkloadContext: Sendable {
     public let directory: ServiceDirectory
     /// Idle HTTP/1.1 upstream connections; only touched on the workload's loop.
     let upstreamPool: NIOLoopBound<UpstreamPool>
+    /// Multiplexed HTTP/2 upstream connections (h2c, gRPC); only touched on the loop.
+    let h2Pool: NIOLoopBound<H2UpstreamPool>
 }
 
 enum Direction: String {

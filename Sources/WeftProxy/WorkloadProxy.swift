@@ -11,13 +11,16 @@ import WeftCore
 public final class WorkloadProxy: Sendable {
     public let spec: WorkloadSpec
     public let counters: ProxyCounters
+    public let connections: ConnectionLog
     public let attachedAt: Double
     private let loop: NetnsEventLoop
     private let listeners: [Channel]
 
-    private init(spec: WorkloadSpec, counters: ProxyCounters, loop: NetnsEventLoop, listeners: [Channel], attachedAt: Double) {
+    private init(spec: WorkloadSpec, counters: ProxyCounters, connections: ConnectionLog, loop: NetnsEventLoop,
+                 listeners: [Channel], attachedAt: Double) {
         self.spec = spec
         self.counters = counters
+        self.connections = connections
         self.loop = loop
         self.listeners = listeners
         self.attachedAt = attachedAt
@@ -32,10 +35,13 @@ public final class WorkloadProxy: Sendable {
         var logger = logger
         logger[metadataKey: "workload"] = "\(spec.name)"
         let eventLoop = loop.loop
-        let pool = try await eventLoop.submit { NIOLoopBound(UpstreamPool(), eventLoop: eventLoop) }.get()
-        let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), ports: ProxyPorts(settings),
+        let (pool, h2Pool) = try await eventLoop.submit {
+            (NIOLoopBound(UpstreamPool(), eventLoop: eventLoop), NIOLoopBound(H2UpstreamPool(), eventLoop: eventLoop))
+        }.get()
+        let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), connections: ConnectionLog(),
+                                      ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
-                                      directory: directory, upstreamPool: pool)
+                                      directory: directory, upstreamPool: pool, h2Pool: h2Pool)
         let plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),
@@ -61,7 +67,8 @@ public final class WorkloadProxy: Sendable {
             await loop.shutdown()
             throw error
         }
-        return WorkloadProxy(spec: spec, counters: context.counters, loop: loop, listeners: listeners, attachedAt: now)
+        return WorkloadProxy(spec: spec, counters: context.counters, connections: context.connections, loop: loop,
+                             listeners: listeners, attachedAt: now)
     }
 
     private static func bind(host: String, port: UInt16, direction: Direction, context: WorkloadContext) async throws -> Channel {
@@ -115,6 +122,7 @@ public final class WorkloadProxy: Sendable {
     }
 
     public var status: WorkloadStatus {
-        WorkloadStatus(spec: spec, podIPs: [spec.podIP, spec.podIPv6].compactMap { $0 }, counters: counters.snapshot, attachedAt: attachedAt)
+        WorkloadStatus(spec: spec, podIPs: [spec.podIP, spec.podIPv6].compactMap { $0 }, counters: counters.snapshot, attachedAt: attachedAt,
+                       recentConnections: connections.snapshot)
     }
 }

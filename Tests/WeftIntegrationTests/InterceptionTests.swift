@@ -48,7 +48,8 @@ final class InterceptionTests: XCTestCase {
         XCTAssertGreaterThan(after.counters.bytesInboundSent, "meshed hello\n".count)
         // The client workload is gone, but the agent log names its outbound connection.
         XCTAssertTrue(mesh.agentLog.contains("destination=\(ip):8123"), "outbound proxy did not forward to the original destination")
-        XCTAssertTrue(mesh.agentLog.contains("[WeftProxy] outbound connection"))
+        XCTAssertTrue(mesh.agentLog.contains("decidedBy=sniffed destination=\(ip):8123 protocol=http/1.1"),
+                      "the outbound proxy detected HTTP/1.1: \(mesh.agentLog.suffix(2000))")
     }
 
     func testIPv6OriginalDestinationThroughBothProxies() throws {
@@ -117,11 +118,15 @@ final class InterceptionTests: XCTestCase {
         try mesh.waitUntil("idle attached", timeout: 20) { try self.mesh.workload(self.mesh.name("idle")) != nil }
         let ip = try XCTUnwrap(try mesh.workload(mesh.name("idle"))?.spec.podIP)
         let started = Date()
-        let client = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--",
-                                "curl", "-sS", "-m", "10", "http://\(ip):9999/"], timeout: 30)
-        XCTAssertNotEqual(client.status, 0)
-        XCTAssertTrue(client.stderr.contains("curl: (56)") || client.stderr.contains("curl: (7)") || client.stderr.contains("curl: (52)"),
+        // Opaque bytes (L4): the reset travels back as a reset. HTTP (detected, L7): a 503
+        // that names the failure.
+        let client = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
+                                "printf 'opaque' | curl -sS -m 10 telnet://\(ip):9999; echo rc=$?; curl -sS -m 10 -D - http://\(ip):9999/"],
+                               timeout: 30)
+        XCTAssertTrue(client.stdout.contains("rc=56") || client.stdout.contains("rc=7") || client.stdout.contains("rc=52"),
                       client.output)
+        XCTAssertTrue(client.stdout.contains("HTTP/1.1 503"), client.output)
+        XCTAssertTrue(client.stdout.contains("x-weft-response-flags: UC") || client.stdout.contains("x-weft-response-flags: UF"), client.output)
         XCTAssertLessThan(Date().timeIntervalSince(started), 8, "a refused upstream must fail fast, not hang")
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(try mesh.workload(mesh.name("idle"))).counters.connectionErrors, 1)
         XCTAssertTrue(mesh.agentLog.contains("inbound connection refused: upstream 127.0.0.1:9999"), mesh.agentLog.suffix(2000).description)

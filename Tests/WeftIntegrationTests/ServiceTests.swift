@@ -18,7 +18,7 @@ final class ServiceTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         FileManager.default.createFile(atPath: root + "/id.txt", contents: Data("\(name)\n".utf8), attributes: [.posixPermissions: 0o644])
         let bg = try mesh.startWeft(["run", "--name", mesh.name(name), "--service", "web", "--namespace", "shop",
-                                     "--port", "80:3000/http", "--port", "90:3000", "--", "/usr/bin/python3", "-m", "http.server", "3000",
+                                     "--port", "80:3000/http", "--port", "90:3000/tcp", "--", "/usr/bin/python3", "-m", "http.server", "3000",
                                      "--bind", "0.0.0.0", "--directory", root])
         try mesh.waitForListener(netns: mesh.name(name), port: 3000)
         return bg
@@ -36,12 +36,12 @@ final class ServiceTests: XCTestCase {
         let web = try XCTUnwrap(try services().first { $0.key.name.rawValue == "web" })
         XCTAssertEqual(web.key.namespace.rawValue, "shop")
         XCTAssertTrue(CIDR("240.240.0.0/16")!.contains(web.vip), "\(web.vip)")
-        XCTAssertEqual(web.ports.map(\.description), ["80:3000/http", "90:3000"])
+        XCTAssertEqual(web.ports.map(\.description), ["80:3000/http", "90:3000/tcp"])
         XCTAssertEqual(Set(web.endpoints.map(\.workload)), [mesh.name("a"), mesh.name("b")])
         let table = mesh.weft(["get", "services"]).stdout
         XCTAssertTrue(table.contains("web") && table.contains("shop") && table.contains("\(web.vip)"), table)
 
-        // Six connections to the VIP's L4 port: round robin per connection over both
+        // Six connections to the VIP's L4 port (declared /tcp: never sniffed): round robin per connection over both
         // replicas, each reached on its target port 3000.
         let calls = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
                                "for i in 1 2 3 4 5 6; do curl -sS -m 5 http://\(web.vip):90/id.txt; done"], timeout: 60)

@@ -39,7 +39,7 @@ final class HTTPHeaderPolicyTests: XCTestCase {
 
     func testForwardedRequestIsCleanedAndAnnotated() throws {
         guard case .forward(let out) = verdict([("host", "web"), ("connection", "keep-alive, x-private"), ("x-private", "1"),
-                                                 ("keep-alive", "timeout=5"), ("te", "trailers"), ("proxy-connection", "x"),
+                                                 ("keep-alive", "timeout=5"), ("te", "gzip"), ("proxy-connection", "x"),
                                                  ("x-forwarded-for", "192.0.2.1"), ("transfer-encoding", "chunked")]) else {
             return XCTFail("must forward")
         }
@@ -61,5 +61,28 @@ final class HTTPHeaderPolicyTests: XCTestCase {
         XCTAssertFalse(kept.headers.contains(name: "connection"))
         XCTAssertEqual(kept.headers["x-app"], ["1"])
         XCTAssertEqual(HTTPHeaderPolicy.response(head, keepClientAlive: false).headers["connection"], ["close"])
+    }
+}
+
+final class HTTPHeaderPolicyTrailersTests: XCTestCase {
+    func testTETrailersSurvivesOtherTECodingsDoNot() throws {
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/weft.Test/Say")
+        head.headers.add(name: "te", value: "trailers")
+        guard case .forward(let out) = HTTPHeaderPolicy.request(head, client: nil, requestID: { "id" }) else { return XCTFail() }
+        XCTAssertEqual(out.headers["te"], ["trailers"])
+        var gz = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+        gz.headers.add(name: "te", value: "gzip")
+        guard case .forward(let out2) = HTTPHeaderPolicy.request(gz, client: nil, requestID: { "id" }) else { return XCTFail() }
+        XCTAssertFalse(out2.headers.contains(name: "te"))
+    }
+}
+
+final class ConnectionLogTests: XCTestCase {
+    func testKeepsTheNewestUpToCapacity() {
+        let log = ConnectionLog(capacity: 3)
+        for i in 0..<5 {
+            log.add(ConnectionRecord(time: Double(i), client: "c", destination: "d\(i)", proto: "opaque", decidedBy: "sniffed", detectMillis: 0))
+        }
+        XCTAssertEqual(log.snapshot.map(\.destination), ["d2", "d3", "d4"])
     }
 }

@@ -48,7 +48,13 @@ public enum HTTPHeaderPolicy {
         }
         var out = head
         out.version = .http1_1
+        // TE is hop-by-hop, but "trailers" in it says the client accepts trailers; the mesh
+        // forwards trailers, so it says the same upstream (gRPC servers require it).
+        let acceptsTrailers = h["te"].contains { value in
+            value.lowercased().split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).hasPrefix("trailers") }
+        }
         stripHopByHop(&out.headers)
+        if acceptsTrailers { out.headers.add(name: "te", value: "trailers") }
         if let client {
             let prior = out.headers["x-forwarded-for"].joined(separator: ", ")
             out.headers.replaceOrAdd(name: "x-forwarded-for", value: prior.isEmpty ? "\(client)" : "\(prior), \(client)")

@@ -4,9 +4,10 @@ import NIOHTTP1
 import WeftConfig
 import WeftCore
 
-/// The L7 outbound path for HTTP/1.1 (service ports declared `/http`). Sits after NIO's
-/// server codec and pipelining handler on the app's connection, so it sees one request at a
-/// time. Per request: apply HTTPHeaderPolicy, pick an endpoint (per request, not per
+/// The L7 outbound path, for HTTP/1.1 and HTTP/2 alike. On an HTTP/1.1 connection it sits
+/// after NIO's server codec and pipelining handler, so it sees one request at a time; on
+/// HTTP/2 there is one per stream, behind NIO's HTTP/1-shaped stream codec, and its
+/// upstream is a stream of a multiplexed HTTP/2 connection (trailers pass both ways). Per request: apply HTTPHeaderPolicy, pick an endpoint (per request, not per
 /// connection, so keep-alive clients are balanced), take a pooled upstream connection or
 /// open one from inside the netns, stream the request up and the response back with
 /// backpressure both ways, then return the upstream connection to the pool.
@@ -18,6 +19,12 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
+
+    /// Where requests go: pooled HTTP/1.1 connections, or streams of HTTP/2 ones.
+    enum Upstreams {
+        case http1(UpstreamPool)
+        case http2(H2UpstreamPool)
+    }
 
     private enum State {
         case idle
@@ -41,17 +48,21 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     private let workload: WorkloadContext
     private let original: OriginalDestination
-    private let pool: UpstreamPool
+    private let upstreams: Upstreams
+    private var isHTTP2: Bool { if case .http2 = upstreams { true } else { false } }
+    /// HTTP/2: a response head that already carries grpc-status (gRPC "trailers-only"),
+    /// held until we know whether a body follows; see upstreamRead.
+    private var heldHead: HTTPResponseHead?
     private var state = State.idle
     private var context: ChannelHandlerContext?
     private var pendingRead = false
     /// The in-flight slot of the current request's endpoint (LEAST_REQUEST), returned once.
     private var lease: EndpointLease?
 
-    init(workload: WorkloadContext, original: OriginalDestination, pool: UpstreamPool) {
+    init(workload: WorkloadContext, original: OriginalDestination, upstreams: Upstreams) {
         self.workload = workload
         self.original = original
-        self.pool = pool
+        self.upstreams = upstreams
     }
 
     var downstreamWritable: Bool { context?.channel.isWritable ?? false }
@@ -73,7 +84,6 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             buffered.append(part)
             state = .connecting(request: request, buffered: buffered, keepAlive: keepAlive, responseHeaders: ops)
         case (.streaming(let exchange), .body(let body)):
-            workload.counters.bytesOutboundSent.add(body.readableBytes)
             exchange.upstream.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
         case (.streaming(var exchange), .end(let trailers)):
             exchange.requestEnded = true
@@ -128,18 +138,25 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         guard let address = try? target.socketAddress else {
             return fail(.serviceUnavailable, flags: "UF", reason: "bad upstream address \(target)", context: context)
         }
-        state = .connecting(request: request, buffered: [], keepAlive: head.isKeepAlive, responseHeaders: responseOps)
-        if let pooled = pool.take(target) {
-            attach(pooled, endpoint: target)
-            return
-        }
+        state = .connecting(request: request, buffered: [], keepAlive: isHTTP2 || head.isKeepAlive, responseHeaders: responseOps)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        workload.loop.connect(to: address, mark: workload.mark, timeout: workload.connectTimeout) { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                try channel.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
+        let connecting: EventLoopFuture<Channel>
+        switch upstreams {
+        case .http1(let pool):
+            if let pooled = pool.take(target) {
+                attach(pooled, endpoint: target)
+                return
             }
-        }.whenComplete { result in
+            connecting = workload.loop.connect(to: address, mark: workload.mark, timeout: workload.connectTimeout) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
+                }
+            }
+        case .http2(let pool):
+            connecting = pool.openStream(to: target, workload: workload)
+        }
+        connecting.whenComplete { result in
             let handler = loopBound.value
             switch result {
             case .success(let channel):
@@ -200,7 +217,6 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         for part in buffered {
             switch part {
             case .body(let b):
-                workload.counters.bytesOutboundSent.add(b.readableBytes)
                 upstream.write(HTTPClientRequestPart.body(.byteBuffer(b)), promise: nil)
             case .end(let t):
                 exchange.requestEnded = true
@@ -227,12 +243,32 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             exchange.upstreamKeepAlive = head.isKeepAlive
             var out = HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive)
             for ops in exchange.responseHeaders { Self.apply(ops, to: &out.headers) }
-            context.write(wrapOutboundOut(.head(out)), promise: nil)
+            if isHTTP2, out.headers.contains(name: "grpc-status") {
+                heldHead = out
+            } else {
+                context.write(wrapOutboundOut(.head(out)), promise: nil)
+            }
         case .body(let body):
-            workload.counters.bytesOutboundReceived.add(body.readableBytes)
+            if let held = heldHead {
+                heldHead = nil
+                context.write(wrapOutboundOut(.head(held)), promise: nil)
+            }
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        case .end(let trailers):
+        case .end(var trailers):
             exchange.responseEnded = true
+            if var held = heldHead {
+                // A trailers-only gRPC response (status in the one HEADERS frame) cannot be
+                // re-sent as one frame through the HTTP/1-shaped codec: send the status as
+                // trailers after the head instead, which every gRPC client reads the same.
+                heldHead = nil
+                var moved = trailers ?? HTTPHeaders()
+                for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+                    for value in held.headers[name] { moved.add(name: name, value: value) }
+                    held.headers.remove(name: name)
+                }
+                trailers = moved
+                context.write(wrapOutboundOut(.head(held)), promise: nil)
+            }
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
         }
         state = .streaming(exchange)
@@ -279,13 +315,13 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         guard case .streaming(let exchange) = state, exchange.requestEnded, exchange.responseEnded else { return }
         state = .idle
         endLease()
-        if exchange.upstreamKeepAlive {
+        if case .http1(let pool) = upstreams, exchange.upstreamKeepAlive {
             if let handler = try? exchange.upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self) {
                 handler.owner = nil
             }
             pool.give(exchange.upstream, for: exchange.endpoint)
         } else {
-            release(exchange.upstream)
+            release(exchange.upstream)  // an HTTP/2 stream is done once both ends ended
         }
         if !exchange.keepAlive { context?.close(promise: nil) }
     }
@@ -333,7 +369,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         headers.add(name: "content-type", value: "text/plain; charset=utf-8")
         headers.add(name: "content-length", value: "\(body.utf8.count)")
         headers.add(name: "x-weft-response-flags", value: flags)
-        headers.add(name: "connection", value: "close")
+        if !isHTTP2 { headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)

@@ -1,20 +1,64 @@
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import WeftCore
 
-/// Turns an accepted app connection into an HTTP/1.1 L7 one: NIO's server codec with
-/// pipelining assistance (responses leave in request order) and its protocol error handler
-/// (malformed HTTP gets a 400 and the connection closes), then the proxy handler.
+/// Turns an accepted app connection into an L7 one. Called by ProtocolDetector once the
+/// protocol is known; the detector then replays the bytes it has already read into the
+/// handlers added here.
 enum HTTPPath {
-    static func start(_ downstream: Channel, context: WorkloadContext, original: OriginalDestination) -> EventLoopFuture<Void> {
-        do {
-            let sync = downstream.pipeline.syncOperations
-            try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
-            try sync.addHandler(HTTPOutboundProxyHandler(workload: context, original: original, pool: context.upstreamPool.value))
-            try downstream.syncOptions?.setOption(.autoRead, value: true)
-            return downstream.eventLoop.makeSucceededVoidFuture()
-        } catch {
-            return context.refuse(downstream, direction: .outbound, reason: "cannot start the HTTP path: \(error)")
+    /// HTTP/1.1: NIO's server codec with pipelining assistance (responses leave in request
+    /// order) and its protocol error handler (malformed HTTP gets a 400 and the connection
+    /// closes), then the proxy handler.
+    static func startHTTP1(_ downstream: Channel, context: WorkloadContext, original: OriginalDestination) throws {
+        let sync = downstream.pipeline.syncOperations
+        try sync.addHandler(WireBytesCounter(read: context.counters.bytesOutboundSent, written: context.counters.bytesOutboundReceived))
+        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+        try sync.addHandler(HTTPOutboundProxyHandler(workload: context, original: original, upstreams: .http1(context.upstreamPool.value)))
+        try downstream.syncOptions?.setOption(.autoRead, value: true)
+    }
+
+    /// HTTP/2 with prior knowledge (h2c, gRPC): NIO's HTTP/2 server, one child channel per
+    /// stream, each driven by the same proxy handler as HTTP/1.1 (through NIO's HTTP/1-shaped
+    /// stream codec) against a multiplexed HTTP/2 upstream. Protocol errors end the
+    /// connection with GOAWAY (NIO's handler).
+    static func startHTTP2(_ downstream: Channel, context: WorkloadContext, original: OriginalDestination) throws {
+        let sync = downstream.pipeline.syncOperations
+        try sync.addHandler(WireBytesCounter(read: context.counters.bytesOutboundSent, written: context.counters.bytesOutboundReceived))
+        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init()) { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                try stream.pipeline.syncOperations.addHandler(
+                    HTTPOutboundProxyHandler(workload: context, original: original, upstreams: .http2(context.h2Pool.value)))
+            }
         }
+        try downstream.syncOptions?.setOption(.autoRead, value: true)
+    }
+}
+
+/// Counts an L7 connection's bytes as they are on the wire (headers and framing included),
+/// like the L4 path counts them.
+final class WireBytesCounter: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let read: Counter
+    private let written: Counter
+
+    init(read: Counter, written: Counter) {
+        self.read = read
+        self.written = written
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        read.add(unwrapInboundIn(data).readableBytes)
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        written.add(unwrapOutboundIn(data).readableBytes)
+        context.write(data, promise: promise)
     }
 }

@@ -1,0 +1,121 @@
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import WeftCore
+
+/// HTTP/2 (prior knowledge, cleartext) upstream connections of one workload: one
+/// multiplexed connection per endpoint, a new stream per request. Loop-confined. A
+/// connection leaves the pool when it closes or when the upstream sends GOAWAY (streams
+/// already open on it finish there; new ones get a fresh connection). Streams are
+/// HTTP/1-shaped (HTTP2FramePayloadToHTTP1ClientCodec), so the same proxy handler that
+/// drives HTTP/1.1 exchanges drives them, trailers included.
+final class H2UpstreamPool {
+    private enum Entry {
+        case connecting([EventLoopPromise<NIOHTTP2Handler.StreamMultiplexer>])
+        case ready(Channel, NIOHTTP2Handler.StreamMultiplexer)
+    }
+
+    private var entries: [OriginalDestination: Entry] = [:]
+
+    /// A new request stream to `endpoint`, its pipeline ending in an UpstreamHTTPHandler.
+    func openStream(to endpoint: OriginalDestination, workload: WorkloadContext) -> EventLoopFuture<Channel> {
+        let loop = workload.loop.loop
+        return multiplexer(for: endpoint, workload: workload).flatMap { mux in
+            let promise = loop.makePromise(of: Channel.self)
+            mux.createStreamChannel(promise: promise) { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+                    try stream.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
+                }
+            }
+            return promise.futureResult
+        }
+    }
+
+    private func multiplexer(for endpoint: OriginalDestination, workload: WorkloadContext) -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
+        let loop = workload.loop.loop
+        switch entries[endpoint] {
+        case .ready(let channel, let mux) where channel.isActive:
+            return loop.makeSucceededFuture(mux)
+        case .connecting(var waiters):
+            let promise = loop.makePromise(of: NIOHTTP2Handler.StreamMultiplexer.self)
+            waiters.append(promise)
+            entries[endpoint] = .connecting(waiters)
+            return promise.futureResult
+        case .ready, nil:
+            break
+        }
+        let promise = loop.makePromise(of: NIOHTTP2Handler.StreamMultiplexer.self)
+        entries[endpoint] = .connecting([promise])
+        let address: SocketAddress
+        do { address = try endpoint.socketAddress } catch {
+            finish(endpoint, with: .failure(error))
+            return promise.futureResult
+        }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        workload.loop.connect(to: address, mark: workload.mark, timeout: workload.connectTimeout) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let sync = channel.pipeline.syncOperations
+                _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
+                    pushed.close()  // push is disabled in our settings; refuse any stream the server opens
+                }
+                let watcher = GoAwayWatcher()
+                watcher.onGoAway = {
+                    bound.value.forget(endpoint, channel: channel)
+                }
+                try sync.addHandler(watcher)
+            }
+        }.whenComplete { result in
+            let pool = bound.value
+            switch result {
+            case .success(let channel):
+                channel.closeFuture.whenComplete { _ in bound.value.forget(endpoint, channel: channel) }
+                _ = channel.setOption(.autoRead, value: true)
+                do {
+                    let mux = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self).syncMultiplexer()
+                    pool.finish(endpoint, with: .success((channel, mux)))
+                } catch {
+                    channel.close(promise: nil)
+                    pool.finish(endpoint, with: .failure(error))
+                }
+            case .failure(let error):
+                pool.finish(endpoint, with: .failure(error))
+            }
+        }
+        return promise.futureResult
+    }
+
+    private func finish(_ endpoint: OriginalDestination, with result: Result<(Channel, NIOHTTP2Handler.StreamMultiplexer), Error>) {
+        guard case .connecting(let waiters) = entries[endpoint] else { return }
+        switch result {
+        case .success(let (channel, mux)):
+            entries[endpoint] = .ready(channel, mux)
+            for w in waiters { w.succeed(mux) }
+        case .failure(let error):
+            entries[endpoint] = nil
+            for w in waiters { w.fail(error) }
+        }
+    }
+
+    /// The connection is closing or draining: new streams go to a new one.
+    private func forget(_ endpoint: OriginalDestination, channel: Channel) {
+        if case .ready(let current, _) = entries[endpoint], current === channel { entries[endpoint] = nil }
+    }
+
+    func closeAll() {
+        for case .ready(let channel, _) in entries.values { channel.close(promise: nil) }
+        entries.removeAll()
+    }
+}
+
+/// Sits after the HTTP/2 handler on an upstream connection, where connection-level frames
+/// arrive, and reports GOAWAY.
+private final class GoAwayWatcher: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    var onGoAway: (() -> Void)?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .goAway = unwrapInboundIn(data).payload { onGoAway?() }
+        context.fireChannelRead(data)
+    }
+}

@@ -58,6 +58,7 @@ let package = Package(
             dependencies: [
                 "WeftCore", "WeftNetns", "WeftAgent", "CWeftLinux", "WeftConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -36,6 +36,9 @@ public struct AgentConfiguration: Sendable {
         return nil
     }
 
+    /// Watched directory of VirtualService/DestinationRule YAML files (nil: none).
+    public var configDirectory: String?
+
     /// Upstream connect timeout for L4 forwarding.
     public var connectTimeout: TimeAmount = .seconds(10)
 

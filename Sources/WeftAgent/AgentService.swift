@@ -33,6 +33,12 @@ public struct AgentService: Service {
             config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
         await registry.restoreConfig()
+        var watcher: Task<Void, Never>?
+        if let dir = config.configDirectory {
+            let w = ConfigDirectoryWatcher(path: dir, registry: registry, logger: logger)
+            await w.syncOnce()  // before the API is up: the directory's config is in force from the start
+            watcher = Task { await w.run() }
+        }
         let restored = await registry.restore()
         if restored > 0 { logger.info("re-attached \(restored) workload(s) from \(config.stateDirectory)") }
         let api = LocalAPI(registry: registry, capture: config.capture, logger: logger)
@@ -46,6 +52,7 @@ public struct AgentService: Service {
 
         SystemdNotify.send("STOPPING=1")
         logger.info("weft agent stopping")
+        watcher?.cancel()
         try? await server.close()
         try? FileManager.default.removeItem(atPath: config.socketPath)
         await registry.stopAll()

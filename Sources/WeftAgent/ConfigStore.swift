@@ -6,9 +6,15 @@ import WeftCore
 /// their documents. A change is all-or-nothing: every file must parse and the merged result
 /// must validate, or nothing changes and the last good config keeps serving. Persisted to
 /// `<state-dir>/config.yaml` (0600) and reloaded at start.
+///
+/// Resources come from `weft apply` or from the agent's watched config directory; the
+/// directory's are marked, so a file removed from the directory removes what it defined
+/// (and only that), also across restarts.
 struct ConfigStore {
     private var entries: [String: (resource: Resource, source: String)] = [:]
     private(set) var version = 0
+    /// First line of a stored document that came from the config directory.
+    static let directoryMarker = "# weft: from the config directory\n"
 
     static func id(_ r: Resource) -> String { "\(r.kind)/\(r.metadata.namespace)/\(r.metadata.name)" }
 
@@ -40,6 +46,48 @@ struct ConfigStore {
         entries = merged
         if changes.contains(where: { !$0.hasSuffix("unchanged") }) { version += 1 }
         reply.changes = changes
+        reply.version = version
+        return reply
+    }
+
+    /// Makes the resources from the config directory exactly those in `files`: resources
+    /// that came from the directory and are no longer in it are removed; the rest is applied.
+    /// All-or-nothing, like apply. An empty directory is valid (it removes what it defined).
+    mutating func syncDirectory(_ files: [ConfigFile]) -> ConfigReply {
+        var reply = ConfigReply()
+        let parsed = files.map { ConfigParser.parse(yaml: $0.content, file: $0.name) }
+        reply.diagnostics = parsed.flatMap(\.diagnostics).map(\.description)
+        var merged = entries
+        var changes: [String] = []
+        var wanted = Set<String>()
+        for result in parsed {
+            for (resource, source) in zip(result.resources, result.sources) {
+                let id = Self.id(resource)
+                wanted.insert(id)
+                let marked = Self.directoryMarker + source
+                if let old = merged[id] {
+                    if old.resource != resource || old.source != marked { changes.append("\(id) configured") }
+                } else {
+                    changes.append("\(id) created")
+                }
+                merged[id] = (resource, marked)
+            }
+        }
+        for (id, entry) in entries where entry.source.hasPrefix(Self.directoryMarker) && !wanted.contains(id) {
+            merged.removeValue(forKey: id)
+            changes.append("\(id) deleted")
+        }
+        let crossChecks = ConfigValidator.validate(merged.keys.sorted().map { merged[$0]!.resource })
+        reply.diagnostics += crossChecks.map(\.description)
+        let errors = parsed.flatMap(\.errors).count + crossChecks.filter { $0.severity == .error }.count
+        reply.version = version
+        guard errors == 0 else {
+            reply.rejected = true
+            return reply
+        }
+        entries = merged
+        if !changes.isEmpty { version += 1 }
+        reply.changes = changes.sorted()
         reply.version = version
         return reply
     }
@@ -76,6 +124,25 @@ struct ConfigStore {
             throw WeftError(.system, "cannot write \(temp)")
         }
         guard rename(temp, file) == 0 else { throw WeftError(.system, "cannot replace \(file): \(String(cString: strerror(errno)))") }
+        // Which of them came from the config directory (YAML comments do not survive parsing).
+        let fromDirectory = entries.filter { $0.value.source.hasPrefix(Self.directoryMarker) }.keys.sorted()
+        let originFile = directory + "/config-directory.json"
+        guard fm.createFile(atPath: originFile + ".tmp", contents: try JSONEncoder().encode(fromDirectory),
+                            attributes: [.posixPermissions: 0o600]),
+              rename(originFile + ".tmp", originFile) == 0 else {
+            throw WeftError(.system, "cannot write \(originFile)")
+        }
+    }
+
+    /// Marks restored resources that came from the config directory.
+    mutating func restoreDirectoryOrigins(from directory: String) {
+        guard let data = FileManager.default.contents(atPath: directory + "/config-directory.json"),
+              let ids = try? JSONDecoder().decode([String].self, from: data) else { return }
+        for id in ids {
+            if let entry = entries[id], !entry.source.hasPrefix(Self.directoryMarker) {
+                entries[id] = (entry.resource, Self.directoryMarker + entry.source)
+            }
+        }
     }
 
     static func load(from directory: String) -> ConfigFile? {

@@ -101,6 +101,13 @@ public actor WorkloadRegistry {
         return reply
     }
 
+    /// The watched config directory changed: its files replace what it defined before.
+    public func syncConfigDirectory(_ files: [ConfigFile]) -> ConfigReply {
+        let reply = configStore.syncDirectory(files)
+        if !reply.rejected, !reply.changes.isEmpty { commitConfig() }
+        return reply
+    }
+
     public func currentConfig() -> ConfigReply {
         var reply = ConfigReply()
         reply.documents = configStore.documents
@@ -115,6 +122,7 @@ public actor WorkloadRegistry {
         if reply.rejected {
             logger.error("state: saved config no longer valid, starting without it: \(reply.diagnostics.joined(separator: "; "))")
         } else {
+            configStore.restoreDirectoryOrigins(from: config.stateDirectory)
             directory.publish(routes: RouteTable(resources: configStore.resources))
             logger.info("restored config version \(configStore.version) (\(configStore.resources.count) resource(s))")
         }

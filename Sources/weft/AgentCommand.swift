@@ -24,6 +24,8 @@ struct AgentCommand: AsyncParsableCommand {
     var dnsUpstream: String?
     @Flag(help: "Do not capture DNS nor run the per-workload DNS proxy.") var noDns = false
     @Option(help: "State directory.") var stateDir: String = WeftDefaults.stateDirectory
+    @Option(help: "Watched directory of Istio YAML (VirtualService, DestinationRule); its *.yaml/*.yml files, as a whole, are applied on every change.")
+    var configDir: String?
     @Option(help: "SO_MARK on the proxy's sockets (must match the capture rules).") var proxyMark: UInt32 = 0x539
     @Option(help: "Upstream connect timeout in milliseconds.") var connectTimeoutMs: Int64 = 10_000
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
@@ -90,6 +92,7 @@ struct AgentCommand: AsyncParsableCommand {
             config.bridge = bridge
             config.podCIDR = cidr
             config.stateDirectory = stateDir
+            config.configDirectory = configDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
             config.capture.proxyMark = proxyMark
             config.connectTimeout = .milliseconds(connectTimeoutMs)
             LoggingSystem.bootstrap { label in

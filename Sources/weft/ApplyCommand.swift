@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import WeftAgent
 import WeftCore
+import Yams
 
 /// Reads -f arguments: files as given, directories as their *.yaml / *.yml, sorted.
 enum ConfigFiles {
@@ -87,8 +88,7 @@ struct DeleteCommand: ParsableCommand {
 struct GetConfig: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "config", abstract: "Show the config in force.")
 
-    enum Format: String, ExpressibleByArgument { case table, yaml }
-    @Option(name: .shortAndLong, help: "table or yaml.") var output: Format = .table
+    @Option(name: .shortAndLong, help: "table, yaml (the documents as applied) or json.") var output: OutputFormat = .table
     @OptionGroup var agent: AgentSocketOption
 
     func run() throws {
@@ -97,6 +97,12 @@ struct GetConfig: ParsableCommand {
             switch output {
             case .yaml:
                 print(reply.documents.joined(separator: "---\n"), terminator: "")
+            case .json:
+                // Each stored document as a JSON object, with the config version.
+                let docs = try reply.documents.map { try Yams.load(yaml: $0) ?? NSNull() }
+                let object: [String: Any] = ["version": reply.version, "documents": docs]
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
             case .table:
                 var rows = [["KIND", "NAMESPACE", "NAME"]]
                 for doc in reply.documents {

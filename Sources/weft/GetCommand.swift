@@ -3,30 +3,43 @@ import ArgumentParser
 import Foundation
 import WeftAgent
 import WeftCore
+import Yams
 
 struct GetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "get", abstract: "Show what the agent knows.", subcommands: [GetWorkloads.self, GetServices.self, GetConfig.self])
+        commandName: "get", abstract: "Show what the agent knows.", subcommands: [GetWorkloads.self, GetServices.self, GetConnections.self, GetConfig.self])
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
-    case table, json
+    case table, json, yaml
+
+    /// Prints a value as JSON or YAML (table output is each command's own).
+    func emit<T: Encodable>(_ value: T) throws {
+        switch self {
+        case .json, .table:
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(value), as: UTF8.self))
+        case .yaml:
+            let encoder = YAMLEncoder()
+            encoder.options.sortKeys = true
+            print(try encoder.encode(value), terminator: "")
+        }
+    }
 }
 
 struct GetWorkloads: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "workloads", abstract: "List attached workloads and their traffic counters.")
 
-    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+    @Option(name: .shortAndLong, help: "table, json or yaml.") var output: OutputFormat = .table
     @OptionGroup var agent: AgentSocketOption
 
     func run() throws {
         do {
             let workloads = try AgentClient(socketPath: agent.path).call(.listWorkloads).workloads ?? []
             switch output {
-            case .json:
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(workloads), as: UTF8.self))
+            case .json, .yaml:
+                try output.emit(workloads)
             case .table:
                 print(WorkloadTable.render(workloads), terminator: "")
             }
@@ -39,17 +52,15 @@ struct GetWorkloads: ParsableCommand {
 struct GetServices: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "services", abstract: "List services: virtual IPs, ports and endpoints.")
 
-    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+    @Option(name: .shortAndLong, help: "table, json or yaml.") var output: OutputFormat = .table
     @OptionGroup var agent: AgentSocketOption
 
     func run() throws {
         do {
             let services = try AgentClient(socketPath: agent.path).call(.listServices).services ?? []
             switch output {
-            case .json:
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(services), as: UTF8.self))
+            case .json, .yaml:
+                try output.emit(services)
             case .table:
                 var rows = [["NAME", "NAMESPACE", "VIP", "VIP6", "PORTS", "ENDPOINTS"]]
                 for s in services {
@@ -58,6 +69,53 @@ struct GetServices: ParsableCommand {
                                  s.endpoints.isEmpty ? "none" : s.endpoints.map { "\($0.ip)" }.joined(separator: ",")])
                 }
                 print(TextTable.render(rows), terminator: "")
+            }
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+struct GetConnections: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "connections",
+        abstract: "Recent outbound connections per workload and the protocol each was handled as.",
+        discussion: """
+            PROTOCOL is http/1.1 or h2c (the L7 path) or tls/opaque (forwarded as bytes). DECIDED BY is \
+            declared (the service port names it), sniffed (the client's first bytes), server-first \
+            (the upstream spoke first), client-eof, or timeout (the client stalled mid-way through \
+            something that could have been HTTP).
+            """)
+
+    @Option(name: .shortAndLong, help: "Only this workload.") var workload: String?
+    @Option(name: .shortAndLong, help: "table, json or yaml.") var output: OutputFormat = .table
+    @OptionGroup var agent: AgentSocketOption
+
+    struct Row: Codable {
+        var workload: String
+        var connection: ConnectionRecord
+    }
+
+    func run() throws {
+        do {
+            var workloads = try AgentClient(socketPath: agent.path).call(.listWorkloads).workloads ?? []
+            if let workload {
+                workloads = workloads.filter { $0.spec.name == workload || $0.spec.netns.rawValue == workload }
+                guard !workloads.isEmpty else {
+                    throw WeftError(.notFound, "no workload named \(workload)", hint: "weft get workloads lists them")
+                }
+            }
+            let rows = workloads.flatMap { w in w.recentConnections.map { Row(workload: w.spec.name, connection: $0) } }
+            switch output {
+            case .json, .yaml:
+                try output.emit(rows)
+            case .table:
+                var table = [["WORKLOAD", "CLIENT", "DESTINATION", "PROTOCOL", "DECIDED BY", "DETECT MS"]]
+                for r in rows {
+                    let c = r.connection
+                    table.append([r.workload, c.client, c.destination, c.proto, c.decidedBy, String(format: "%.3f", c.detectMillis)])
+                }
+                print(TextTable.render(table), terminator: "")
             }
         } catch {
             fail(error)

@@ -69,6 +69,7 @@ final class MeshHarness {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o755])
         socket = dir + "/agent.sock"
+        try FileManager.default.createDirectory(atPath: dir + "/config.d", withIntermediateDirectories: true)
         bridge = "wb" + id
         // 10.234.x.0/24 (or smaller): one block per harness, inside ranges only tests use.
         let third = Int.random(in: 0...255)
@@ -76,6 +77,9 @@ final class MeshHarness {
     }
 
     func name(_ s: String) -> String { "\(id)-\(s)" }
+
+    /// The agent's watched config directory (created empty).
+    var configDir: String { dir + "/config.d" }
 
     /// The agent's upstream resolver in tests: a stub on the host's loopback that knows one
     /// name (ext.test → 192.0.2.10), answers NXDOMAIN otherwise, and logs every query — so
@@ -140,7 +144,7 @@ final class MeshHarness {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
         p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug",
-                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state"]
+                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state", "--config-dir", configDir]
         p.standardOutput = FileHandle(forWritingAtPath: touch(dir + "/agent.out"))
         let log = dir + "/agent.err"
         if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }

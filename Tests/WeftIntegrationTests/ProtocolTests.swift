@@ -183,5 +183,14 @@ final class ProtocolTests: XCTestCase {
         XCTAssertEqual(records, ["2525 opaque server-first", "2526 tls sniffed", "2526 opaque sniffed", "2526 opaque timeout"], "\(w.recentConnections)")
         XCTAssertEqual(w.counters.serverFirst, 1, "\(w.counters)")
         XCTAssertEqual(w.counters.protocolTLS, 1, "\(w.counters)")
+        // The same records as users see them.
+        let table = mesh.weft(["get", "connections", "--workload", mesh.name("cli")])
+        XCTAssertEqual(table.status, 0, table.output)
+        XCTAssertTrue(table.stdout.hasPrefix("WORKLOAD") && table.stdout.contains("server-first") && table.stdout.contains("tls"), table.stdout)
+        let yaml = mesh.weft(["get", "connections", "-w", mesh.name("cli"), "-o", "yaml"])
+        XCTAssertTrue(yaml.stdout.contains("decidedBy: timeout"), yaml.output)
+        let missing = mesh.weft(["get", "connections", "-w", "no-such-workload"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.stderr.contains("no workload named no-such-workload"), missing.output)
     }
 }

@@ -117,6 +117,31 @@ final class RoutingTests: XCTestCase {
         XCTAssertEqual(legacy.stdout, "v1 /a/b?q=1 legacy\n", "prefix rewritten, query kept, header set: \(legacy.output)")
     }
 
+    func testWatchedConfigDirectoryAppliesChangesAndKeepsTheLastGood() throws {
+        let dir = mesh.configDir
+        let allToV2 = rules.replacingOccurrences(of: "weight: 90}", with: "weight: 0}").replacingOccurrences(of: "weight: 10}", with: "weight: 100}")
+        try allToV2.write(toFile: dir + "/web.yaml", atomically: true, encoding: .utf8)
+        try mesh.waitUntil("the directory's config in force", timeout: 20) {
+            self.mesh.weft(["get", "config"]).stdout.contains("VirtualService")
+        }
+        XCTAssertEqual(traffic(10), ["v2": 10])
+        XCTAssertTrue(mesh.agentLog.contains("config directory \(dir) applied"), mesh.agentLog.suffix(2000).description)
+
+        // A broken file: the whole directory is refused with file and line; v2 keeps serving.
+        try "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bad}\nspec:\n  hosts: [web]\n  htp: []\n"
+            .write(toFile: dir + "/bad.yml", atomically: true, encoding: .utf8)
+        try mesh.waitUntil("the broken file refused", timeout: 20) { self.mesh.agentLog.contains("\(dir)/bad.yml:6") }
+        XCTAssertEqual(traffic(10), ["v2": 10])
+
+        // Fixed, then removed: what the directory defined goes away with it.
+        try FileManager.default.removeItem(atPath: dir + "/bad.yml")
+        try FileManager.default.removeItem(atPath: dir + "/web.yaml")
+        try mesh.waitUntil("the directory's config removed", timeout: 20) {
+            !self.mesh.weft(["get", "config"]).stdout.contains("VirtualService")
+        }
+        XCTAssertEqual(Set(traffic(20).keys), ["v1", "v2"], "back to the default balancing over both")
+    }
+
     func testReorderingRulesChangesTheDestinationAndBadConfigKeepsTheLastGood() throws {
         XCTAssertEqual(apply(rules).status, 0)
         // Matches both "beta" (→ v2) and "legacy" (→ v1): the first rule wins.

@@ -38,6 +38,8 @@ final class ServiceTests: XCTestCase {
         XCTAssertTrue(CIDR("240.240.0.0/16")!.contains(web.vip), "\(web.vip)")
         XCTAssertEqual(web.ports.map(\.description), ["80:3000/http", "90:3000/tcp"])
         XCTAssertEqual(Set(web.endpoints.map(\.workload)), [mesh.name("a"), mesh.name("b")])
+        let yaml = mesh.weft(["get", "services", "-o", "yaml"]).stdout
+        XCTAssertTrue(yaml.contains("vip: \(web.vip)") || yaml.contains("vip: '\(web.vip)'"), yaml)
         let table = mesh.weft(["get", "services"]).stdout
         XCTAssertTrue(table.contains("web") && table.contains("shop") && table.contains("\(web.vip)"), table)
 

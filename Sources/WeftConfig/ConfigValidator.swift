@@ -35,8 +35,42 @@ public enum ConfigValidator {
                                       why: "only one is applied; which one depends on order, so subsets may vanish unexpectedly"))
             }
         }
+        for (_, rules) in rulesByHost {
+            for d in rules { out += validateSubsets(d) }
+        }
+        var hostOwners: [String: VirtualService] = [:]
+        let services = resources.compactMap { r -> VirtualService? in if case .virtualService(let v) = r { v } else { nil } }
+        for vs in services.sorted(by: { ($0.metadata.namespace, $0.metadata.name) < ($1.metadata.namespace, $1.metadata.name) }) {
+            for host in vs.hosts {
+                let full = fqdn(host, namespace: vs.metadata.namespace)
+                if let owner = hostOwners[full] {
+                    out.append(Diagnostic(.warning, at: vs.location, "host \(host) is also claimed by VirtualService \(owner.metadata.namespace)/\(owner.metadata.name) (\(owner.location))",
+                                          why: "only one VirtualService's routes apply to a host (the first by namespace/name); these rules are ignored"))
+                } else {
+                    hostOwners[full] = vs
+                }
+            }
+        }
         for case .virtualService(let vs) in resources {
             out += validateRoutes(vs, rulesByHost: rulesByHost)
+        }
+        return out
+    }
+
+    /// Subsets that select every endpoint, or the same endpoints as another subset.
+    static func validateSubsets(_ d: DestinationRule) -> [Diagnostic] {
+        var out: [Diagnostic] = []
+        var byLabels: [[String: String]: Subset] = [:]
+        for subset in d.subsets {
+            if subset.labels.isEmpty {
+                out.append(Diagnostic(.warning, at: subset.location, "subset \(subset.name) has no labels",
+                                      why: "it selects every endpoint of \(d.host), so routing to it is no different from routing to the host"))
+            } else if let twin = byLabels[subset.labels] {
+                out.append(Diagnostic(.warning, at: subset.location, "subsets \(twin.name) and \(subset.name) select the same labels",
+                                      why: "a split between them sends every request to the same endpoints"))
+            } else {
+                byLabels[subset.labels] = subset
+            }
         }
         return out
     }
@@ -74,6 +108,11 @@ public enum ConfigValidator {
                                           why: "requests routed to it would have no endpoints"))
                 }
             }
+            if let retries = route.retries, retries.attempts > 0, !onlySafeMethods(route.match),
+               retries.retryOn.contains(where: { ["5xx", "gateway-error", "reset", "retriable-status-codes", "internal", "unavailable"].contains($0) }) {
+                out.append(Diagnostic(.warning, at: route.location, "retries on \(retries.retryOn.joined(separator: ",")) also apply to non-idempotent requests (POST, PATCH)",
+                                      why: "a request that failed after the upstream acted on it runs again; match safe methods or make the handler idempotent"))
+            }
             if let retries = route.retries, let perTry = retries.perTryTimeout, let timeout = route.timeout,
                retries.attempts > 0, perTry * (retries.attempts + 1) > timeout {
                 out.append(Diagnostic(.warning, at: route.location, "timeout \(timeout) is shorter than perTryTimeout × attempts",
@@ -81,6 +120,18 @@ public enum ConfigValidator {
             }
         }
         return out
+    }
+
+    /// Whether every match of a route pins the method to GET, HEAD or OPTIONS.
+    static func onlySafeMethods(_ matches: [HTTPMatchRequest]) -> Bool {
+        guard !matches.isEmpty else { return false }
+        return matches.allSatisfy { m in
+            switch m.method {
+            case .exact(let method)?: return ["GET", "HEAD", "OPTIONS"].contains(method.uppercased())
+            case .regex(let r)?: return r.range(of: "POST|PUT|PATCH|DELETE", options: .caseInsensitive) == nil && !r.contains(".")
+            default: return false
+            }
+        }
     }
 }
 

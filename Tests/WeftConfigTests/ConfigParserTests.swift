@@ -60,7 +60,10 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(vs.http[1].retries, HTTPRetry(attempts: 3, perTryTimeout: .milliseconds(500), retryOn: ["5xx", "reset", "connect-failure"]))
         XCTAssertEqual(dr.trafficPolicy?.loadBalancer, .consistentHash(.header("x-user")))
         XCTAssertEqual(dr.subsets.map(\.labels), [["version": "v1"], ["version": "v2"]])
-        XCTAssertEqual(ConfigValidator.validate(result.resources), [], "subsets resolve across short and full host names")
+        // Subsets resolve across short and full host names; the only finding is the retry of
+        // non-idempotent requests on 5xx/reset (the example does not pin the method).
+        XCTAssertEqual(ConfigValidator.validate(result.resources).map(\.message),
+                       ["retries on 5xx,reset,connect-failure also apply to non-idempotent requests (POST, PATCH)"])
     }
 
     func errors(_ yaml: String) -> [String] {
@@ -146,6 +149,48 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertTrue(warnings.contains { $0.message.contains("never reached") && $0.location.line == 10 })
         XCTAssertTrue(warnings.contains { $0.message.contains("shorter than perTryTimeout × attempts") })
         XCTAssertTrue(warnings.contains { $0.message.contains("ROUND_ROBIN") })
+    }
+
+    func testCrossResourceWarnings() {
+        let yaml = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: a}
+            spec:
+              hosts: [web]
+              http:
+              - route: [{destination: {host: web, subset: v1}}]
+                retries: {attempts: 2, retryOn: "5xx,reset"}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: b}
+            spec:
+              hosts: [web.default.svc.cluster.local]
+              http:
+              - match: [{method: {exact: GET}}]
+                route: [{destination: {host: web}}]
+                retries: {attempts: 2, retryOn: 5xx}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec:
+              host: web
+              subsets:
+              - {name: v1, labels: {version: v1}}
+              - {name: again, labels: {version: v1}}
+              - {name: all, labels: {}}
+            """
+        let r = ConfigParser.parse(yaml: yaml, file: "x.yaml")
+        XCTAssertEqual(r.errors, [])
+        let warnings = ConfigValidator.validate(r.resources).filter { $0.severity == .warning }
+        XCTAssertEqual(warnings.map(\.location.line).sorted(), [7, 10, 27, 28], "\(warnings)")
+        XCTAssertTrue(warnings.contains { $0.message.contains("also claimed by VirtualService default/a") })
+        XCTAssertTrue(warnings.contains { $0.message.contains("non-idempotent") && $0.location.line == 7 }, "GET-only route b is not warned")
+        XCTAssertTrue(warnings.contains { $0.message.contains("subsets v1 and again select the same labels") })
+        XCTAssertTrue(warnings.contains { $0.message.contains("subset all has no labels") })
+        XCTAssertTrue(warnings.allSatisfy { $0.why != nil })
     }
 
     func testShortHostNames() {

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # L7 benchmark (HTTP/1.1 keep-alive): Weft's HTTP path against HAProxy in HTTP mode, one
-# proxy hop each, in one topology (client netns → server netns with nginx), in one run:
-#   direct        wrk/hey (client netns) → nginx
-#   haproxy-http  → HAProxy (mode http, 1 thread, upstream keep-alive) on 127.0.0.1 → nginx
-#   weft-l7       → the service's virtual IP, port declared /http → Weft's L7 outbound
-#                   proxy (per-request endpoint choice, pooled upstream) → nginx
+# proxy hop each, in one topology (client netns → server netns with nginx, on one bridge),
+# in one run:
+#   direct        wrk/hey (plain client netns, no capture) → nginx
+#   haproxy-http  → HAProxy (mode http, 1 thread, upstream keep-alive) on 127.0.0.1 in the
+#                   plain client netns → nginx
+#   weft-l7       wrk/hey in the meshed client netns → the service's virtual IP, port
+#                   declared /http → Weft's L7 outbound proxy (per-request endpoint choice,
+#                   pooled upstream) → nginx
+# The baselines run in their own netns: the meshed one captures every outbound connection
+# (HTTP on any port is detected and proxied), so measuring them there would measure Weft.
 # Two loads: the most requests/s (wrk, 32 connections) and latency at a fixed 1,000
 # requests/s (hey, 10 workers × 100 req/s). Median of interleaved rounds. Writes
 # bench/reports/l7.md with the machine and the ratios.
@@ -33,19 +38,28 @@ BR=wbench7
 CLI=wb7-cli
 SRV=wb7-srv
 SRV_IP=10.237.7.3
+RAW=wb7-raw
 pids=()
 export WEFT_AGENT_SOCKET=$work/agent.sock
 cleanup() {
   set +e
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   wait 2>/dev/null
-  ip netns del $CLI 2>/dev/null; ip netns del $SRV 2>/dev/null
+  ip netns del $CLI 2>/dev/null; ip netns del $SRV 2>/dev/null; ip netns del $RAW 2>/dev/null
   ip link del $BR 2>/dev/null; ip link del wbagent7 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 
 bench_topology $BR 10.237.7 $CLI $SRV wb7h
+# The plain client for the baselines: same bridge, no mesh.
+ip netns add $RAW
+ip link add wb7h3 type veth peer name eth0 netns $RAW
+ip link set wb7h3 master $BR up
+ip -n $RAW addr add 10.237.7.4/24 dev eth0
+ip -n $RAW link set eth0 up
+ip -n $RAW link set lo up
+ip -n $RAW route add default via 10.237.7.1
 pids+=($(bench_nginx "$work" $SRV))
 
 cat > "$work/haproxy.cfg" <<CFG
@@ -63,7 +77,7 @@ listen l7
   bind 127.0.0.1:18090
   server origin $SRV_IP:8080
 CFG
-ip netns exec $CLI haproxy -db -f "$work/haproxy.cfg" 2>>"$work/haproxy.log" & pids+=($!)
+ip netns exec $RAW haproxy -db -f "$work/haproxy.cfg" 2>>"$work/haproxy.log" & pids+=($!)
 
 "$WEFT" agent --socket "$WEFT_AGENT_SOCKET" --bridge wbagent7 --pod-cidr 10.238.7.0/24 --dns-upstream none \
   --state-dir "$work/state" --log-level warning 2>"$work/agent.log" & pids+=($!)
@@ -77,24 +91,24 @@ VIP=$("$WEFT" get services -o json | python3 -c 'import json,sys; print([s["vip"
 for _ in $(seq 100); do ip netns exec $CLI curl -s -o /dev/null "http://$VIP/" && break; sleep 0.1; done
 
 declare -A ALL_RPS ALL_P50 ALL_P99 ALL_F50 ALL_F99
-measure() { # mode url
-  ip netns exec $CLI wrk -t1 -c32 -d2s "$2" >/dev/null 2>&1 || true
+measure() { # mode url netns
+  ip netns exec $3 wrk -t1 -c32 -d2s "$2" >/dev/null 2>&1 || true
   local out
-  out=$(ip netns exec $CLI wrk -t1 -c32 -d"${DURATION}s" --latency "$2")
+  out=$(ip netns exec $3 wrk -t1 -c32 -d"${DURATION}s" --latency "$2")
   ALL_RPS[$1]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
   ALL_P50[$1]+="$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')") "
   ALL_P99[$1]+="$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
   # Fixed rate: 10 workers × 100 requests/s, keep-alive; hey reports seconds.
-  out=$(ip netns exec $CLI hey -z "${DURATION}s" -c 10 -q 100 "$2")
+  out=$(ip netns exec $3 hey -z "${DURATION}s" -c 10 -q 100 "$2")
   ALL_F50[$1]+="$(echo "$out" | awk '/ 50% in / {printf "%.0f", $3 * 1000000}') "
   ALL_F99[$1]+="$(echo "$out" | awk '/ 99% in / {printf "%.0f", $3 * 1000000}') "
   echo "$1: $(echo "${ALL_RPS[$1]}" | awk '{print $NF}') req/s; at 1,000 req/s p50 $(echo "${ALL_F50[$1]}" | awk '{print $NF}') us"
 }
 for round in $(seq "$ROUNDS"); do
   echo "-- round $round of $ROUNDS"
-  measure direct "http://$SRV_IP:8080/"
-  measure haproxy-http "http://127.0.0.1:18090/"
-  measure weft-l7 "http://$VIP/"
+  measure direct "http://$SRV_IP:8080/" $RAW
+  measure haproxy-http "http://127.0.0.1:18090/" $RAW
+  measure weft-l7 "http://$VIP/" $CLI
 done
 "$WEFT" get workloads > "$work/workloads.txt"
 
@@ -115,6 +129,7 @@ report=bench/reports/l7.md
   echo "- machine: $(bench_machine)"
   echo "- HTTP/1.1 keep-alive, 3-byte body from nginx (1 worker); one proxy hop: HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}') mode http (1 thread, http-reuse always) vs Weft's L7 outbound path (release build)"
   echo "- most requests/s: wrk -t1 -c32 -d${DURATION}s; fixed rate: hey -c 10 -q 100 (1,000 requests/s) -z ${DURATION}s"
+  echo "- direct and HAProxy from a plain client netns, Weft from a meshed one, all on one bridge"
   echo "- $ROUNDS interleaved rounds, medians; all on the same $(nproc) cores"
   echo
   echo "| mode | requests/s (wrk) | p50 µs (wrk) | p99 µs (wrk) | p50 µs @1k/s | p99 µs @1k/s |"

@@ -108,6 +108,16 @@ final class HTTPTests: XCTestCase {
             print("badchunk", send(b"POST / HTTP/1.1\\r\\nHost: web\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\nzz\\r\\nhello\\r\\n0\\r\\n\\r\\n"))
             print("garbage", send(b"\\x16\\x03\\x01 not http at all\\r\\n\\r\\n"))
             print("ok", send(b"GET / HTTP/1.1\\r\\nHost: web\\r\\nConnection: close\\r\\n\\r\\n"))
+            # Pipelining: three requests in one write, the last with a body; answered in order.
+            s = socket.create_connection(("web", 80), timeout=5)
+            s.sendall(b"GET /1 HTTP/1.1\\r\\nHost: web\\r\\n\\r\\nGET /2 HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n"
+                      b"POST /3 HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 5\\r\\nConnection: close\\r\\n\\r\\nhello")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk: break
+                data += chunk
+            print("pipelined", data.count(b"HTTP/1.1 200"), data.count(b"len=5"), data.index(b"len=0") < data.index(b"len=5"))
             """
         try script.write(toFile: mesh.dir + "/smuggle.py", atomically: true, encoding: .utf8)
         chmod(mesh.dir + "/smuggle.py", 0o644)
@@ -118,6 +128,7 @@ final class HTTPTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("badchunk HTTP/1.1 400"), r.stdout)
         XCTAssertTrue(r.stdout.contains("garbage HTTP/1.1 400"), r.stdout)
         XCTAssertTrue(r.stdout.contains("ok HTTP/1.1 200"), "the proxy keeps serving after bad input: \(r.stdout)")
+        XCTAssertTrue(r.stdout.contains("pipelined 3 1 True"), "pipelined requests answered in order: \(r.stdout)")
     }
 
     func testMeshErrorsAreAnsweredWithFlags() throws {

@@ -86,3 +86,23 @@ final class ConnectionLogTests: XCTestCase {
         XCTAssertEqual(log.snapshot.map(\.destination), ["d2", "d3", "d4"])
     }
 }
+
+final class RequestIDTests: XCTestCase {
+    func testVersion4UUIDTextAndNoRepeats() {
+        var g = RequestIDGenerator(seed: 42)
+        var seen = Set<String>()
+        for _ in 0..<1000 {
+            let id = g.uuidString()
+            XCTAssertEqual(id.count, 36)
+            let parts = id.split(separator: "-")
+            XCTAssertEqual(parts.map(\.count), [8, 4, 4, 4, 12])
+            XCTAssertTrue(parts[2].hasPrefix("4"), id)
+            XCTAssertTrue("89ab".contains(parts[3].first!), id)
+            XCTAssertEqual(id, id.lowercased())
+            seen.insert(id)
+        }
+        XCTAssertEqual(seen.count, 1000)
+        var one = RequestIDGenerator(), two = RequestIDGenerator()
+        XCTAssertNotEqual(one.uuidString(), two.uuidString())
+    }
+}

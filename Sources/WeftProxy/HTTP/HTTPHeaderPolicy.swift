@@ -75,18 +75,30 @@ public enum HTTPHeaderPolicy {
         return out
     }
 
-    /// On every request and response: look before allocating, since most messages carry at
-    /// most a `connection` header.
+    /// On every request and response, in one pass that allocates nothing when (as usual)
+    /// the message carries no hop-by-hop header but `connection`.
     static func stripHopByHop(_ headers: inout HTTPHeaders) {
-        var present = hopByHopNames.filter { headers.contains(name: $0) }
-        guard !present.isEmpty else { return }
-        for value in headers["connection"] {
-            for token in value.split(separator: ",") {
-                let name = token.trimmingCharacters(in: .whitespaces).lowercased()
-                if name != "transfer-encoding", name != "content-length", !name.isEmpty { present.append(name) }
+        var present = false
+        var named: [String] = []
+        for (name, value) in headers where hopByHopNames.contains(where: { asciiCaseInsensitiveEquals(name, $0) }) {
+            present = true
+            guard asciiCaseInsensitiveEquals(name, "connection") else { continue }
+            for token in value.utf8.split(separator: UInt8(ascii: ",")) {
+                let trimmed = token.drop { $0 == 0x20 || $0 == 0x09 }.reversed().drop { $0 == 0x20 || $0 == 0x09 }.reversed()
+                let text = String(decoding: trimmed, as: UTF8.self).lowercased()
+                if text != "transfer-encoding", text != "content-length", !text.isEmpty { named.append(text) }
             }
         }
-        for name in present { headers.remove(name: name) }
+        guard present else { return }
+        for name in hopByHopNames + named { headers.remove(name: name) }
+    }
+
+    /// ASCII case-insensitive comparison without allocating (header names are ASCII).
+    @inline(__always)
+    static func asciiCaseInsensitiveEquals(_ a: String, _ b: String) -> Bool {
+        let x = a.utf8, y = b.utf8
+        guard x.count == y.count else { return false }
+        return zip(x, y).allSatisfy { p, q in p == q || (p | 0x20 == q | 0x20 && (p | 0x20) >= UInt8(ascii: "a") && (p | 0x20) <= UInt8(ascii: "z")) }
     }
 
     /// Headers that describe one hop, never the message; removed in both directions.

@@ -54,6 +54,10 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// held until we know whether a body follows; see upstreamRead.
     private var heldHead: HTTPResponseHead?
     private var state = State.idle
+    /// Parts of pipelined requests read while an exchange was in progress.
+    private var pipelined: [HTTPServerRequestPart] = []
+    private var requestIDs = RequestIDGenerator()
+    private var clientIP: IPAddress?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
     /// The in-flight slot of the current request's endpoint (LEAST_REQUEST), returned once.
@@ -74,7 +78,28 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     // MARK: - requests from the app
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
+        handle(unwrapInboundIn(data), context: context)
+    }
+
+    /// Whether the request being handled has been read to its end: anything after it is a
+    /// pipelined request, held until this exchange is over.
+    private var currentRequestEnded: Bool {
+        switch state {
+        case .idle: return false
+        case .connecting(_, let buffered, _, _): return buffered.contains { if case .end = $0 { true } else { false } }
+        case .streaming(let exchange): return exchange.requestEnded
+        case .discarding: return false
+        }
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        // HTTP/1.1 pipelining: requests sent before the previous response are answered in
+        // order, one at a time. Reads stop while one is held (see read()), so at most what
+        // one read returned is held.
+        if !pipelined.isEmpty || (currentRequestEnded && !isHTTP2) {
+            pipelined.append(part)
+            return
+        }
         switch (state, part) {
         case (.idle, .head(let head)):
             begin(head, context: context)
@@ -91,7 +116,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             exchange.upstream.writeAndFlush(HTTPClientRequestPart.end(trailers), promise: nil)
             finishIfDone()
         case (.streaming, .head):
-            break  // cannot happen behind HTTPServerPipelineHandler
+            break  // a pipelined head is held above
         case (.discarding, .end):
             context.close(promise: nil)
         case (.discarding, _):
@@ -105,8 +130,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         workload.counters.httpRequests.add(1)
-        let client = context.channel.remoteAddress?.weftIP
-        let verdict = HTTPHeaderPolicy.request(head, client: client) { UUID().uuidString.lowercased() }
+        if clientIP == nil { clientIP = context.channel.remoteAddress?.weftIP }  // once per connection
+        let client = clientIP
+        let verdict = HTTPHeaderPolicy.request(head, client: client) { requestIDs.uuidString() }
         var request: HTTPRequestHead
         switch verdict {
         case .reject(let status, let reason):
@@ -149,6 +175,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             }
             connecting = workload.loop.connect(to: address, mark: workload.mark, timeout: workload.connectTimeout) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // One read per readiness event (see HTTPPath); TCP channels only.
+                    try channel.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
                 }
@@ -323,7 +351,32 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         } else {
             release(exchange.upstream)  // an HTTP/2 stream is done once both ends ended
         }
-        if !exchange.keepAlive { context?.close(promise: nil) }
+        if !exchange.keepAlive {
+            pipelined = []
+            context?.close(promise: nil)
+            return
+        }
+        resumePipelined()
+    }
+
+    /// The exchange is over: handle what was pipelined behind it, then read again.
+    private func resumePipelined() {
+        guard let context else { return }
+        while !pipelined.isEmpty, case .idle = state {
+            let parts = pipelined
+            pipelined = []
+            for (i, part) in parts.enumerated() {
+                handle(part, context: context)
+                if !pipelined.isEmpty {  // the next request is pipelined behind this one
+                    pipelined += parts[(i + 1)...]
+                    break
+                }
+            }
+        }
+        if pipelined.isEmpty, pendingRead {
+            pendingRead = false
+            read(context: context)
+        }
     }
 
     /// Stops listening to an upstream connection and closes it. The owner is cleared first:
@@ -411,6 +464,10 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     /// Backpressure: read the request only while the upstream can take it.
     func read(context: ChannelHandlerContext) {
+        if !pipelined.isEmpty {
+            pendingRead = true  // resumes once the held requests are handled
+            return
+        }
         switch state {
         case .streaming(let exchange) where !exchange.upstream.isWritable:
             pendingRead = true

@@ -7,14 +7,19 @@ import WeftCore
 /// protocol is known; the detector then replays the bytes it has already read into the
 /// handlers added here.
 enum HTTPPath {
-    /// HTTP/1.1: NIO's server codec with pipelining assistance (responses leave in request
-    /// order) and its protocol error handler (malformed HTTP gets a 400 and the connection
-    /// closes), then the proxy handler.
+    /// HTTP/1.1: NIO's server codec and its protocol error handler (malformed HTTP gets a 400
+    /// and the connection closes), then the proxy handler, which also keeps pipelined
+    /// requests in order.
     static func startHTTP1(_ downstream: Channel, context: WorkloadContext, original: OriginalDestination) throws {
         let sync = downstream.pipeline.syncOperations
         try sync.addHandler(WireBytesCounter(read: context.counters.bytesOutboundSent, written: context.counters.bytesOutboundReceived))
-        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+        // Pipelining is ordered by the proxy handler itself: NIO's pipelining handler would stop
+        // reads during every response (two epoll_ctl calls per request).
+        try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
         try sync.addHandler(HTTPOutboundProxyHandler(workload: context, original: original, upstreams: .http1(context.upstreamPool.value)))
+        // One read per readiness event: a request head fits one read, and a second read()
+        // would only return EAGAIN (a wasted syscall per request).
+        try downstream.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
         try downstream.syncOptions?.setOption(.autoRead, value: true)
     }
 

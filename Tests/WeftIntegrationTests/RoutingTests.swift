@@ -117,6 +117,46 @@ final class RoutingTests: XCTestCase {
         XCTAssertEqual(legacy.stdout, "v1 /a/b?q=1 legacy\n", "prefix rewritten, query kept, header set: \(legacy.output)")
     }
 
+    func testFaultInjectionAndRouteTimeouts() throws {
+        let applied = apply("""
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec:
+              hosts: [web]
+              http:
+              - name: teapot
+                match: [{uri: {prefix: /abort}}]
+                fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+                route: [{destination: {host: web}}]
+              - name: slow-but-in-time
+                match: [{uri: {prefix: /delay-ok}}]
+                fault: {delay: {fixedDelay: 200ms, percentage: {value: 100}}}
+                timeout: 5s
+                route: [{destination: {host: web}}]
+              - name: too-slow
+                match: [{uri: {prefix: /delay}}]
+                fault: {delay: {fixedDelay: 3s, percentage: {value: 100}}}
+                timeout: 300ms
+                route: [{destination: {host: web}}]
+              - route: [{destination: {host: web}}]
+            """)
+        XCTAssertEqual(applied.status, 0, applied.output)
+        let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c", """
+            curl -sS -m 10 -D - -o /dev/null http://web/abort | tr -d '\\r' | grep -iE '^HTTP|x-weft-response-flags'
+            curl -sS -m 10 -o /dev/null -w 'delay-ok %{http_code} %{time_total}\\n' http://web/delay-ok
+            curl -sS -m 10 -D - -o /dev/null -w 'delay %{http_code} %{time_total}\\n' http://web/delay | tr -d '\\r' | grep -iE '^delay|x-weft-response-flags'
+            curl -sS -m 10 -o /dev/null -w 'plain %{http_code}\\n' http://web/
+            """], timeout: 60)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("HTTP/1.1 418"), r.stdout)
+        XCTAssertTrue(r.stdout.lowercased().contains("x-weft-response-flags: fi"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("delay-ok 200 0.2") || r.stdout.contains("delay-ok 200 0.3"), "delayed by 200 ms, then served: \(r.stdout)")
+        XCTAssertTrue(r.stdout.lowercased().contains("x-weft-response-flags: ut"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("delay 504 0.3") || r.stdout.contains("delay 504 0.4"), "cut at the 300 ms timeout, not after the 3 s delay: \(r.stdout)")
+        XCTAssertTrue(r.stdout.contains("plain 200"), r.stdout)
+    }
+
     func testWatchedConfigDirectoryAppliesChangesAndKeepsTheLastGood() throws {
         let dir = mesh.configDir
         let allToV2 = rules.replacingOccurrences(of: "weight: 90}", with: "weight: 0}").replacingOccurrences(of: "weight: 10}", with: "weight: 100}")

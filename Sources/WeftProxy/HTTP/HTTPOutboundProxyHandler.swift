@@ -57,6 +57,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// Parts of pipelined requests read while an exchange was in progress.
     private var pipelined: [HTTPServerRequestPart] = []
     private var requestIDs = RequestIDGenerator()
+    /// Counts requests on this connection, so a timer knows whether its request is still on.
+    private var requestSequence: UInt64 = 0
+    private var timeoutTask: Scheduled<Void>?
     private var clientIP: IPAddress?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
@@ -142,12 +145,14 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
         let target: OriginalDestination
         var responseOps: [HeaderOperations] = []
+        var routed: RoutedDestination?
         var facts = Self.facts(request, port: original.port)
         facts.sourceIP = client
         switch workload.directory.route(original, facts: facts) {
         case .endpoint(let endpoint, _, _, let route, let lease):
             target = endpoint
             self.lease = lease
+            routed = route
             if let route {
                 Self.apply(route, to: &request)
                 responseOps = route.responseHeaders
@@ -164,7 +169,30 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         guard let address = try? target.socketAddress else {
             return fail(.serviceUnavailable, flags: "UF", reason: "bad upstream address \(target)", context: context)
         }
+        let plan = FaultPlan.decide(routed?.fault, delayDraw: requestIDs.nextUnit(), abortDraw: requestIDs.nextUnit())
+        if let status = plan.abortStatus {
+            return fail(HTTPResponseStatus(statusCode: status), flags: "FI", reason: "fault injected by route \(routed?.routeName ?? "")", context: context)
+        }
+        requestSequence &+= 1
         state = .connecting(request: request, buffered: [], keepAlive: isHTTP2 || head.isKeepAlive, responseHeaders: responseOps)
+        if let timeout = routed?.timeout { armTimeout(timeout, context: context) }
+        if let delay = plan.delay {
+            // Held as if connecting (parts read meanwhile are buffered), then dispatched.
+            let sequence = requestSequence
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .nanoseconds(Int64(delay.components.seconds) * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000)) {
+                let handler = bound.value
+                guard handler.requestSequence == sequence, case .connecting = handler.state else { return }
+                handler.dispatch(to: target, address: address)
+            }
+            return
+        }
+        dispatch(to: target, address: address)
+    }
+
+    /// Takes a pooled upstream connection (or stream) to `target`, or opens one.
+    private func dispatch(to target: OriginalDestination, address: SocketAddress) {
+        guard let context else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let connecting: EventLoopFuture<Channel>
         switch upstreams {
@@ -339,8 +367,32 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
     }
 
+    /// The route's whole-request timeout: 504 `UT` if no response head was sent in time,
+    /// else the connection is reset (the only honest signal once a response has started).
+    private func armTimeout(_ timeout: Duration, context: ChannelHandlerContext) {
+        let sequence = requestSequence
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let nanos = Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+        timeoutTask = context.eventLoop.scheduleTask(in: .nanoseconds(nanos)) {
+            let handler = bound.value
+            guard handler.requestSequence == sequence else { return }
+            switch handler.state {
+            case .connecting, .streaming:
+                handler.fail(.gatewayTimeout, flags: "UT", reason: "upstream request timeout (\(timeout))", context: nil)
+            case .idle, .discarding:
+                break
+            }
+        }
+    }
+
+    private func cancelTimeout() {
+        timeoutTask?.cancel()
+        timeoutTask = nil
+    }
+
     private func finishIfDone() {
         guard case .streaming(let exchange) = state, exchange.requestEnded, exchange.responseEnded else { return }
+        cancelTimeout()
         state = .idle
         endLease()
         if case .http1(let pool) = upstreams, exchange.upstreamKeepAlive {
@@ -392,6 +444,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// state is set before any side effect, so a re-entrant call finds nothing to answer.
     private func fail(_ status: HTTPResponseStatus, flags: String, reason: String, context given: ChannelHandlerContext?) {
         endLease()
+        cancelTimeout()
         guard let context = given ?? self.context else { return }
         let previous = state
         var requestEnded = false
@@ -432,6 +485,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     // MARK: - the app's connection
 
     func channelInactive(context: ChannelHandlerContext) {
+        cancelTimeout()
         let previous = state
         state = .idle
         endLease()

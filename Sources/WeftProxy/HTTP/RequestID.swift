@@ -12,6 +12,11 @@ struct RequestIDGenerator {
 
     init(seed: UInt64) { state = seed }
 
+    /// A uniform draw in [0, 1), for fault-injection percentages.
+    mutating func nextUnit() -> Double {
+        Double(next() >> 11) * 0x1.0p-53
+    }
+
     private mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state

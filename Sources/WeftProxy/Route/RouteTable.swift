@@ -41,6 +41,9 @@ public struct RoutedDestination: Equatable, Sendable {
     public var requestHeaders: [HeaderOperations]
     public var responseHeaders: [HeaderOperations]
     public var routeName: String?
+    /// The route's whole-request timeout (nil: none, Istio's default for HTTP).
+    public var timeout: Duration?
+    public var fault: HTTPFaultInjection?
 }
 
 /// VirtualServices and DestinationRules compiled for lookups by host. Built by the agent
@@ -109,7 +112,7 @@ public struct RouteTable: Sendable, Equatable {
                 port: chosen.destination.port?.number, rewrite: route.rewrite, matchedURI: matched?.uri,
                 requestHeaders: [route.headers?.request, chosen.headers?.request].compactMap { $0 },
                 responseHeaders: [route.headers?.response, chosen.headers?.response].compactMap { $0 },
-                routeName: route.name))
+                routeName: route.name, timeout: route.timeout, fault: route.fault))
         }
         return .noMatch(virtualService: vs.name)
     }

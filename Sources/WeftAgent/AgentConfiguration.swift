@@ -2,6 +2,7 @@ import Glibc
 import Foundation
 import NIOCore
 import WeftCore
+import WeftProxy
 
 /// Everything `weft agent` is started with. A Sendable value with documented defaults.
 public struct AgentConfiguration: Sendable {
@@ -38,6 +39,9 @@ public struct AgentConfiguration: Sendable {
 
     /// Watched directory of VirtualService/DestinationRule YAML files (nil: none).
     public var configDirectory: String?
+
+    /// Retry budget of every workload proxy, per destination service.
+    public var retryBudget = RetryBudget.Settings()
 
     /// Upstream connect timeout for L4 forwarding.
     public var connectTimeout: TimeAmount = .seconds(10)

@@ -190,7 +190,7 @@ public actor WorkloadRegistry {
         if spec.podIP == nil { spec.podIP = handle.ipv4Addresses().first }
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
-            directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, logger: logger, now: Date().timeIntervalSince1970)
+            directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, retryBudget: config.retryBudget, logger: logger, now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)
         republish()
         if shouldPersist { persist() }

@@ -87,6 +87,9 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     public var protocolOpaque: Int = 0
     /// Outbound connections on undeclared ports whose server spoke first (forwarded opaque).
     public var serverFirst: Int = 0
+    /// HTTP retries made, and retries the retry budget refused.
+    public var httpRetries: Int = 0
+    public var httpRetriesDenied: Int = 0
 
     public init() {}
 }

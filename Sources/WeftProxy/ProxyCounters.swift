@@ -34,6 +34,8 @@ public final class ProxyCounters: Sendable {
     let protocolTLS = Counter()
     let protocolOpaque = Counter()
     let serverFirst = Counter()
+    let httpRetries = Counter()
+    let httpRetriesDenied = Counter()
 
     public init() {}
 
@@ -56,6 +58,8 @@ public final class ProxyCounters: Sendable {
         c.protocolTLS = protocolTLS.current
         c.protocolOpaque = protocolOpaque.current
         c.serverFirst = serverFirst.current
+        c.httpRetries = httpRetries.current
+        c.httpRetriesDenied = httpRetriesDenied.current
         return c
     }
 }

@@ -19,6 +19,8 @@ public struct WorkloadContext: Sendable {
     let upstreamPool: NIOLoopBound<UpstreamPool>
     /// Multiplexed HTTP/2 upstream connections (h2c, gRPC); only touched on the loop.
     let h2Pool: NIOLoopBound<H2UpstreamPool>
+    /// Retry budgets per destination service; only touched on the loop.
+    let retryBudget: NIOLoopBound<RetryBudget>
 }
 
 enum Direction: String {

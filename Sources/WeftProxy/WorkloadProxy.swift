@@ -29,19 +29,20 @@ public final class WorkloadProxy: Sendable {
     public static func start(
         spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
         directory: ServiceDirectory, dnsForwarder: DNSForwarder? = nil,
-        connectTimeout: TimeAmount = .seconds(10), logger: Logger, now: Double
+        connectTimeout: TimeAmount = .seconds(10), retryBudget: RetryBudget.Settings = .init(), logger: Logger, now: Double
     ) async throws -> WorkloadProxy {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
         var logger = logger
         logger[metadataKey: "workload"] = "\(spec.name)"
         let eventLoop = loop.loop
-        let (pool, h2Pool) = try await eventLoop.submit {
-            (NIOLoopBound(UpstreamPool(), eventLoop: eventLoop), NIOLoopBound(H2UpstreamPool(), eventLoop: eventLoop))
+        let (pool, h2Pool, budget) = try await eventLoop.submit {
+            (NIOLoopBound(UpstreamPool(), eventLoop: eventLoop), NIOLoopBound(H2UpstreamPool(), eventLoop: eventLoop),
+             NIOLoopBound(RetryBudget(retryBudget), eventLoop: eventLoop))
         }.get()
         let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), connections: ConnectionLog(),
                                       ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
-                                      directory: directory, upstreamPool: pool, h2Pool: h2Pool)
+                                      directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget)
         let plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),

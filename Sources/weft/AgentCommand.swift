@@ -28,6 +28,10 @@ struct AgentCommand: AsyncParsableCommand {
     var configDir: String?
     @Option(help: "SO_MARK on the proxy's sockets (must match the capture rules).") var proxyMark: UInt32 = 0x539
     @Option(help: "Upstream connect timeout in milliseconds.") var connectTimeoutMs: Int64 = 10_000
+    @Option(help: "Retry budget: retries allowed per request sent to a service, over a 10 s window.") var retryBudgetRatio: Double = 0.2
+    @Option(help: "Retry budget floor: retries per second always allowed to a service.") var retryBudgetMinPerSecond: Double = 3
+    @Flag(help: "No retry budget: every configured retry is attempted (for comparison only; retries can then multiply across hops).")
+    var noRetryBudget = false
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     /// "10.0.0.2", "10.0.0.2:5353", "[fd00::1]:53", "fd00::1".
@@ -95,6 +99,10 @@ struct AgentCommand: AsyncParsableCommand {
             config.configDirectory = configDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
             config.capture.proxyMark = proxyMark
             config.connectTimeout = .milliseconds(connectTimeoutMs)
+            guard (0...10).contains(retryBudgetRatio), retryBudgetMinPerSecond >= 0 else {
+                throw WeftError(.invalidArgument, "--retry-budget-ratio must be within 0...10 and --retry-budget-min-per-second at least 0")
+            }
+            config.retryBudget = .init(ratio: retryBudgetRatio, minPerSecond: retryBudgetMinPerSecond, enabled: !noRetryBudget)
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)
                 handler.logLevel = level

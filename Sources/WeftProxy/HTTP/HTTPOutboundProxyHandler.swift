@@ -60,6 +60,15 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// Counts requests on this connection, so a timer knows whether its request is still on.
     private var requestSequence: UInt64 = 0
     private var timeoutTask: Scheduled<Void>?
+    /// The current request's retry state (routes with `retries` only).
+    private var retry: RetryAttempts?
+    private var perTryTask: Scheduled<Void>?
+    /// A retriable failure was not retried (attempts used up or budget spent): the answer
+    /// says so, and meshed callers above do not retry it again.
+    private var retriesExhausted = false
+    static let exhaustedHeader = "x-weft-retries-exhausted"
+    /// Request bodies larger than this are not kept for replay (and so not retried).
+    static let maxReplayBytes = 64 * 1024
     private var clientIP: IPAddress?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
@@ -110,10 +119,13 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             break  // the tail of a request already answered
         case (.connecting(let request, var buffered, let keepAlive, let ops), _):
             buffered.append(part)
+            keepForReplay(part)
             state = .connecting(request: request, buffered: buffered, keepAlive: keepAlive, responseHeaders: ops)
         case (.streaming(let exchange), .body(let body)):
+            keepForReplay(part)
             exchange.upstream.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
         case (.streaming(var exchange), .end(let trailers)):
+            keepForReplay(part)
             exchange.requestEnded = true
             state = .streaming(exchange)
             exchange.upstream.writeAndFlush(HTTPClientRequestPart.end(trailers), promise: nil)
@@ -146,13 +158,18 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         let target: OriginalDestination
         var responseOps: [HeaderOperations] = []
         var routed: RoutedDestination?
+        var budgetKey: String?
         var facts = Self.facts(request, port: original.port)
         facts.sourceIP = client
+        retry = nil
+        retriesExhausted = false
         switch workload.directory.route(original, facts: facts) {
-        case .endpoint(let endpoint, _, _, let route, let lease):
+        case .endpoint(let endpoint, let service, _, let route, let lease):
             target = endpoint
             self.lease = lease
             routed = route
+            budgetKey = service.description
+            workload.retryBudget.value.recordRequest(service.description, now: Self.nowSeconds(context.eventLoop))
             if let route {
                 Self.apply(route, to: &request)
                 responseOps = route.responseHeaders
@@ -174,6 +191,10 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return fail(HTTPResponseStatus(statusCode: status), flags: "FI", reason: "fault injected by route \(routed?.routeName ?? "")", context: context)
         }
         requestSequence &+= 1
+        if let policy = routed?.retries.map(RetryPolicy.init), policy.attempts > 0 {
+            retry = RetryAttempts(policy: policy, method: request.method, request: request, facts: facts, routed: routed,
+                                  budgetKey: budgetKey ?? "\(original)")
+        }
         state = .connecting(request: request, buffered: [], keepAlive: isHTTP2 || head.isKeepAlive, responseHeaders: responseOps)
         if let timeout = routed?.timeout { armTimeout(timeout, context: context) }
         if let delay = plan.delay {
@@ -219,6 +240,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 _ = channel.setOption(.autoRead, value: true)
                 handler.attach(channel, endpoint: target)
             case .failure(let error):
+                if handler.retryAfter(Self.isRefusedStream(error) ? .refusedStream : .connectFailure) { return }
                 handler.fail(.serviceUnavailable, flags: "UF", reason: "upstream connect error (\(target)): \(WorkloadContext.describe(error))",
                              context: nil)
             }
@@ -283,6 +305,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
         upstream.flush()
         state = .streaming(exchange)
+        if let perTry = retry?.policy.perTryTimeout { armPerTry(perTry) }
         if pendingRead, upstream.isWritable {
             pendingRead = false
             context?.read()
@@ -295,9 +318,17 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         guard case .streaming(var exchange) = state, let context else { return }
         switch part {
         case .head(let head):
+            cancelPerTry()
+            if retry != nil, !head.headers.contains(name: Self.exhaustedHeader) {
+                let grpc = head.headers.first(name: "grpc-status").flatMap { Int($0) }
+                let failure = AttemptFailure.status(Int(head.status.code), grpc: grpc)
+                if retryAfter(failure) { return }
+            }
+            retry = nil  // a response is on its way to the client: nothing left to replay
             exchange.responseHeadSent = true
             exchange.upstreamKeepAlive = head.isKeepAlive
             var out = HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive)
+            if retriesExhausted { out.headers.replaceOrAdd(name: Self.exhaustedHeader, value: "true") }
             for ops in exchange.responseHeaders { Self.apply(ops, to: &out.headers) }
             if isHTTP2, out.headers.contains(name: "grpc-status") {
                 heldHead = out
@@ -352,6 +383,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             release(exchange.upstream)
             context?.channel.closeWithReset()
         } else {
+            if retryAfter(.reset) { return }
             fail(.serviceUnavailable, flags: "UC",
                  reason: "upstream \(exchange.endpoint) closed before responding" + (error.map { ": \(WorkloadContext.describe($0))" } ?? ""),
                  context: nil)
@@ -385,6 +417,108 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
     }
 
+    // MARK: - retries
+
+    static func nowSeconds(_ loop: EventLoop) -> Int64 { Int64(loop.now.uptimeNanoseconds / 1_000_000_000) }
+
+    static func isRefusedStream(_ error: Error) -> Bool {
+        "\(error)".contains("refusedStream")
+    }
+
+    private func keepForReplay(_ part: HTTPServerRequestPart) {
+        guard var r = retry, r.replayable else { return }
+        retry = nil  // avoid a copy-on-write of the parts array
+        if case .body(let b) = part { r.keptBytes += b.readableBytes }
+        if r.keptBytes > Self.maxReplayBytes {
+            r.replayable = false
+            r.kept = []
+        } else {
+            r.kept.append(part)
+        }
+        retry = r
+    }
+
+    private func armPerTry(_ timeout: Duration) {
+        guard let context else { return }
+        let sequence = requestSequence
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let nanos = Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+        perTryTask = context.eventLoop.scheduleTask(in: .nanoseconds(nanos)) {
+            let handler = bound.value
+            guard handler.requestSequence == sequence, case .streaming(let exchange) = handler.state, !exchange.responseHeadSent else { return }
+            if handler.retryAfter(.perTryTimeout) { return }
+            handler.fail(.gatewayTimeout, flags: "UT", reason: "upstream per-try timeout (\(timeout))", context: nil)
+        }
+    }
+
+    private func cancelPerTry() {
+        perTryTask?.cancel()
+        perTryTask = nil
+    }
+
+    /// A failed attempt: starts the next one (after a jittered backoff, on another endpoint
+    /// of the same destination when there is one) if the route retries this failure, the
+    /// request can be replayed, attempts remain and the service's retry budget allows.
+    /// Returns false when the caller must answer the failure itself.
+    private func retryAfter(_ failure: AttemptFailure) -> Bool {
+        guard var r = retry, let context else { return false }
+        var keepAlive = true
+        var responseOps: [HeaderOperations] = []
+        switch state {
+        case .connecting(_, _, let k, let ops):
+            keepAlive = k
+            responseOps = ops
+        case .streaming(let exchange):
+            guard !exchange.responseHeadSent else { return false }
+            keepAlive = exchange.keepAlive
+            responseOps = exchange.responseHeaders
+        case .idle, .discarding:
+            return false
+        }
+        guard r.policy.retries(failure, method: r.method) else { return false }
+        guard r.replayable, r.retriesDone < r.policy.attempts else {
+            retriesExhausted = true
+            return false
+        }
+        guard workload.retryBudget.value.tryRetry(r.budgetKey, now: Self.nowSeconds(context.eventLoop)) else {
+            workload.counters.httpRetriesDenied.add(1)
+            retriesExhausted = true
+            return false
+        }
+        r.retriesDone += 1
+        workload.counters.httpRetries.add(1)
+        // Tear the failed attempt down; the replay copy becomes the buffered request.
+        cancelPerTry()
+        let failedLease = lease
+        endLease()
+        if case .streaming(let exchange) = state { release(exchange.upstream) }
+        state = .connecting(request: r.request, buffered: r.kept, keepAlive: keepAlive, responseHeaders: responseOps)
+        retry = r
+        let sequence = requestSequence
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let wait = RetryPolicy.backoff(retry: r.retriesDone, draw: requestIDs.nextUnit())
+        context.eventLoop.scheduleTask(in: wait) {
+            let handler = bound.value
+            guard handler.requestSequence == sequence, case .connecting = handler.state, let r = handler.retry else { return }
+            switch handler.workload.directory.retarget(handler.original, routed: r.routed, facts: r.facts, avoiding: failedLease) {
+            case .endpoint(let endpoint, _, _, _, let lease):
+                handler.lease = lease
+                guard let address = try? endpoint.socketAddress else {
+                    return handler.fail(.serviceUnavailable, flags: "UF", reason: "bad upstream address \(endpoint)", context: nil)
+                }
+                handler.dispatch(to: endpoint, address: address)
+            case .passthrough:
+                guard let address = try? handler.original.socketAddress else { return }
+                handler.dispatch(to: handler.original, address: address)
+            case .noEndpoints(let what):
+                handler.fail(.serviceUnavailable, flags: "UH", reason: "no healthy upstream for \(what)", context: nil)
+            case .noRoute(let reason), .unknownPort(let reason):
+                handler.fail(.notFound, flags: "NR", reason: reason, context: nil)
+            }
+        }
+        return true
+    }
+
     private func cancelTimeout() {
         timeoutTask?.cancel()
         timeoutTask = nil
@@ -393,6 +527,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private func finishIfDone() {
         guard case .streaming(let exchange) = state, exchange.requestEnded, exchange.responseEnded else { return }
         cancelTimeout()
+        cancelPerTry()
+        retry = nil
         state = .idle
         endLease()
         if case .http1(let pool) = upstreams, exchange.upstreamKeepAlive {
@@ -445,6 +581,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private func fail(_ status: HTTPResponseStatus, flags: String, reason: String, context given: ChannelHandlerContext?) {
         endLease()
         cancelTimeout()
+        cancelPerTry()
+        retry = nil
         guard let context = given ?? self.context else { return }
         let previous = state
         var requestEnded = false
@@ -476,6 +614,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         headers.add(name: "content-length", value: "\(body.utf8.count)")
         headers.add(name: "x-weft-response-flags", value: flags)
         if !isHTTP2 { headers.add(name: "connection", value: "close") }
+        if retriesExhausted { headers.add(name: Self.exhaustedHeader, value: "true") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
@@ -486,6 +625,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         cancelTimeout()
+        cancelPerTry()
+        retry = nil
         let previous = state
         state = .idle
         endLease()

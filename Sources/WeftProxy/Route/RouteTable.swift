@@ -44,6 +44,7 @@ public struct RoutedDestination: Equatable, Sendable {
     /// The route's whole-request timeout (nil: none, Istio's default for HTTP).
     public var timeout: Duration?
     public var fault: HTTPFaultInjection?
+    public var retries: HTTPRetry?
 }
 
 /// VirtualServices and DestinationRules compiled for lookups by host. Built by the agent
@@ -112,7 +113,7 @@ public struct RouteTable: Sendable, Equatable {
                 port: chosen.destination.port?.number, rewrite: route.rewrite, matchedURI: matched?.uri,
                 requestHeaders: [route.headers?.request, chosen.headers?.request].compactMap { $0 },
                 responseHeaders: [route.headers?.response, chosen.headers?.response].compactMap { $0 },
-                routeName: route.name, timeout: route.timeout, fault: route.fault))
+                routeName: route.name, timeout: route.timeout, fault: route.fault, retries: route.retries))
         }
         return .noMatch(virtualService: vs.name)
     }

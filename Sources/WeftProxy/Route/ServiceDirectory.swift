@@ -73,9 +73,31 @@ public final class ServiceDirectory: Sendable {
         }
     }
 
+    /// Another endpoint for a retry: the same routed destination (host, subset, port) as
+    /// the first attempt — a retry never re-runs the weighted split — preferring an endpoint
+    /// other than the one that failed when there is a choice (Istio's previous-hosts rule).
+    public func retarget(_ original: OriginalDestination, routed: RoutedDestination?, facts: RequestFacts, avoiding: EndpointLease?) -> HTTPResolution {
+        state.withLock { state in
+            guard let catalog = state.catalog, let entry = catalog.service(forVIP: original.ip) else { return .passthrough }
+            guard let routed else {
+                return Self.pick(entry, port: original.port, family: original.ip.family, labels: nil,
+                                 cursorKey: .requests(entry.key, subset: nil), route: nil,
+                                 policy: state.routes.loadBalancer(host: entry.key.fqdn, subset: nil), facts: facts,
+                                 avoid: avoiding?.workload, state: &state)
+            }
+            guard let target = catalog.service(fqdn: routed.host) else {
+                return .noEndpoints("\(routed.host) is not a service of the mesh")
+            }
+            return Self.pick(target, port: routed.port ?? original.port, family: original.ip.family, labels: routed.subsetLabels,
+                             cursorKey: .requests(target.key, subset: routed.subset), route: routed,
+                             policy: state.routes.loadBalancer(host: routed.host, subset: routed.subset),
+                             facts: facts, avoid: avoiding?.workload, state: &state)
+        }
+    }
+
     private static func pick(_ entry: ServiceCatalog.Entry, port: UInt16, family: IPFamily, labels: [String: String]?,
                              cursorKey: Cursor, route: RoutedDestination?, policy: LoadBalancer?, facts: RequestFacts,
-                             state: inout State) -> HTTPResolution {
+                             avoid: String? = nil, state: inout State) -> HTTPResolution {
         let turn = state.cursors[cursorKey, default: 0]
         state.cursors[cursorKey] = turn &+ 1
         let candidates = labels.map { wanted in entry.endpoints.filter { e in wanted.allSatisfy { e.labels[$0.key] == $0.value } } } ?? entry.endpoints
@@ -84,7 +106,10 @@ public final class ServiceDirectory: Sendable {
             policy, endpoints: candidates, turn: turn, hashKey: Balancer.hashKey(policy, facts: facts),
             random: { Int.random(in: 0..<$0) },
             inflight: { e in inflight[e.workload] ?? 0 })
-        switch entry.resolve(port: port, family: family, labels: labels, pick: { _ in index }) {
+        var chosen = index
+        if let avoid, candidates.count > 1, candidates[chosen].workload == avoid { chosen = (chosen + 1) % candidates.count }
+        let finalIndex = chosen
+        switch entry.resolve(port: port, family: family, labels: labels, pick: { _ in finalIndex }) {
         case .endpoint(let target, let service, let workload):
             state.inflight[workload, default: 0] += 1
             return .endpoint(target, service: service, workload: workload, route: route, lease: EndpointLease(workload: workload))

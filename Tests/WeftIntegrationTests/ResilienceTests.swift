@@ -1,0 +1,118 @@
+import Foundation
+import WeftCore
+import XCTest
+
+/// Retries through real namespaces: a flaky upstream is hidden from GETs, a POST is never
+/// repeated after reaching the upstream, and the retry budget bounds what a dead upstream
+/// receives.
+final class ResilienceTests: XCTestCase {
+    var mesh: MeshHarness!
+
+    /// /flaky fails every other request (503); /dead always fails; /count/PREFIX says how
+    /// many requests whose path starts with PREFIX arrived.
+    static let app = #"""
+    import sys, http.server, threading, collections
+    seen = collections.Counter(); lock = threading.Lock()
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def answer(self):
+            length = int(self.headers.get("content-length", 0))
+            if length: self.rfile.read(length)
+            if self.path.startswith("/count/"):
+                with lock: n = sum(v for k, v in seen.items() if k.startswith(self.path[6:]))
+                return self.reply(200, str(n))
+            with lock:
+                seen[self.path] += 1; n = seen[self.path]
+            if self.path.startswith("/dead") or (self.path.startswith("/flaky") and n % 2 == 1):
+                return self.reply(503, "failing")
+            self.reply(200, "ok")
+        def reply(self, code, text):
+            body = text.encode()
+            self.send_response(code); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+        do_GET = answer; do_POST = answer
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+    """#
+
+    /// METHOD PATH COUNT: prints "status count" lines and any retries-exhausted header.
+    static let client = #"""
+    import sys, http.client, collections
+    method, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    conn = http.client.HTTPConnection("web", 80, timeout=10)
+    seen = collections.Counter(); exhausted = 0
+    for i in range(count):
+        conn.request(method, path, body=b"x" if method == "POST" else None)
+        r = conn.getresponse(); r.read()
+        seen[r.status] += 1
+        if r.getheader("x-weft-retries-exhausted"): exhausted += 1
+        if r.getheader("connection") == "close": conn.close(); conn = http.client.HTTPConnection("web", 80, timeout=10)
+    for k, v in sorted(seen.items()): print(k, v)
+    print("exhausted", exhausted)
+    """#
+
+    override func setUpWithError() throws {
+        mesh = try MeshHarness.start()
+        for (file, text) in [("app.py", Self.app), ("client.py", Self.client)] {
+            try text.write(toFile: "\(mesh.dir)/\(file)", atomically: true, encoding: .utf8)
+            chmod("\(mesh.dir)/\(file)", 0o644)
+        }
+        _ = try mesh.startWeft(["run", "--name", mesh.name("web"), "--service", "web", "--port", "80:3000/http",
+                                "--", "/usr/bin/python3", mesh.dir + "/app.py", "3000"])
+        try mesh.waitForListener(netns: mesh.name("web"), port: 3000)
+        let file = mesh.dir + "/retries.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec:
+              hosts: [web]
+              http:
+              - route: [{destination: {host: web}}]
+                retries: {attempts: 3, perTryTimeout: 2s, retryOn: 5xx}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let applied = mesh.weft(["apply", "-f", file])
+        XCTAssertEqual(applied.status, 0, applied.output)
+    }
+
+    override func tearDown() {
+        mesh?.shutdown()
+        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
+    }
+
+    func call(_ method: String, _ path: String, _ count: Int) -> [String: Int] {
+        let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--",
+                           "/usr/bin/python3", mesh.dir + "/client.py", method, path, "\(count)"], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.output)
+        var out: [String: Int] = [:]
+        for line in r.stdout.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, let n = Int(parts[1]) { out[String(parts[0])] = n }
+        }
+        return out
+    }
+
+    func arrived(_ prefix: String) -> Int {
+        let r = mesh.weft(["run", "--name", mesh.name("cnt"), "--service", "client", "--", "curl", "-sS", "-m", "5", "http://web/count\(prefix)"])
+        return Int(r.stdout) ?? -1
+    }
+
+    func testRetriesHideAFlakyUpstreamButNeverRepeatAPost() throws {
+        XCTAssertEqual(call("GET", "/flaky/get", 20), ["200": 20, "exhausted": 0], "every other attempt fails; each GET is retried once")
+        XCTAssertEqual(arrived("/flaky/get"), 40)
+        // A POST reached the upstream: its 503 is the answer, not a reason to charge twice.
+        let posts = call("POST", "/flaky/post", 10)
+        XCTAssertEqual(posts["503"], 5, "\(posts)")
+        XCTAssertEqual(arrived("/flaky/post"), 10)
+    }
+
+    func testTheRetryBudgetBoundsWhatADeadUpstreamReceives() throws {
+        // 3 attempts each would send 800 requests for 200; the budget (20% + 3/s over 10 s)
+        // allows at most 200 × 1.2 + 30.
+        let answers = call("GET", "/dead", 200)
+        XCTAssertEqual(answers["503"], 200, "\(answers)")
+        XCTAssertGreaterThan(answers["exhausted"] ?? 0, 190, "answers say the retries are spent: \(answers)")
+        let received = arrived("/dead")
+        XCTAssertGreaterThanOrEqual(received, 200)
+        XCTAssertLessThanOrEqual(received, 270, "budget: at most 20% of 200 plus a floor of 30 retries")
+    }
+}

@@ -115,4 +115,51 @@ final class ResilienceTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(received, 200)
         XCTAssertLessThanOrEqual(received, 270, "budget: at most 20% of 200 plus a floor of 30 retries")
     }
+
+    /// An unmodified app that calls `web` for every request and answers with its status.
+    static let middle = #"""
+    import sys, http.server, urllib.request, urllib.error
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            try:
+                with urllib.request.urlopen("http://web" + self.path, timeout=30) as r: code, body = r.status, r.read()
+            except urllib.error.HTTPError as e:
+                code, body = e.code, e.read()
+            self.send_response(code); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", 4000), H).serve_forever()
+    """#
+
+    func testAHopDoesNotRetryAnEndpointWhoseOwnRetriesAreSpent() throws {
+        try Self.middle.write(toFile: mesh.dir + "/middle.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/middle.py", 0o644)
+        _ = try mesh.startWeft(["run", "--name", mesh.name("mid"), "--service", "mid", "--port", "80:4000/http",
+                                "--", "/usr/bin/python3", mesh.dir + "/middle.py"])
+        try mesh.waitForListener(netns: mesh.name("mid"), port: 4000)
+        let file = mesh.dir + "/mid.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: mid}
+            spec:
+              hosts: [mid]
+              http:
+              - route: [{destination: {host: mid}}]
+                retries: {attempts: 2, retryOn: 5xx}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
+        let cli = mesh.name("cli2")
+        _ = try mesh.startWeft(["run", "--name", cli, "--service", "client", "--", "sleep", "300"])
+        try mesh.waitUntil("client attached", timeout: 20) { try self.mesh.workload(cli) != nil }
+        let r = mesh.run(["ip", "netns", "exec", cli, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+                          "for i in $(seq 20); do curl -sS -m 20 -o /dev/null -w '%{http_code}\\n' http://mid/dead; done"], timeout: 120)
+        XCTAssertEqual(r.stdout.split(separator: "\n").filter { $0 == "503" }.count, 20, r.output)
+        let client = try XCTUnwrap(try mesh.workload(cli)).counters
+        let middle = try XCTUnwrap(try mesh.workload(mesh.name("mid"))).counters
+        XCTAssertGreaterThan(middle.httpRetries, 0, "the hop next to the failure retries: \(middle)")
+        XCTAssertEqual(client.httpRetries, 0, "the hop above does not multiply them: \(client)")
+        XCTAssertEqual(client.httpRetriesDenied, 20, "\(client)")
+        XCTAssertLessThanOrEqual(arrived("/dead"), 20 * 3, "at most mid's own retries reach the dead upstream")
+    }
 }

@@ -476,13 +476,22 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return false
         }
         guard r.policy.retries(failure, method: r.method) else { return false }
+        let now = context.eventLoop.now.uptimeNanoseconds
         guard r.replayable, r.retriesDone < r.policy.attempts else {
-            retriesExhausted = true
+            giveUpRetrying(now: now)
+            return false
+        }
+        if case .status = failure, workload.retryBudget.value.settings.enabled, let failed = lease,
+           workload.directory.recentlyExhausted(workload: failed.workload, now: now) {
+            // The endpoint is failing because its own upstreams fail, and it already retried
+            // them: retrying here would multiply the load on what is already down.
+            workload.counters.httpRetriesDenied.add(1)
+            giveUpRetrying(now: now)
             return false
         }
         guard workload.retryBudget.value.tryRetry(r.budgetKey, now: Self.nowSeconds(context.eventLoop)) else {
             workload.counters.httpRetriesDenied.add(1)
-            retriesExhausted = true
+            giveUpRetrying(now: now)
             return false
         }
         r.retriesDone += 1
@@ -517,6 +526,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             }
         }
         return true
+    }
+
+    private func giveUpRetrying(now: UInt64) {
+        retriesExhausted = true
+        workload.directory.noteRetriesExhausted(workload: workload.spec.name, now: now)
     }
 
     private func cancelTimeout() {

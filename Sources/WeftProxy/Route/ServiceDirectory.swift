@@ -12,6 +12,33 @@ public final class ServiceDirectory: Sendable {
         var cursors: [Cursor: Int] = [:]
         /// Requests in flight per endpoint address (LEAST_REQUEST's signal).
         var inflight: [String: Int] = [:]
+        /// Workloads whose own retries were recently spent (uptime nanoseconds).
+        var exhaustedAt: [String: UInt64] = [:]
+    }
+
+    /// How long a workload counts as "failing because its dependencies fail" after its own
+    /// retries were spent.
+    static let exhaustionMemory: UInt64 = 2_000_000_000
+
+    /// A workload's outbound proxy gave up retrying (attempts used up, budget spent, or
+    /// suppressed itself): its own failures for a while are consequences, not causes.
+    public func noteRetriesExhausted(workload: String, now: UInt64) {
+        state.withLock { $0.exhaustedAt[workload] = now }
+    }
+
+    /// Whether `workload` recently gave up retrying its own upstreams. Its callers then do
+    /// not retry its errors: across a chain of unmodified apps (which do not pass response
+    /// headers on) only the hop next to the failure retries, within its budget, instead of
+    /// every hop multiplying the load. Node-local: every hop's proxy lives in this agent.
+    public func recentlyExhausted(workload: String, now: UInt64) -> Bool {
+        state.withLock { state in
+            guard let at = state.exhaustedAt[workload] else { return false }
+            if now &- at > Self.exhaustionMemory {
+                state.exhaustedAt[workload] = nil
+                return false
+            }
+            return true
+        }
     }
 
     /// Returned exactly once when the request it was taken for ends.

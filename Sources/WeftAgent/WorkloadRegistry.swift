@@ -1,6 +1,7 @@
 import Glibc
 import CWeftLinux
 import Foundation
+import NIOCore
 import Logging
 import WeftConfig
 import WeftCore
@@ -136,7 +137,12 @@ public actor WorkloadRegistry {
 
     public func services() async -> [ServiceStatus] {
         await reapVanished()
-        return catalog.statuses
+        let now = NIODeadline.now().uptimeNanoseconds
+        return catalog.statuses.map { status in
+            var s = status
+            s.ejected = directory.ejected(host: status.key.fqdn, now: now)
+            return s
+        }
     }
 
     public var gateway: IPAddress { pool.gateway }

@@ -112,6 +112,42 @@ public enum LoadBalancer: Sendable, Equatable {
 
 public struct TrafficPolicy: Sendable, Equatable {
     public var loadBalancer: LoadBalancer?
+    public var outlierDetection: OutlierDetection?
+    public var connectionPool: ConnectionPool?
+
+    public init(loadBalancer: LoadBalancer? = nil, outlierDetection: OutlierDetection? = nil, connectionPool: ConnectionPool? = nil) {
+        self.loadBalancer = loadBalancer
+        self.outlierDetection = outlierDetection
+        self.connectionPool = connectionPool
+    }
+}
+
+/// Istio's `outlierDetection`, with Istio's defaults for absent fields.
+public struct OutlierDetection: Sendable, Equatable {
+    /// 5xx answers (and failed connects/resets) in a row that eject an endpoint; 0: off.
+    public var consecutive5xxErrors = 5
+    /// 502/503/504 (and failed connects/resets) in a row; 0: off.
+    public var consecutiveGatewayErrors = 0
+    public var interval: Duration = .seconds(10)
+    public var baseEjectionTime: Duration = .seconds(30)
+    public var maxEjectionPercent = 10
+    /// Below this share of healthy endpoints, ejections are ignored (panic); 0: never.
+    public var minHealthPercent = 0
+
+    public init() {}
+}
+
+/// Istio's `connectionPool` (circuit-breaking limits), per destination host.
+public struct ConnectionPool: Sendable, Equatable {
+    public var maxConnections: Int?
+    public var connectTimeout: Duration?
+    public var http1MaxPendingRequests: Int?
+    public var http2MaxRequests: Int?
+    public var maxRequestsPerConnection: Int?
+    public var maxRetries: Int?
+    public var idleTimeout: Duration?
+
+    public init() {}
 }
 
 public struct Subset: Sendable, Equatable {

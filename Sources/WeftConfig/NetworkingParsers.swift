@@ -194,6 +194,9 @@ extension ConfigParser {
                     continue
                 }
                 if rule.subsets.contains(where: { $0.name == name }) { r.error(n, "subset '\(name)' is defined twice") }
+                if let tp = sf["trafficPolicy"], let tf = tp.mapping, tf["outlierDetection"] != nil {
+                    r.error(tp, "subsets[\(i)].trafficPolicy.outlierDetection is not supported yet; set outlierDetection on the host's trafficPolicy")
+                }
                 rule.subsets.append(Subset(name: name, labels: sf["labels"].flatMap { r.stringMap($0, "subsets[\(i)].labels") } ?? [:],
                                            trafficPolicy: sf["trafficPolicy"].flatMap { trafficPolicy($0, "subsets[\(i)].trafficPolicy", r) },
                                            location: r.location(node)))
@@ -203,13 +206,66 @@ extension ConfigParser {
     }
 
     static func trafficPolicy(_ node: Node, _ what: String, _ r: NodeReader) -> TrafficPolicy? {
-        guard let f = r.fields(node, what, allowed: ["loadBalancer"], unsupported: [
-            "connectionPool": "circuit breaking arrives with the resilience work",
-            "outlierDetection": "outlier detection arrives with the resilience work",
+        guard let f = r.fields(node, what, allowed: ["loadBalancer", "outlierDetection"], unsupported: [
+            "connectionPool": "circuit-breaking limits are not enforced yet",
             "tls": "mesh TLS is automatic; origination is not supported", "portLevelSettings": "not supported yet",
             "tunnel": "not supported", "proxyProtocol": "not supported",
         ]) else { return nil }
-        guard let lb = f["loadBalancer"] else { return TrafficPolicy() }
+        var policy = TrafficPolicy()
+        if let o = f["outlierDetection"] { policy.outlierDetection = outlierDetection(o, "\(what).outlierDetection", r) }
+        if let c = f["connectionPool"] { policy.connectionPool = connectionPool(c, "\(what).connectionPool", r) }
+        guard let lb = f["loadBalancer"] else { return policy }
+        policy.loadBalancer = loadBalancer(lb, what, r)
+        return policy
+    }
+
+    static func outlierDetection(_ node: Node, _ what: String, _ r: NodeReader) -> OutlierDetection? {
+        guard let f = r.fields(node, what, allowed: ["consecutive5xxErrors", "consecutiveGatewayErrors", "interval", "baseEjectionTime",
+                                                     "maxEjectionPercent", "minHealthPercent"],
+                               unsupported: ["consecutiveErrors": "deprecated in Istio; use consecutive5xxErrors",
+                                             "splitExternalLocalOriginErrors": "not supported; connect failures count as 5xx",
+                                             "consecutiveLocalOriginFailures": "not supported; connect failures count as 5xx"])
+        else { return nil }
+        var o = OutlierDetection()
+        if let n = f["consecutive5xxErrors"], let v = r.int(n, "\(what).consecutive5xxErrors", 0...1_000_000) { o.consecutive5xxErrors = v }
+        if let n = f["consecutiveGatewayErrors"], let v = r.int(n, "\(what).consecutiveGatewayErrors", 0...1_000_000) { o.consecutiveGatewayErrors = v }
+        if let n = f["interval"], let v = r.duration(n, "\(what).interval") { o.interval = v }
+        if let n = f["baseEjectionTime"], let v = r.duration(n, "\(what).baseEjectionTime") { o.baseEjectionTime = v }
+        if let n = f["maxEjectionPercent"], let v = r.int(n, "\(what).maxEjectionPercent", 0...100) {
+            o.maxEjectionPercent = v
+            if v == 100 {
+                r.warning(n, "\(what).maxEjectionPercent: 100",
+                          why: "every endpoint can be ejected at once; a shared dependency failing then leaves the service with none (set minHealthPercent, or keep it below 100)")
+            }
+        }
+        if let n = f["minHealthPercent"], let v = r.int(n, "\(what).minHealthPercent", 0...100) { o.minHealthPercent = v }
+        return o
+    }
+
+    static func connectionPool(_ node: Node, _ what: String, _ r: NodeReader) -> ConnectionPool? {
+        guard let f = r.fields(node, what, allowed: ["tcp", "http"]) else { return nil }
+        var c = ConnectionPool()
+        if let t = f["tcp"], let tf = r.fields(t, "\(what).tcp", allowed: ["maxConnections", "connectTimeout"],
+                                               unsupported: ["tcpKeepalive": "not supported yet", "maxConnectionDuration": "not supported yet",
+                                                             "idleTimeout": "use http.idleTimeout"]) {
+            if let n = tf["maxConnections"] { c.maxConnections = r.int(n, "\(what).tcp.maxConnections", 1...Int(Int32.max)) }
+            if let n = tf["connectTimeout"] { c.connectTimeout = r.duration(n, "\(what).tcp.connectTimeout") }
+        }
+        if let h = f["http"], let hf = r.fields(h, "\(what).http", allowed: ["http1MaxPendingRequests", "http2MaxRequests",
+                                                                              "maxRequestsPerConnection", "maxRetries", "idleTimeout"],
+                                               unsupported: ["h2UpgradePolicy": "HTTP/1.1 is never upgraded to HTTP/2",
+                                                             "useClientProtocol": "the upstream always speaks what the client spoke",
+                                                             "maxConcurrentStreams": "not supported yet"]) {
+            if let n = hf["http1MaxPendingRequests"] { c.http1MaxPendingRequests = r.int(n, "\(what).http.http1MaxPendingRequests", 0...Int(Int32.max)) }
+            if let n = hf["http2MaxRequests"] { c.http2MaxRequests = r.int(n, "\(what).http.http2MaxRequests", 1...Int(Int32.max)) }
+            if let n = hf["maxRequestsPerConnection"] { c.maxRequestsPerConnection = r.int(n, "\(what).http.maxRequestsPerConnection", 0...Int(Int32.max)) }
+            if let n = hf["maxRetries"] { c.maxRetries = r.int(n, "\(what).http.maxRetries", 0...Int(Int32.max)) }
+            if let n = hf["idleTimeout"] { c.idleTimeout = r.duration(n, "\(what).http.idleTimeout") }
+        }
+        return c
+    }
+
+    static func loadBalancer(_ lb: Node, _ what: String, _ r: NodeReader) -> LoadBalancer? {
         guard let lf = r.fields(lb, "\(what).loadBalancer", allowed: ["simple", "consistentHash"],
                                 unsupported: ["localityLbSetting": "locality load balancing is not supported", "warmupDurationSecs": "not supported"])
         else { return nil }
@@ -223,21 +279,21 @@ extension ConfigParser {
                 r.warning(s, "loadBalancer.simple: ROUND_ROBIN",
                           why: "round robin keeps sending a slow replica its full share; LEAST_REQUEST (the default) steers away from it")
             }
-            return TrafficPolicy(loadBalancer: .simple(simple))
+            return .simple(simple)
         }
         if let c = lf["consistentHash"], let cf = r.fields(c, "loadBalancer.consistentHash",
                                                             allowed: ["httpHeaderName", "httpCookie", "useSourceIp"],
                                                             unsupported: ["httpQueryParameterName": "not supported yet", "ringHash": "not supported yet",
                                                                           "maglev": "not supported", "minimumRingSize": "not supported yet"]) {
             if let h = cf["httpHeaderName"], let name = r.string(h, "consistentHash.httpHeaderName") {
-                return TrafficPolicy(loadBalancer: .consistentHash(.header(name.lowercased())))
+                return .consistentHash(.header(name.lowercased()))
             }
             if let ck = cf["httpCookie"], let kf = r.fields(ck, "consistentHash.httpCookie", allowed: ["name", "ttl", "path"]),
                let n = kf["name"], let name = r.string(n, "httpCookie.name") {
-                return TrafficPolicy(loadBalancer: .consistentHash(.cookie(name: name, ttl: kf["ttl"].flatMap { r.duration($0, "httpCookie.ttl") })))
+                return .consistentHash(.cookie(name: name, ttl: kf["ttl"].flatMap { r.duration($0, "httpCookie.ttl") }))
             }
             if let s = cf["useSourceIp"], r.bool(s, "consistentHash.useSourceIp") == true {
-                return TrafficPolicy(loadBalancer: .consistentHash(.sourceIP))
+                return .consistentHash(.sourceIP)
             }
             r.error(c, "loadBalancer.consistentHash needs httpHeaderName, httpCookie.name or useSourceIp: true")
         }

@@ -54,12 +54,15 @@ public struct ServiceStatus: Codable, Sendable, Equatable {
     public var vip6: IPAddress?
     public var ports: [PortMapping]
     public var endpoints: [ServiceEndpoint]
+    /// Endpoints (workload names) currently ejected by outlier detection.
+    public var ejected: [String]
 
-    public init(key: ServiceKey, vip: IPAddress, vip6: IPAddress?, ports: [PortMapping], endpoints: [ServiceEndpoint]) {
+    public init(key: ServiceKey, vip: IPAddress, vip6: IPAddress?, ports: [PortMapping], endpoints: [ServiceEndpoint], ejected: [String] = []) {
         self.key = key
         self.vip = vip
         self.vip6 = vip6
         self.ports = ports
         self.endpoints = endpoints
+        self.ejected = ejected
     }
 }

@@ -193,6 +193,39 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertTrue(warnings.allSatisfy { $0.why != nil })
     }
 
+    func testOutlierDetectionParsesWithDefaultsAndSubsetLevelIsRefused() {
+        let ok = ConfigParser.parse(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec:
+              host: web
+              trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 1m, maxEjectionPercent: 100}}
+            """, file: "o.yaml")
+        XCTAssertEqual(ok.errors, [])
+        guard case .destinationRule(let dr)? = ok.resources.first else { return XCTFail("\(ok.diagnostics)") }
+        XCTAssertEqual(dr.trafficPolicy?.outlierDetection?.consecutive5xxErrors, 3)
+        XCTAssertEqual(dr.trafficPolicy?.outlierDetection?.baseEjectionTime, .seconds(60))
+        XCTAssertEqual(dr.trafficPolicy?.outlierDetection?.interval, .seconds(10), "Istio's default")
+        XCTAssertTrue(ok.diagnostics.contains { $0.severity == .warning && $0.message.contains("maxEjectionPercent: 100") })
+        let subset = ConfigParser.parse(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec:
+              host: web
+              subsets: [{name: v1, labels: {v: "1"}, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}}]
+            """, file: "s.yaml")
+        XCTAssertTrue(subset.errors.contains { $0.message.contains("not supported yet; set outlierDetection on the host") }, "\(subset.diagnostics)")
+        let pool = ConfigParser.parse(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec: {host: web, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}}
+            """, file: "p.yaml")
+        XCTAssertFalse(pool.errors.isEmpty, "connectionPool is refused while it is not enforced")
+    }
+
     func testShortHostNames() {
         XCTAssertEqual(ConfigValidator.fqdn("web", namespace: "shop"), "web.shop.svc.cluster.local")
         XCTAssertEqual(ConfigValidator.fqdn("web.blog", namespace: "shop"), "web.blog.svc.cluster.local")

@@ -240,6 +240,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 _ = channel.setOption(.autoRead, value: true)
                 handler.attach(channel, endpoint: target)
             case .failure(let error):
+                handler.reportOutcome(nil)
                 if handler.retryAfter(Self.isRefusedStream(error) ? .refusedStream : .connectFailure) { return }
                 handler.fail(.serviceUnavailable, flags: "UF", reason: "upstream connect error (\(target)): \(WorkloadContext.describe(error))",
                              context: nil)
@@ -319,6 +320,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         switch part {
         case .head(let head):
             cancelPerTry()
+            reportOutcome(Int(head.status.code))
             if retry != nil, !head.headers.contains(name: Self.exhaustedHeader) {
                 let grpc = head.headers.first(name: "grpc-status").flatMap { Int($0) }
                 let failure = AttemptFailure.status(Int(head.status.code), grpc: grpc)
@@ -383,6 +385,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             release(exchange.upstream)
             context?.channel.closeWithReset()
         } else {
+            reportOutcome(nil)
             if retryAfter(.reset) { return }
             fail(.serviceUnavailable, flags: "UC",
                  reason: "upstream \(exchange.endpoint) closed before responding" + (error.map { ": \(WorkloadContext.describe($0))" } ?? ""),
@@ -446,6 +449,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         perTryTask = context.eventLoop.scheduleTask(in: .nanoseconds(nanos)) {
             let handler = bound.value
             guard handler.requestSequence == sequence, case .streaming(let exchange) = handler.state, !exchange.responseHeadSent else { return }
+            handler.reportOutcome(nil)
             if handler.retryAfter(.perTryTimeout) { return }
             handler.fail(.gatewayTimeout, flags: "UT", reason: "upstream per-try timeout (\(timeout))", context: nil)
         }
@@ -526,6 +530,12 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             }
         }
         return true
+    }
+
+    /// Feeds outlier detection with the current attempt's answer (nil: no answer at all).
+    func reportOutcome(_ status: Int?) {
+        guard let lease, let loop = context?.eventLoop else { return }
+        workload.directory.recordOutcome(lease, status: status, now: loop.now.uptimeNanoseconds)
     }
 
     private func giveUpRetrying(now: UInt64) {

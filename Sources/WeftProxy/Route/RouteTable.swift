@@ -62,6 +62,8 @@ public struct RouteTable: Sendable, Equatable {
     /// host → policy, and host → subset → policy (a subset's own policy wins).
     private var policies: [String: LoadBalancer] = [:]
     private var subsetPolicies: [String: [String: LoadBalancer]] = [:]
+    /// host → the DestinationRule's traffic policy (outlier detection, connection pool).
+    private var trafficPolicies: [String: TrafficPolicy] = [:]
 
     public init() {}
 
@@ -81,6 +83,7 @@ public struct RouteTable: Sendable, Equatable {
             if subsets[fqdn] == nil {
                 subsets[fqdn] = Dictionary(dr.subsets.map { ($0.name, $0.labels) }, uniquingKeysWith: { a, _ in a })
                 policies[fqdn] = dr.trafficPolicy?.loadBalancer
+                trafficPolicies[fqdn] = dr.trafficPolicy
                 for s in dr.subsets {
                     if let lb = s.trafficPolicy?.loadBalancer { subsetPolicies[fqdn, default: [:]][s.name] = lb }
                 }
@@ -89,6 +92,10 @@ public struct RouteTable: Sendable, Equatable {
     }
 
     public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty }
+
+    public func outlierDetection(host: String) -> OutlierDetection? { trafficPolicies[host]?.outlierDetection }
+
+    public func connectionPool(host: String) -> ConnectionPool? { trafficPolicies[host]?.connectionPool }
 
     /// The load-balancing policy for a host (and subset); nil means the default, LEAST_REQUEST.
     public func loadBalancer(host: String, subset: String?) -> LoadBalancer? {

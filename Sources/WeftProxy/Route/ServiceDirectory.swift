@@ -1,3 +1,4 @@
+import NIOCore
 import Synchronization
 import WeftConfig
 import WeftCore
@@ -14,6 +15,23 @@ public final class ServiceDirectory: Sendable {
         var inflight: [String: Int] = [:]
         /// Workloads whose own retries were recently spent (uptime nanoseconds).
         var exhaustedAt: [String: UInt64] = [:]
+        var outliers = OutlierDetector()
+    }
+
+    /// An answer from the endpoint a lease was taken for (`status` nil: connect failure or
+    /// reset), for outlier detection when the host's DestinationRule asks for it.
+    public func recordOutcome(_ lease: EndpointLease, status: Int?, now: UInt64) {
+        state.withLock { state in
+            guard let policy = state.routes.outlierDetection(host: lease.host) else { return }
+            let count = state.catalog?.service(fqdn: lease.host)?.endpoints.count ?? 1
+            state.outliers.record(host: lease.host, endpoint: lease.workload, status: status, policy: policy,
+                                  endpointCount: count, now: now)
+        }
+    }
+
+    /// Endpoints of `host` currently ejected by outlier detection.
+    public func ejected(host: String, now: UInt64) -> [String] {
+        state.withLock { $0.outliers.ejected(host: host, now: now) }
     }
 
     /// How long a workload counts as "failing because its dependencies fail" after its own
@@ -127,7 +145,14 @@ public final class ServiceDirectory: Sendable {
                              avoid: String? = nil, state: inout State) -> HTTPResolution {
         let turn = state.cursors[cursorKey, default: 0]
         state.cursors[cursorKey] = turn &+ 1
-        let candidates = labels.map { wanted in entry.endpoints.filter { e in wanted.allSatisfy { e.labels[$0.key] == $0.value } } } ?? entry.endpoints
+        let matching = labels.map { wanted in entry.endpoints.filter { e in wanted.allSatisfy { e.labels[$0.key] == $0.value } } } ?? entry.endpoints
+        var candidates = matching
+        if let outlier = state.routes.outlierDetection(host: entry.key.fqdn) {
+            let now = NIODeadline.now().uptimeNanoseconds
+            let outliers = state.outliers, host = entry.key.fqdn
+            candidates = OutlierDetector.healthy(matching, ejected: { outliers.isEjected(host: host, endpoint: $0.workload, now: now) },
+                                                 minHealthPercent: outlier.minHealthPercent)
+        }
         let inflight = state.inflight
         let index = candidates.isEmpty ? 0 : Balancer.pick(
             policy, endpoints: candidates, turn: turn, hashKey: Balancer.hashKey(policy, facts: facts),
@@ -135,11 +160,12 @@ public final class ServiceDirectory: Sendable {
             inflight: { e in inflight[e.workload] ?? 0 })
         var chosen = index
         if let avoid, candidates.count > 1, candidates[chosen].workload == avoid { chosen = (chosen + 1) % candidates.count }
-        let finalIndex = chosen
+        // resolve() picks among the label-matching endpoints: map back from the healthy ones.
+        let finalIndex = candidates.isEmpty ? 0 : (matching.firstIndex { $0.workload == candidates[chosen].workload } ?? 0)
         switch entry.resolve(port: port, family: family, labels: labels, pick: { _ in finalIndex }) {
         case .endpoint(let target, let service, let workload):
             state.inflight[workload, default: 0] += 1
-            return .endpoint(target, service: service, workload: workload, route: route, lease: EndpointLease(workload: workload))
+            return .endpoint(target, service: service, workload: workload, route: route, lease: EndpointLease(workload: workload, host: entry.key.fqdn))
         case .noEndpoints(let service):
             return .noEndpoints(route?.subset.map { "\(service) subset \($0)" } ?? "\(service)")
         case .unknownPort(let service, let port):
@@ -178,6 +204,8 @@ public final class ServiceDirectory: Sendable {
 /// is reached on several addresses and ports).
 public struct EndpointLease: Equatable, Sendable {
     let workload: String
+    /// The service (fully qualified) the endpoint was picked for.
+    let host: String
 }
 
 public enum HTTPResolution: Equatable, Sendable {

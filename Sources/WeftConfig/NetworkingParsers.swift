@@ -194,8 +194,10 @@ extension ConfigParser {
                     continue
                 }
                 if rule.subsets.contains(where: { $0.name == name }) { r.error(n, "subset '\(name)' is defined twice") }
-                if let tp = sf["trafficPolicy"], let tf = tp.mapping, tf["outlierDetection"] != nil {
-                    r.error(tp, "subsets[\(i)].trafficPolicy.outlierDetection is not supported yet; set outlierDetection on the host's trafficPolicy")
+                if let tp = sf["trafficPolicy"], let tf = tp.mapping {
+                    for field in ["outlierDetection", "connectionPool"] where tf[field] != nil {
+                        r.error(tp, "subsets[\(i)].trafficPolicy.\(field) is not supported yet; set \(field) on the host's trafficPolicy")
+                    }
                 }
                 rule.subsets.append(Subset(name: name, labels: sf["labels"].flatMap { r.stringMap($0, "subsets[\(i)].labels") } ?? [:],
                                            trafficPolicy: sf["trafficPolicy"].flatMap { trafficPolicy($0, "subsets[\(i)].trafficPolicy", r) },
@@ -206,8 +208,7 @@ extension ConfigParser {
     }
 
     static func trafficPolicy(_ node: Node, _ what: String, _ r: NodeReader) -> TrafficPolicy? {
-        guard let f = r.fields(node, what, allowed: ["loadBalancer", "outlierDetection"], unsupported: [
-            "connectionPool": "circuit-breaking limits are not enforced yet",
+        guard let f = r.fields(node, what, allowed: ["loadBalancer", "outlierDetection", "connectionPool"], unsupported: [
             "tls": "mesh TLS is automatic; origination is not supported", "portLevelSettings": "not supported yet",
             "tunnel": "not supported", "proxyProtocol": "not supported",
         ]) else { return nil }

@@ -21,6 +21,8 @@ public struct WorkloadContext: Sendable {
     let h2Pool: NIOLoopBound<H2UpstreamPool>
     /// Retry budgets per destination service; only touched on the loop.
     let retryBudget: NIOLoopBound<RetryBudget>
+    /// connectionPool limits per destination service; only touched on the loop.
+    let limiter: NIOLoopBound<ConnectionLimiter>
 }
 
 enum Direction: String {

@@ -35,14 +35,14 @@ public final class WorkloadProxy: Sendable {
         var logger = logger
         logger[metadataKey: "workload"] = "\(spec.name)"
         let eventLoop = loop.loop
-        let (pool, h2Pool, budget) = try await eventLoop.submit {
+        let (pool, h2Pool, budget, limiter) = try await eventLoop.submit {
             (NIOLoopBound(UpstreamPool(), eventLoop: eventLoop), NIOLoopBound(H2UpstreamPool(), eventLoop: eventLoop),
-             NIOLoopBound(RetryBudget(retryBudget), eventLoop: eventLoop))
+             NIOLoopBound(RetryBudget(retryBudget), eventLoop: eventLoop), NIOLoopBound(ConnectionLimiter(), eventLoop: eventLoop))
         }.get()
         let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), connections: ConnectionLog(),
                                       ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
-                                      directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget)
+                                      directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget, limiter: limiter)
         let plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),

@@ -193,7 +193,7 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertTrue(warnings.allSatisfy { $0.why != nil })
     }
 
-    func testOutlierDetectionParsesWithDefaultsAndSubsetLevelIsRefused() {
+    func testTrafficPolicyResilienceFieldsParseAndSubsetLevelIsRefused() {
         let ok = ConfigParser.parse(yaml: """
             apiVersion: networking.istio.io/v1
             kind: DestinationRule
@@ -221,9 +221,10 @@ final class ConfigParserTests: XCTestCase {
             apiVersion: networking.istio.io/v1
             kind: DestinationRule
             metadata: {name: web}
-            spec: {host: web, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}}
+            spec: {host: web, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1, connectTimeout: 250ms}, http: {http1MaxPendingRequests: 0, maxRetries: 2, h2UpgradePolicy: UPGRADE}}}}
             """, file: "p.yaml")
-        XCTAssertFalse(pool.errors.isEmpty, "connectionPool is refused while it is not enforced")
+        XCTAssertTrue(pool.errors.contains { $0.message.contains("h2UpgradePolicy") }, "\(pool.diagnostics)")
+        XCTAssertEqual(pool.errors.count, 1, "\(pool.diagnostics)")
     }
 
     func testShortHostNames() {

@@ -71,4 +71,57 @@ final class OutlierTests: XCTestCase {
         XCTAssertEqual(services.first { $0.key.name.rawValue == "web" }?.ejected, [mesh.name("c")])
         XCTAssertTrue(mesh.weft(["get", "services"]).stdout.contains(mesh.name("c")), "the table shows the ejection")
     }
+
+    static let slowApp = #"""
+    import sys, http.server, time, threading
+    peers = set(); lock = threading.Lock()
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            with lock: peers.add(self.client_address[1])
+            if self.path == "/conns": body = str(len(peers)).encode()
+            else:
+                time.sleep(0.5); body = b"slow"
+            self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", 3100), H).serve_forever()
+    """#
+
+    func testConnectionPoolLimitsTripTheBreakerQueueAndRecycle() throws {
+        try Self.slowApp.write(toFile: mesh.dir + "/slow.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/slow.py", 0o644)
+        _ = try mesh.startWeft(["run", "--name", mesh.name("slow"), "--service", "slow", "--port", "80:3100/http",
+                                "--", "/usr/bin/python3", mesh.dir + "/slow.py"])
+        try mesh.waitForListener(netns: mesh.name("slow"), port: 3100)
+        func rule(_ http: String) throws {
+            let file = mesh.dir + "/pool-\(UUID().uuidString.prefix(4)).yaml"
+            try """
+                apiVersion: networking.istio.io/v1
+                kind: DestinationRule
+                metadata: {name: slow}
+                spec:
+                  host: slow
+                  trafficPolicy: {connectionPool: {http: {\(http)}}}
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+            let applied = mesh.weft(["apply", "-f", file])
+            XCTAssertEqual(applied.status, 0, applied.output)
+        }
+        let burst = "for i in 1 2 3 4 5; do curl -sS -m 10 -o /dev/null -D - -w 'code=%{http_code}\\n' http://slow/ & done; wait"
+        // One request at a time and no waiting room: four of five fail fast with 503 UO.
+        try rule("http2MaxRequests: 1, http1MaxPendingRequests: 0")
+        var r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c", burst], timeout: 60)
+        XCTAssertEqual(r.stdout.components(separatedBy: "code=200").count - 1, 1, r.output)
+        XCTAssertEqual(r.stdout.components(separatedBy: "code=503").count - 1, 4, r.output)
+        XCTAssertEqual(r.stdout.lowercased().components(separatedBy: "x-weft-response-flags: uo").count - 1, 4, r.output)
+        // With a waiting room of four they all succeed, one after another.
+        try rule("http2MaxRequests: 1, http1MaxPendingRequests: 4")
+        r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c", burst], timeout: 60)
+        XCTAssertEqual(r.stdout.components(separatedBy: "code=200").count - 1, 5, r.output)
+        // maxRequestsPerConnection: 1 → every request on a new upstream connection.
+        try rule("maxRequestsPerConnection: 1")
+        let before = Int(mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "curl", "-sS", "-m", "5", "http://slow/conns"]).stdout) ?? -1
+        r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
+                       "curl -sS -m 10 -o /dev/null -o /dev/null -o /dev/null http://slow/a http://slow/b http://slow/c; curl -sS -m 5 http://slow/conns"], timeout: 60)
+        XCTAssertEqual(Int(r.stdout), before + 4, "three requests and the count itself, each on its own connection: \(r.output)")
+    }
 }

@@ -66,6 +66,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// A retriable failure was not retried (attempts used up or budget spent): the answer
     /// says so, and meshed callers above do not retry it again.
     private var retriesExhausted = false
+    /// The current request's connectionPool limits, the host whose concurrency slot it
+    /// holds, and the host whose retry slot it holds.
+    private var limits: ConnectionPool?
+    private var slotHost: String?
+    private var retrySlotHost: String?
     static let exhaustedHeader = "x-weft-retries-exhausted"
     /// Request bodies larger than this are not kept for replay (and so not retried).
     static let maxReplayBytes = 64 * 1024
@@ -197,6 +202,35 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
         state = .connecting(request: request, buffered: [], keepAlive: isHTTP2 || head.isKeepAlive, responseHeaders: responseOps)
         if let timeout = routed?.timeout { armTimeout(timeout, context: context) }
+        limits = lease?.limits
+        if let host = lease?.host, let limits = lease?.limits {
+            // The circuit breaker: a slot in the host's concurrency limit, a wait, or 503 UO.
+            let sequence = requestSequence
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let admission = workload.limiter.value.admit(
+                host, limit: ConnectionLimiter.concurrency(limits, http2: isHTTP2), maxPending: limits.http1MaxPendingRequests) {
+                    let handler = bound.value
+                    guard handler.requestSequence == sequence, case .connecting = handler.state else { return false }
+                    handler.slotHost = host
+                    handler.proceed(plan: plan, target: target, address: address)
+                    return true
+                }
+            switch admission {
+            case .granted:
+                slotHost = host
+            case .queued:
+                return
+            case .overflow:
+                return fail(.serviceUnavailable, flags: "UO",
+                            reason: "upstream overflow: the connectionPool limits of \(host) are reached (circuit breaker open)", context: context)
+            }
+        }
+        proceed(plan: plan, target: target, address: address)
+    }
+
+    /// After admission: an injected delay, then the upstream.
+    private func proceed(plan: FaultPlan, target: OriginalDestination, address: SocketAddress) {
+        guard let context else { return }
         if let delay = plan.delay {
             // Held as if connecting (parts read meanwhile are buffered), then dispatched.
             let sequence = requestSequence
@@ -222,7 +256,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 attach(pooled, endpoint: target)
                 return
             }
-            connecting = workload.loop.connect(to: address, mark: workload.mark, timeout: workload.connectTimeout) { channel in
+            let connectTimeout = limits?.connectTimeout.map { TimeAmount.nanoseconds(Int64(OutlierDetector.nanos($0))) } ?? workload.connectTimeout
+            connecting = workload.loop.connect(to: address, mark: workload.mark, timeout: connectTimeout) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // One read per readiness event (see HTTPPath); TCP channels only.
                     try channel.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
@@ -285,6 +320,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return
         }
         handler.owner = self
+        handler.uses += 1
         var exchange = Exchange(upstream: upstream, endpoint: endpoint, keepAlive: keepAlive, responseHeaders: responseOps)
         guard upstream.isActive else {
             // Reset between the handshake and now: its channelInactive found no owner yet.
@@ -380,6 +416,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         if exchange.responseHeadSent {
             // Part of the response is already with the client: the only honest signal left
             // is to cut the connection.
+            releaseSlots()
             state = .idle
             endLease()
             release(exchange.upstream)
@@ -493,6 +530,14 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             giveUpRetrying(now: now)
             return false
         }
+        if retrySlotHost == nil, let host = lease?.host, let limits {
+            guard workload.limiter.value.tryRetry(host, max: limits.maxRetries) else {
+                workload.counters.httpRetriesDenied.add(1)
+                giveUpRetrying(now: now)
+                return false
+            }
+            retrySlotHost = host
+        }
         guard workload.retryBudget.value.tryRetry(r.budgetKey, now: Self.nowSeconds(context.eventLoop)) else {
             workload.counters.httpRetriesDenied.add(1)
             giveUpRetrying(now: now)
@@ -538,6 +583,17 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         workload.directory.recordOutcome(lease, status: status, now: loop.now.uptimeNanoseconds)
     }
 
+    private func releaseSlots() {
+        if let host = slotHost {
+            slotHost = nil
+            workload.limiter.value.release(host)
+        }
+        if let host = retrySlotHost {
+            retrySlotHost = nil
+            workload.limiter.value.releaseRetry(host)
+        }
+    }
+
     private func giveUpRetrying(now: UInt64) {
         retriesExhausted = true
         workload.directory.noteRetriesExhausted(workload: workload.spec.name, now: now)
@@ -555,11 +611,13 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         retry = nil
         state = .idle
         endLease()
-        if case .http1(let pool) = upstreams, exchange.upstreamKeepAlive {
-            if let handler = try? exchange.upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self) {
-                handler.owner = nil
-            }
-            pool.give(exchange.upstream, for: exchange.endpoint)
+        let upstreamHandler = try? exchange.upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self)
+        let spent = (limits?.maxRequestsPerConnection).map { $0 > 0 && (upstreamHandler?.uses ?? 0) >= $0 } ?? false
+        releaseSlots()
+        if case .http1(let pool) = upstreams, exchange.upstreamKeepAlive, !spent {
+            upstreamHandler?.owner = nil
+            pool.give(exchange.upstream, for: exchange.endpoint,
+                      idleTimeout: limits?.idleTimeout.map { TimeAmount.nanoseconds(Int64(OutlierDetector.nanos($0))) })
         } else {
             release(exchange.upstream)  // an HTTP/2 stream is done once both ends ended
         }
@@ -607,6 +665,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         cancelTimeout()
         cancelPerTry()
         retry = nil
+        releaseSlots()
         guard let context = given ?? self.context else { return }
         let previous = state
         var requestEnded = false
@@ -651,6 +710,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         cancelTimeout()
         cancelPerTry()
         retry = nil
+        releaseSlots()
         let previous = state
         state = .idle
         endLease()
@@ -663,6 +723,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// be written (NIO's pipelining handler traps on a second one), the upstream is released
     /// and the connection closed at once rather than left to the client's timeout.
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        releaseSlots()
         let previous = state
         state = .discarding
         endLease()

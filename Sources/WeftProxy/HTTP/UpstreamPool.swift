@@ -11,6 +11,7 @@ final class UpstreamPool {
     private struct Idle {
         let channel: Channel
         let since: NIODeadline
+        let timeout: TimeAmount
     }
 
     private var idle: [OriginalDestination: [Idle]] = [:]
@@ -36,13 +37,14 @@ final class UpstreamPool {
         return nil
     }
 
-    func give(_ channel: Channel, for endpoint: OriginalDestination) {
+    /// `idleTimeout`: the host's connectionPool.http.idleTimeout, else the pool's.
+    func give(_ channel: Channel, for endpoint: OriginalDestination, idleTimeout: TimeAmount? = nil) {
         guard channel.isActive, idle[endpoint, default: []].count < maxIdlePerEndpoint else {
             channel.close(promise: nil)
             return
         }
         let loop = channel.eventLoop
-        idle[endpoint, default: []].append(Idle(channel: channel, since: loop.now))
+        idle[endpoint, default: []].append(Idle(channel: channel, since: loop.now, timeout: idleTimeout ?? self.idleTimeout))
         if sweeper == nil {
             sweeper = loop.scheduleRepeatedTask(initialDelay: sweepInterval, delay: sweepInterval) { [weak self] _ in
                 self?.sweep(now: loop.now)
@@ -60,7 +62,7 @@ final class UpstreamPool {
     /// Closes connections idle for longer than the timeout.
     func sweep(now: NIODeadline) {
         for (endpoint, list) in idle {
-            let (stale, fresh) = (list.filter { now - $0.since >= idleTimeout }, list.filter { now - $0.since < idleTimeout })
+            let (stale, fresh) = (list.filter { now - $0.since >= $0.timeout }, list.filter { now - $0.since < $0.timeout })
             idle[endpoint] = fresh.isEmpty ? nil : fresh
             for entry in stale { entry.channel.close(promise: nil) }
         }
@@ -90,6 +92,8 @@ final class UpstreamHTTPHandler: ChannelDuplexHandler {
 
     weak var owner: HTTPOutboundProxyHandler?
     private var pendingRead = false
+    /// Requests carried so far (connectionPool.http.maxRequestsPerConnection).
+    var uses = 0
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let owner else {

@@ -165,7 +165,8 @@ public final class ServiceDirectory: Sendable {
         switch entry.resolve(port: port, family: family, labels: labels, pick: { _ in finalIndex }) {
         case .endpoint(let target, let service, let workload):
             state.inflight[workload, default: 0] += 1
-            return .endpoint(target, service: service, workload: workload, route: route, lease: EndpointLease(workload: workload, host: entry.key.fqdn))
+            return .endpoint(target, service: service, workload: workload, route: route, lease: EndpointLease(workload: workload, host: entry.key.fqdn,
+                                                                                                 limits: state.routes.connectionPool(host: entry.key.fqdn)))
         case .noEndpoints(let service):
             return .noEndpoints(route?.subset.map { "\(service) subset \($0)" } ?? "\(service)")
         case .unknownPort(let service, let port):
@@ -206,6 +207,8 @@ public struct EndpointLease: Equatable, Sendable {
     let workload: String
     /// The service (fully qualified) the endpoint was picked for.
     let host: String
+    /// Its DestinationRule's connectionPool limits, if any.
+    var limits: ConnectionPool? = nil
 }
 
 public enum HTTPResolution: Equatable, Sendable {

@@ -59,6 +59,11 @@ public enum ConfigParser {
                 r.error(versionNode, "\(kind): apiVersion \(version) is not one of \(networkingVersions.joined(separator: ", "))")
                 return nil
             }
+        case "RateLimitPolicy":
+            guard version == "weft.dev/v1alpha1" else {
+                r.error(versionNode, "\(kind): apiVersion \(version) is not weft.dev/v1alpha1")
+                return nil
+            }
         case "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication":
             r.error(kindNode, "kind \(kind) (security.istio.io) is not supported by Weft yet: it arrives with mTLS and workload identity")
             return nil
@@ -66,7 +71,7 @@ public enum ConfigParser {
             r.error(kindNode, "kind \(kind) is not supported by Weft")
             return nil
         default:
-            r.error(kindNode, "unknown kind '\(kind)' (supported: VirtualService, DestinationRule)")
+            r.error(kindNode, "unknown kind '\(kind)' (supported: VirtualService, DestinationRule, RateLimitPolicy)")
             return nil
         }
         guard let metaNode = top["metadata"], let meta = metadata(metaNode, kind, r) else {
@@ -81,6 +86,8 @@ public enum ConfigParser {
         let resource: Resource?
         if kind == "VirtualService" {
             resource = virtualService(spec, meta, r, at: r.location(doc)).map(Resource.virtualService)
+        } else if kind == "RateLimitPolicy" {
+            resource = rateLimitPolicy(spec, meta, r, at: r.location(doc)).map(Resource.rateLimitPolicy)
         } else {
             resource = destinationRule(spec, meta, r, at: r.location(doc)).map(Resource.destinationRule)
         }

@@ -165,14 +165,48 @@ public struct DestinationRule: Sendable, Equatable {
     public var location: SourceLocation
 }
 
+/// `weft.dev/v1alpha1 RateLimitPolicy`: token buckets in front of a service.
+public struct RateLimitPolicy: Sendable, Equatable {
+    public struct Limit: Sendable, Equatable {
+        public enum Key: Sendable, Equatable {
+            /// One bucket per calling pod address.
+            case sourceIP
+            /// One bucket per value of this request header (lower-case name); requests
+            /// without it share one bucket.
+            case header(String)
+            /// One bucket for everyone.
+            case service
+        }
+
+        public var name: String
+        public var key: Key
+        /// Tokens added per second (requestsPerUnit / unit).
+        public var perSecond: Double
+        public var requestsPerUnit: Int
+        public var unit: String
+        /// Bucket size: how many requests may arrive at once (default requestsPerUnit).
+        public var burst: Int
+        /// Only requests matching one of these (empty: all).
+        public var match: [HTTPMatchRequest]
+        public var location: SourceLocation
+    }
+
+    public var metadata: ObjectMeta
+    public var host: String
+    public var limits: [Limit]
+    public var location: SourceLocation
+}
+
 public enum Resource: Sendable, Equatable {
     case virtualService(VirtualService)
     case destinationRule(DestinationRule)
+    case rateLimitPolicy(RateLimitPolicy)
 
     public var kind: String {
         switch self {
         case .virtualService: return "VirtualService"
         case .destinationRule: return "DestinationRule"
+        case .rateLimitPolicy: return "RateLimitPolicy"
         }
     }
 
@@ -180,6 +214,7 @@ public enum Resource: Sendable, Equatable {
         switch self {
         case .virtualService(let v): return v.metadata
         case .destinationRule(let d): return d.metadata
+        case .rateLimitPolicy(let p): return p.metadata
         }
     }
 
@@ -187,6 +222,7 @@ public enum Resource: Sendable, Equatable {
         switch self {
         case .virtualService(let v): return v.location
         case .destinationRule(let d): return d.location
+        case .rateLimitPolicy(let p): return p.location
         }
     }
 }

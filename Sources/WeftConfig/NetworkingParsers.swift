@@ -176,6 +176,58 @@ extension ConfigParser {
         return out
     }
 
+    static func rateLimitPolicy(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> RateLimitPolicy? {
+        guard let f = r.fields(spec, "RateLimitPolicy.spec", allowed: ["host", "limits"],
+                               unsupported: ["mode": "only local (per agent) buckets exist today; the global mode arrives with the control plane"])
+        else { return nil }
+        guard let h = f["host"], let host = r.string(h, "RateLimitPolicy.spec.host") else {
+            r.error(spec, "RateLimitPolicy \(meta.name): spec.host is required")
+            return nil
+        }
+        var policy = RateLimitPolicy(metadata: meta, host: host, limits: [], location: loc)
+        guard let l = f["limits"], let list = r.list(l, "spec.limits"), !list.isEmpty else {
+            r.error(spec, "RateLimitPolicy \(meta.name): spec.limits needs at least one limit")
+            return nil
+        }
+        let perUnit: [String: Double] = ["second": 1, "minute": 60, "hour": 3600]
+        for (i, node) in list.enumerated() {
+            let what = "limits[\(i)]"
+            guard let lf = r.fields(node, what, allowed: ["name", "key", "requestsPerUnit", "unit", "burst", "match"]) else { continue }
+            var key = RateLimitPolicy.Limit.Key.sourceIP
+            if let k = lf["key"] {
+                if let text = k.string {
+                    switch text {
+                    case "sourceIP": key = .sourceIP
+                    case "service": key = .service
+                    case "sourceIdentity":
+                        r.error(k, "\(what).key: sourceIdentity arrives with mTLS and workload identity; use sourceIP or header")
+                    default:
+                        r.error(k, "\(what).key: '\(text)' is not one of sourceIP, service, {header: NAME}")
+                    }
+                } else if let kf = r.fields(k, "\(what).key", allowed: ["header"]), let hn = kf["header"], let name = r.string(hn, "\(what).key.header") {
+                    key = .header(name.lowercased())
+                }
+            }
+            guard let rn = lf["requestsPerUnit"], let rate = r.int(rn, "\(what).requestsPerUnit", 1...1_000_000_000) else {
+                r.error(node, "\(what): requestsPerUnit is required")
+                continue
+            }
+            var unit = "second"
+            if let u = lf["unit"], let text = r.string(u, "\(what).unit") {
+                if perUnit[text] == nil { r.error(u, "\(what).unit: '\(text)' is not one of second, minute, hour") } else { unit = text }
+            }
+            let burst = lf["burst"].flatMap { r.int($0, "\(what).burst", 1...1_000_000_000) } ?? rate
+            var matches: [HTTPMatchRequest] = []
+            if let m = lf["match"], let ml = r.list(m, "\(what).match") {
+                matches = ml.enumerated().compactMap { matchRequest($0.element, "\(what).match[\($0.offset)]", r) }
+            }
+            let name = lf["name"].flatMap { r.string($0, "\(what).name") } ?? "limit-\(i)"
+            policy.limits.append(.init(name: name, key: key, perSecond: Double(rate) / (perUnit[unit] ?? 1), requestsPerUnit: rate,
+                                       unit: unit, burst: burst, match: matches, location: r.location(node)))
+        }
+        return policy
+    }
+
     static func destinationRule(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> DestinationRule? {
         guard let f = r.fields(spec, "DestinationRule.spec", allowed: ["host", "trafficPolicy", "subsets"], unsupported: [
             "exportTo": "all config is mesh-wide", "workloadSelector": "not supported",

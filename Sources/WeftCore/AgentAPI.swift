@@ -90,6 +90,8 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     /// HTTP retries made, and retries the retry budget refused.
     public var httpRetries: Int = 0
     public var httpRetriesDenied: Int = 0
+    /// Requests answered 429 by a RateLimitPolicy.
+    public var httpRateLimited: Int = 0
 
     public init() {}
 }

@@ -36,6 +36,7 @@ public final class ProxyCounters: Sendable {
     let serverFirst = Counter()
     let httpRetries = Counter()
     let httpRetriesDenied = Counter()
+    let httpRateLimited = Counter()
 
     public init() {}
 
@@ -60,6 +61,7 @@ public final class ProxyCounters: Sendable {
         c.serverFirst = serverFirst.current
         c.httpRetries = httpRetries.current
         c.httpRetriesDenied = httpRetriesDenied.current
+        c.httpRateLimited = httpRateLimited.current
         return c
     }
 }

@@ -92,7 +92,7 @@ final class ConfigParserTests: XCTestCase {
         let secondBroken = errors("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: a}\n---\nb: [\n")
         XCTAssertEqual(secondBroken.count, 1, "an error in a later document is reported, not dropped: \(secondBroken)")
         XCTAssertEqual(errors("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").first,
-                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule)")
+                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, RateLimitPolicy)")
         XCTAssertEqual(errors("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [a]}\n").first,
                        "f.yaml:1:13: error: VirtualService: apiVersion networking.istio.io/v2 is not one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1")
         XCTAssertTrue(errors("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {}\n").first!.contains("not supported by Weft yet"))
@@ -225,6 +225,36 @@ final class ConfigParserTests: XCTestCase {
             """, file: "p.yaml")
         XCTAssertTrue(pool.errors.contains { $0.message.contains("h2UpgradePolicy") }, "\(pool.diagnostics)")
         XCTAssertEqual(pool.errors.count, 1, "\(pool.diagnostics)")
+    }
+
+    func testRateLimitPolicy() {
+        let ok = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: RateLimitPolicy
+            metadata: {name: web}
+            spec:
+              host: web
+              limits:
+              - {name: per-user, key: {header: X-User}, requestsPerUnit: 600, unit: minute}
+              - {requestsPerUnit: 5, burst: 1, key: service, match: [{uri: {prefix: /admin}}]}
+            """, file: "r.yaml")
+        XCTAssertEqual(ok.errors, [])
+        guard case .rateLimitPolicy(let p)? = ok.resources.first else { return XCTFail("\(ok.diagnostics)") }
+        XCTAssertEqual(p.limits[0].key, .header("x-user"))
+        XCTAssertEqual(p.limits[0].perSecond, 10)
+        XCTAssertEqual(p.limits[0].burst, 600)
+        XCTAssertEqual(p.limits[1].name, "limit-1")
+        XCTAssertEqual(p.limits[1].match.first?.uri, .prefix("/admin"))
+        let bad = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: RateLimitPolicy
+            metadata: {name: web}
+            spec:
+              host: web
+              limits: [{requestsPerUnit: 5, unit: fortnight, key: sourceIdentity}]
+            """, file: "b.yaml")
+        XCTAssertTrue(bad.errors.contains { $0.message.contains("fortnight") && $0.location.line == 6 }, "\(bad.diagnostics)")
+        XCTAssertTrue(bad.errors.contains { $0.message.contains("sourceIdentity arrives with mTLS") }, "\(bad.diagnostics)")
     }
 
     func testShortHostNames() {

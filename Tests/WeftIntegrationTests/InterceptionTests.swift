@@ -125,7 +125,7 @@ final class InterceptionTests: XCTestCase {
                                timeout: 30)
         XCTAssertTrue(client.stdout.contains("rc=56") || client.stdout.contains("rc=7") || client.stdout.contains("rc=52"),
                       client.output)
-        XCTAssertTrue(client.stdout.contains("HTTP/1.1 503"), client.output)
+        XCTAssertTrue(client.stdout.contains("HTTP/1.1 503"), client.output + "\n--- agent ---\n" + mesh.agentLog.suffix(6000))
         XCTAssertTrue(client.stdout.contains("x-weft-response-flags: UC") || client.stdout.contains("x-weft-response-flags: UF"), client.output)
         XCTAssertLessThan(Date().timeIntervalSince(started), 8, "a refused upstream must fail fast, not hang")
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(try mesh.workload(mesh.name("idle"))).counters.connectionErrors, 1)

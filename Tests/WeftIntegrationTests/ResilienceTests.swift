@@ -15,6 +15,7 @@ final class ResilienceTests: XCTestCase {
     seen = collections.Counter(); lock = threading.Lock()
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes
         def answer(self):
             length = int(self.headers.get("content-length", 0))
             if length: self.rfile.read(length)
@@ -161,5 +162,57 @@ final class ResilienceTests: XCTestCase {
         XCTAssertEqual(client.httpRetries, 0, "the hop above does not multiply them: \(client)")
         XCTAssertEqual(client.httpRetriesDenied, 20, "\(client)")
         XCTAssertLessThanOrEqual(arrived("/dead"), 20 * 3, "at most mid's own retries reach the dead upstream")
+    }
+
+    /// SECONDS DELAY: requests for SECONDS (DELAY between them); prints ok, limited,
+    /// elapsed, and one retry-after value.
+    static let paced = #"""
+    import sys, time, http.client
+    seconds, delay = float(sys.argv[1]), float(sys.argv[2])
+    conn = http.client.HTTPConnection("web", 80, timeout=10)
+    ok = limited = 0; retry_after = None
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        conn.request("GET", "/steady"); r = conn.getresponse(); r.read()
+        if r.status == 429:
+            limited += 1; retry_after = r.getheader("retry-after")
+        elif r.status == 200:
+            ok += 1
+        if delay: time.sleep(delay)
+    print("ok", ok); print("limited", limited); print("elapsed", time.monotonic() - start); print("retry-after", retry_after)
+    """#
+
+    func testRateLimitsPerClientAtTheConfiguredRate() throws {
+        try Self.paced.write(toFile: mesh.dir + "/paced.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/paced.py", 0o644)
+        let file = mesh.dir + "/ratelimit.yaml"
+        try """
+            apiVersion: weft.dev/v1alpha1
+            kind: RateLimitPolicy
+            metadata: {name: web}
+            spec:
+              host: web
+              limits:
+              - {name: per-client, key: sourceIP, requestsPerUnit: 50, unit: second, burst: 10}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let applied = mesh.weft(["apply", "-f", file])
+        XCTAssertEqual(applied.status, 0, applied.output)
+        // A polite client (4/s) beside a greedy one (as fast as it can).
+        let polite = try mesh.startWeft(["run", "--name", mesh.name("polite"), "--service", "client", "--",
+                                         "/usr/bin/python3", mesh.dir + "/paced.py", "4", "0.25"])
+        let greedy = mesh.weft(["run", "--name", mesh.name("greedy"), "--service", "client", "--",
+                                "/usr/bin/python3", mesh.dir + "/paced.py", "3", "0"], timeout: 60)
+        XCTAssertEqual(greedy.status, 0, greedy.output)
+        func value(_ out: String, _ key: String) -> Double {
+            Double(out.split(separator: "\n").first { $0.hasPrefix(key + " ") }?.split(separator: " ").last ?? "") ?? -1
+        }
+        let ok = value(greedy.stdout, "ok"), elapsed = value(greedy.stdout, "elapsed")
+        let expected = 10 + 50 * elapsed
+        XCTAssertGreaterThan(value(greedy.stdout, "limited"), 0, greedy.stdout)
+        XCTAssertEqual(ok, expected, accuracy: expected * 0.05, "burst 10 + 50/s over \(elapsed) s: \(greedy.stdout)")
+        XCTAssertTrue(greedy.stdout.contains("retry-after 1"), greedy.stdout)
+        XCTAssertEqual(mesh.wait(polite, timeout: 30), 0)
+        XCTAssertEqual(value(polite.stdout, "limited"), 0, "another client is not limited: \(polite.stdout)")
+        XCTAssertGreaterThanOrEqual(value(polite.stdout, "ok"), 10, polite.stdout)
     }
 }

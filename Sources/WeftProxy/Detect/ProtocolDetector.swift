@@ -39,6 +39,8 @@ final class ProtocolDetector {
     private var serverBytes: ByteBuffer?
     private var serverEOF = false
     private var upstreamReset = false
+    /// The early connection failed or closed before anyone spoke.
+    private var upstreamGone = false
     private var upstream: Channel?
     private var upstreamFailure: Error?
     private var stallTimer: Scheduled<Void>?
@@ -125,11 +127,14 @@ final class ProtocolDetector {
                 upstream?.close(promise: nil)
             }
         case .server:
-            // The server closed before the two ends were joined: pass the close on (a reset
-            // as a reset, like the L4 path).
-            if !spliced, decided == nil || decided == .tls || decided == .opaque {
-                if decided == nil { record(.opaque, by: "server-first") }
-                decided = decided ?? .opaque
+            guard !spliced else { return }
+            if decided == nil {
+                // The early connection died before either side spoke: the client's first
+                // bytes still decide — HTTP gets an answer from the L7 path (503), anything
+                // else (or silence, after stallTimeout) the close or reset.
+                upstreamGone = true
+                armStallTimer()
+            } else if decided == .tls || decided == .opaque {
                 stallTimer?.cancel()
                 if upstreamReset { downstream.closeWithReset() } else { downstream.close(promise: nil) }
             }
@@ -190,6 +195,9 @@ final class ProtocolDetector {
         switch decided {
         case .http1?, .http2?:
             break  // the L7 path dials its own upstreams
+        case nil:
+            upstreamGone = true  // decided by the client's first bytes, as above
+            armStallTimer()
         default:
             stallTimer?.cancel()
             decided = decided ?? .opaque
@@ -241,6 +249,12 @@ final class ProtocolDetector {
         case .tls, .opaque:
             if let failure = upstreamFailure {
                 _ = workload.refuse(downstream, direction: .outbound, reason: "upstream: \(WorkloadContext.describe(failure))")
+            } else if upstreamGone {
+                if upstreamReset {
+                    _ = workload.refuse(downstream, direction: .outbound, reason: "upstream \(original) reset the connection")
+                } else {
+                    downstream.close(promise: nil)
+                }
             } else if upstream != nil {
                 splice()
             }  // else: joined when the early connection completes
@@ -265,8 +279,10 @@ final class ProtocolDetector {
         serverBytes = nil
     }
 
+    /// Decides "opaque" if nothing else has after stallTimeout: a client stalled inside an
+    /// HTTP-looking prefix, or a silent client whose early upstream connection failed.
     private func armStallTimer() {
-        guard case .detect = mode, stallTimer == nil else { return }
+        guard case .detect = mode, stallTimer == nil, decided == nil else { return }
         let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
         stallTimer = downstream.eventLoop.scheduleTask(in: Self.stallTimeout) {
             let detector = bound.value

@@ -33,6 +33,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case streaming(Exchange)
         /// An error response was sent; the rest of this request is dropped, then we close.
         case discarding
+        /// The mesh answered (429) and keeps the connection: the rest of this request is
+        /// dropped, then the next one is read.
+        case answered
     }
 
     private struct Exchange {
@@ -105,7 +108,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .idle: return false
         case .connecting(_, let buffered, _, _): return buffered.contains { if case .end = $0 { true } else { false } }
         case .streaming(let exchange): return exchange.requestEnded
-        case .discarding: return false
+        case .discarding, .answered: return false
         }
     }
 
@@ -140,6 +143,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case (.discarding, .end):
             context.close(promise: nil)
         case (.discarding, _):
+            break
+        case (.answered, .end):
+            state = .idle
+            resumePipelined()
+        case (.answered, _):
             break
         }
     }
@@ -190,6 +198,12 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
         guard let address = try? target.socketAddress else {
             return fail(.serviceUnavailable, flags: "UF", reason: "bad upstream address \(target)", context: context)
+        }
+        if let host = lease?.host {
+            let verdict = workload.directory.checkRateLimits(host: host, facts: facts, client: client, now: context.eventLoop.now.uptimeNanoseconds)
+            if case .limited(let policy, let limit, let rate, let unit, let wait) = verdict {
+                return rateLimited(policy: policy, limit: limit, rate: rate, unit: unit, retryAfter: wait, context: context)
+            }
         }
         let plan = FaultPlan.decide(routed?.fault, delayDraw: requestIDs.nextUnit(), abortDraw: requestIDs.nextUnit())
         if let status = plan.abortStatus {
@@ -328,20 +342,24 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             upstreamClosed(error: nil)
             return
         }
+        // The state is .streaming before the first write: a write into a connection the peer
+        // has just reset closes it at once, and its channelInactive must find this exchange
+        // (and answer 503 UC) rather than a request still "connecting" that nobody answers.
+        exchange.requestEnded = buffered.contains { if case .end = $0 { true } else { false } }
+        state = .streaming(exchange)
         upstream.write(HTTPClientRequestPart.head(request), promise: nil)
         for part in buffered {
             switch part {
             case .body(let b):
                 upstream.write(HTTPClientRequestPart.body(.byteBuffer(b)), promise: nil)
             case .end(let t):
-                exchange.requestEnded = true
                 upstream.write(HTTPClientRequestPart.end(t), promise: nil)
             case .head:
                 break
             }
         }
         upstream.flush()
-        state = .streaming(exchange)
+        guard case .streaming(let current) = state, current.upstream === upstream else { return }  // failed meanwhile
         if let perTry = retry?.policy.perTryTimeout { armPerTry(perTry) }
         if pendingRead, upstream.isWritable {
             pendingRead = false
@@ -451,10 +469,32 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             switch handler.state {
             case .connecting, .streaming:
                 handler.fail(.gatewayTimeout, flags: "UT", reason: "upstream request timeout (\(timeout))", context: nil)
-            case .idle, .discarding:
+            case .idle, .discarding, .answered:
                 break
             }
         }
+    }
+
+    // MARK: - rate limits
+
+    /// 429 with `retry-after` (whole seconds, at least 1) and the IETF draft's RateLimit
+    /// headers; the connection stays open (the rest of the request is read and dropped).
+    private func rateLimited(policy: String, limit: String, rate: Int, unit: String, retryAfter: Double, context: ChannelHandlerContext) {
+        endLease()
+        workload.counters.httpRateLimited.add(1)
+        let body = "rate limited by \(policy) (\(limit): \(rate) per \(unit))\n"
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/plain; charset=utf-8")
+        headers.add(name: "content-length", value: "\(body.utf8.count)")
+        headers.add(name: "retry-after", value: "\(max(1, Int(retryAfter.rounded(.up))))")
+        headers.add(name: "ratelimit-limit", value: "\(rate)")
+        headers.add(name: "ratelimit-remaining", value: "0")
+        headers.add(name: "ratelimit-reset", value: "\(max(1, Int(retryAfter.rounded(.up))))")
+        headers.add(name: "x-weft-response-flags", value: "RL")
+        state = .answered
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .tooManyRequests, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
 
     // MARK: - retries
@@ -513,7 +553,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             guard !exchange.responseHeadSent else { return false }
             keepAlive = exchange.keepAlive
             responseOps = exchange.responseHeaders
-        case .idle, .discarding:
+        case .idle, .discarding, .answered:
             return false
         }
         guard r.policy.retries(failure, method: r.method) else { return false }
@@ -682,7 +722,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             }
             requestEnded = exchange.requestEnded
             upstream = exchange.upstream
-        case .discarding:
+        case .discarding, .answered:
             return  // already answered
         case .idle:
             break

@@ -64,6 +64,8 @@ public struct RouteTable: Sendable, Equatable {
     private var subsetPolicies: [String: [String: LoadBalancer]] = [:]
     /// host → the DestinationRule's traffic policy (outlier detection, connection pool).
     private var trafficPolicies: [String: TrafficPolicy] = [:]
+    /// host → RateLimitPolicies in front of it.
+    private var rateLimits: [String: [RateLimitPolicy]] = [:]
 
     public init() {}
 
@@ -78,6 +80,9 @@ public struct RouteTable: Sendable, Equatable {
                 }
             }
         }
+        for case .rateLimitPolicy(let p) in ordered {
+            rateLimits[ConfigValidator.fqdn(p.host, namespace: p.metadata.namespace), default: []].append(p)
+        }
         for case .destinationRule(let dr) in ordered {
             let fqdn = ConfigValidator.fqdn(dr.host, namespace: dr.metadata.namespace)
             if subsets[fqdn] == nil {
@@ -91,9 +96,11 @@ public struct RouteTable: Sendable, Equatable {
         }
     }
 
-    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty }
+    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty }
 
     public func outlierDetection(host: String) -> OutlierDetection? { trafficPolicies[host]?.outlierDetection }
+
+    public func rateLimitPolicies(host: String) -> [RateLimitPolicy] { rateLimits[host] ?? [] }
 
     public func connectionPool(host: String) -> ConnectionPool? { trafficPolicies[host]?.connectionPool }
 

@@ -16,6 +16,16 @@ public final class ServiceDirectory: Sendable {
         /// Workloads whose own retries were recently spent (uptime nanoseconds).
         var exhaustedAt: [String: UInt64] = [:]
         var outliers = OutlierDetector()
+        var rateLimiter = RateLimiter()
+    }
+
+    /// Local rate limits (RateLimitPolicy) of `host` for one request.
+    public func checkRateLimits(host: String, facts: RequestFacts, client: IPAddress?, now: UInt64) -> RateVerdict {
+        state.withLock { state in
+            let policies = state.routes.rateLimitPolicies(host: host)
+            guard !policies.isEmpty else { return .allow }
+            return state.rateLimiter.check(policies, facts: facts, client: client, now: now)
+        }
     }
 
     /// An answer from the endpoint a lease was taken for (`status` nil: connect failure or

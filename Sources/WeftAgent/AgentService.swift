@@ -41,6 +41,7 @@ public struct AgentService: Service {
         }
         let restored = await registry.restore()
         if restored > 0 { logger.info("re-attached \(restored) workload(s) from \(config.stateDirectory)") }
+        let checker = Task { await HealthChecker(directory: registry.directory, group: group, logger: logger).run() }
         let api = LocalAPI(registry: registry, capture: config.capture, logger: logger)
         let server = try await api.bind(path: config.socketPath, group: group)
         logger.info("weft agent ready", metadata: ["socket": "\(config.socketPath)", "bridge": "\(config.bridge)",
@@ -53,6 +54,7 @@ public struct AgentService: Service {
         SystemdNotify.send("STOPPING=1")
         logger.info("weft agent stopping")
         watcher?.cancel()
+        checker.cancel()
         try? await server.close()
         try? FileManager.default.removeItem(atPath: config.socketPath)
         await registry.stopAll()

@@ -141,6 +141,7 @@ public actor WorkloadRegistry {
         return catalog.statuses.map { status in
             var s = status
             s.ejected = directory.ejected(host: status.key.fqdn, now: now)
+            s.unhealthy = directory.unhealthy(host: status.key.fqdn)
             return s
         }
     }

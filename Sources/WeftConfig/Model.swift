@@ -197,16 +197,32 @@ public struct RateLimitPolicy: Sendable, Equatable {
     public var location: SourceLocation
 }
 
+/// `weft.dev/v1alpha1 HealthCheck`: active HTTP probes of every endpoint of a service.
+public struct HealthCheck: Sendable, Equatable {
+    public var metadata: ObjectMeta
+    public var host: String
+    public var path: String
+    /// The endpoint port probed (the app's port); nil: the service's first port's target.
+    public var port: UInt16?
+    public var interval: Duration
+    public var timeout: Duration
+    public var unhealthyThreshold: Int
+    public var healthyThreshold: Int
+    public var location: SourceLocation
+}
+
 public enum Resource: Sendable, Equatable {
     case virtualService(VirtualService)
     case destinationRule(DestinationRule)
     case rateLimitPolicy(RateLimitPolicy)
+    case healthCheck(HealthCheck)
 
     public var kind: String {
         switch self {
         case .virtualService: return "VirtualService"
         case .destinationRule: return "DestinationRule"
         case .rateLimitPolicy: return "RateLimitPolicy"
+        case .healthCheck: return "HealthCheck"
         }
     }
 
@@ -215,6 +231,7 @@ public enum Resource: Sendable, Equatable {
         case .virtualService(let v): return v.metadata
         case .destinationRule(let d): return d.metadata
         case .rateLimitPolicy(let p): return p.metadata
+        case .healthCheck(let h): return h.metadata
         }
     }
 
@@ -223,6 +240,7 @@ public enum Resource: Sendable, Equatable {
         case .virtualService(let v): return v.location
         case .destinationRule(let d): return d.location
         case .rateLimitPolicy(let p): return p.location
+        case .healthCheck(let h): return h.location
         }
     }
 }

@@ -176,6 +176,33 @@ extension ConfigParser {
         return out
     }
 
+    static func healthCheck(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> HealthCheck? {
+        guard let f = r.fields(spec, "HealthCheck.spec", allowed: ["host", "http", "interval", "timeout", "unhealthyThreshold", "healthyThreshold"],
+                               unsupported: ["tcp": "only HTTP checks exist today", "grpc": "only HTTP checks exist today"])
+        else { return nil }
+        guard let h = f["host"], let host = r.string(h, "HealthCheck.spec.host") else {
+            r.error(spec, "HealthCheck \(meta.name): spec.host is required")
+            return nil
+        }
+        guard let hn = f["http"], let hf = r.fields(hn, "HealthCheck.spec.http", allowed: ["path", "port"]),
+              let pn = hf["path"], let path = r.string(pn, "http.path") else {
+            r.error(spec, "HealthCheck \(meta.name): spec.http.path is required")
+            return nil
+        }
+        if !path.hasPrefix("/") { r.error(pn, "http.path must start with /") }
+        var check = HealthCheck(metadata: meta, host: host, path: path, port: nil, interval: .seconds(5), timeout: .seconds(1),
+                                unhealthyThreshold: 2, healthyThreshold: 1, location: loc)
+        if let p = hf["port"], let port = r.int(p, "http.port", 1...65535) { check.port = UInt16(port) }
+        if let n = f["interval"], let d = r.duration(n, "interval") {
+            if d < .milliseconds(100) { r.error(n, "interval must be at least 100ms") } else { check.interval = d }
+        }
+        if let n = f["timeout"], let d = r.duration(n, "timeout") { check.timeout = d }
+        if check.timeout > check.interval { r.error(f["timeout"] ?? spec, "timeout (\(check.timeout)) must not exceed interval (\(check.interval))") }
+        if let n = f["unhealthyThreshold"], let v = r.int(n, "unhealthyThreshold", 1...100) { check.unhealthyThreshold = v }
+        if let n = f["healthyThreshold"], let v = r.int(n, "healthyThreshold", 1...100) { check.healthyThreshold = v }
+        return check
+    }
+
     static func rateLimitPolicy(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> RateLimitPolicy? {
         guard let f = r.fields(spec, "RateLimitPolicy.spec", allowed: ["host", "limits"],
                                unsupported: ["mode": "only local (per agent) buckets exist today; the global mode arrives with the control plane"])

@@ -56,6 +56,8 @@ public struct ServiceStatus: Codable, Sendable, Equatable {
     public var endpoints: [ServiceEndpoint]
     /// Endpoints (workload names) currently ejected by outlier detection.
     public var ejected: [String]
+    /// Endpoints failing their active health check (weft.dev HealthCheck).
+    public var unhealthy: [String] = []
 
     public init(key: ServiceKey, vip: IPAddress, vip6: IPAddress?, ports: [PortMapping], endpoints: [ServiceEndpoint], ejected: [String] = []) {
         self.key = key

@@ -92,7 +92,7 @@ final class ConfigParserTests: XCTestCase {
         let secondBroken = errors("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: a}\n---\nb: [\n")
         XCTAssertEqual(secondBroken.count, 1, "an error in a later document is reported, not dropped: \(secondBroken)")
         XCTAssertEqual(errors("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").first,
-                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, RateLimitPolicy)")
+                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, RateLimitPolicy, HealthCheck)")
         XCTAssertEqual(errors("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [a]}\n").first,
                        "f.yaml:1:13: error: VirtualService: apiVersion networking.istio.io/v2 is not one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1")
         XCTAssertTrue(errors("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {}\n").first!.contains("not supported by Weft yet"))
@@ -255,6 +255,26 @@ final class ConfigParserTests: XCTestCase {
             """, file: "b.yaml")
         XCTAssertTrue(bad.errors.contains { $0.message.contains("fortnight") && $0.location.line == 6 }, "\(bad.diagnostics)")
         XCTAssertTrue(bad.errors.contains { $0.message.contains("sourceIdentity arrives with mTLS") }, "\(bad.diagnostics)")
+    }
+
+    func testHealthCheck() {
+        let ok = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: HealthCheck
+            metadata: {name: web}
+            spec: {host: web, http: {path: /healthz}}
+            """, file: "h.yaml")
+        guard case .healthCheck(let h)? = ok.resources.first else { return XCTFail("\(ok.diagnostics)") }
+        XCTAssertEqual([h.interval, h.timeout], [.seconds(5), .seconds(1)])
+        XCTAssertEqual([h.unhealthyThreshold, h.healthyThreshold], [2, 1])
+        let bad = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: HealthCheck
+            metadata: {name: web}
+            spec: {host: web, http: {path: healthz}, interval: 1s, timeout: 2s}
+            """, file: "b.yaml")
+        XCTAssertTrue(bad.errors.contains { $0.message.contains("must start with /") }, "\(bad.diagnostics)")
+        XCTAssertTrue(bad.errors.contains { $0.message.contains("must not exceed interval") }, "\(bad.diagnostics)")
     }
 
     func testShortHostNames() {

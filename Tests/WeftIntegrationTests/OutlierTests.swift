@@ -124,4 +124,51 @@ final class OutlierTests: XCTestCase {
                        "curl -sS -m 10 -o /dev/null -o /dev/null -o /dev/null http://slow/a http://slow/b http://slow/c; curl -sS -m 5 http://slow/conns"], timeout: 60)
         XCTAssertEqual(Int(r.stdout), before + 4, "three requests and the count itself, each on its own connection: \(r.output)")
     }
+
+    static let checkedApp = #"""
+    import sys, http.server
+    name, sick = sys.argv[1], sys.argv[2] == "sick"
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        def do_GET(self):
+            global sick
+            if self.path == "/toggle": sick = not sick
+            code = 503 if self.path == "/healthz" and sick else 200
+            body = name.encode()
+            self.send_response(code); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", 3200), H).serve_forever()
+    """#
+
+    func testActiveHealthChecksTakeAFailingEndpointOutAndBack() throws {
+        try Self.checkedApp.write(toFile: mesh.dir + "/checked.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/checked.py", 0o644)
+        for (replica, mode) in [("h1", "well"), ("h2", "sick")] {
+            _ = try mesh.startWeft(["run", "--name", mesh.name(replica), "--service", "checked", "--port", "80:3200/http",
+                                    "--", "/usr/bin/python3", mesh.dir + "/checked.py", replica, mode])
+            try mesh.waitForListener(netns: mesh.name(replica), port: 3200)
+        }
+        let file = mesh.dir + "/hc.yaml"
+        try """
+            apiVersion: weft.dev/v1alpha1
+            kind: HealthCheck
+            metadata: {name: checked}
+            spec: {host: checked, http: {path: /healthz}, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 2}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
+        func unhealthy() throws -> [String] {
+            let services = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
+            return services.first { $0.key.name.rawValue == "checked" }?.unhealthy ?? []
+        }
+        try mesh.waitUntil("h2 marked unhealthy", timeout: 20) { try unhealthy() == [self.mesh.name("h2")] }
+        let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
+                           "for i in $(seq 20); do curl -sS -m 5 http://checked/; echo; done"], timeout: 60)
+        XCTAssertEqual(Set(r.stdout.split(separator: "\n").map(String.init)), ["h1"], "only the healthy endpoint serves: \(r.output)")
+        // Healthy again: back in rotation.
+        let ip = try XCTUnwrap(try mesh.workload(mesh.name("h2"))?.spec.podIP)
+        _ = mesh.run(["curl", "-sS", "-m", "5", "http://\(ip):3200/toggle"])
+        try mesh.waitUntil("h2 healthy again", timeout: 20) { try unhealthy().isEmpty }
+        XCTAssertTrue(mesh.agentLog.contains("health check passes again: \(mesh.name("h2"))"), mesh.agentLog.suffix(2000).description)
+    }
 }

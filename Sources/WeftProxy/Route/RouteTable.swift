@@ -66,6 +66,8 @@ public struct RouteTable: Sendable, Equatable {
     private var trafficPolicies: [String: TrafficPolicy] = [:]
     /// host → RateLimitPolicies in front of it.
     private var rateLimits: [String: [RateLimitPolicy]] = [:]
+    /// host → its HealthCheck (the first by namespace/name).
+    public private(set) var healthChecks: [String: HealthCheck] = [:]
 
     public init() {}
 
@@ -79,6 +81,10 @@ public struct RouteTable: Sendable, Equatable {
                     byHost[fqdn] = Compiled(name: "\(vs.metadata.namespace)/\(vs.metadata.name)", namespace: vs.metadata.namespace, routes: vs.http)
                 }
             }
+        }
+        for case .healthCheck(let h) in ordered {
+            let fqdn = ConfigValidator.fqdn(h.host, namespace: h.metadata.namespace)
+            if healthChecks[fqdn] == nil { healthChecks[fqdn] = h }
         }
         for case .rateLimitPolicy(let p) in ordered {
             rateLimits[ConfigValidator.fqdn(p.host, namespace: p.metadata.namespace), default: []].append(p)
@@ -96,7 +102,7 @@ public struct RouteTable: Sendable, Equatable {
         }
     }
 
-    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty }
+    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty && healthChecks.isEmpty }
 
     public func outlierDetection(host: String) -> OutlierDetection? { trafficPolicies[host]?.outlierDetection }
 

@@ -17,6 +17,41 @@ public final class ServiceDirectory: Sendable {
         var exhaustedAt: [String: UInt64] = [:]
         var outliers = OutlierDetector()
         var rateLimiter = RateLimiter()
+        /// host → endpoints (workload names) failing their active health check.
+        var unhealthy: [String: Set<String>] = [:]
+    }
+
+    /// One service to probe: its HealthCheck and its endpoints' addresses.
+    public struct HealthTarget: Sendable {
+        public let host: String
+        public let check: HealthCheck
+        public let endpoints: [(workload: String, address: OriginalDestination)]
+    }
+
+    /// Services with a HealthCheck, and where their endpoints listen.
+    public func healthTargets() -> [HealthTarget] {
+        state.withLock { state in
+            state.routes.healthChecks.compactMap { host, check in
+                guard let entry = state.catalog?.service(fqdn: host) else { return nil }
+                let endpoints = entry.endpoints.map { e -> (workload: String, address: OriginalDestination) in
+                    let port = check.port ?? e.ports.first?.targetPort ?? entry.ports.first?.targetPort ?? 80
+                    return (e.workload, OriginalDestination(ip: e.ip, port: port))
+                }
+                return HealthTarget(host: host, check: check, endpoints: endpoints)
+            }
+        }
+    }
+
+    /// The health checker's verdict on one endpoint.
+    public func setHealth(host: String, workload: String, healthy: Bool) {
+        state.withLock { state in
+            if healthy { state.unhealthy[host]?.remove(workload) } else { state.unhealthy[host, default: []].insert(workload) }
+            if state.unhealthy[host]?.isEmpty ?? false { state.unhealthy[host] = nil }
+        }
+    }
+
+    public func unhealthy(host: String) -> [String] {
+        state.withLock { ($0.unhealthy[host] ?? []).sorted() }
     }
 
     /// Local rate limits (RateLimitPolicy) of `host` for one request.
@@ -157,11 +192,15 @@ public final class ServiceDirectory: Sendable {
         state.cursors[cursorKey] = turn &+ 1
         let matching = labels.map { wanted in entry.endpoints.filter { e in wanted.allSatisfy { e.labels[$0.key] == $0.value } } } ?? entry.endpoints
         var candidates = matching
-        if let outlier = state.routes.outlierDetection(host: entry.key.fqdn) {
+        let outlier = state.routes.outlierDetection(host: entry.key.fqdn)
+        let failingChecks = state.unhealthy[entry.key.fqdn] ?? []
+        if outlier != nil || !failingChecks.isEmpty {
+            // Out: endpoints ejected by outlier detection and endpoints failing their health check.
             let now = NIODeadline.now().uptimeNanoseconds
             let outliers = state.outliers, host = entry.key.fqdn
-            candidates = OutlierDetector.healthy(matching, ejected: { outliers.isEjected(host: host, endpoint: $0.workload, now: now) },
-                                                 minHealthPercent: outlier.minHealthPercent)
+            candidates = OutlierDetector.healthy(matching, ejected: {
+                failingChecks.contains($0.workload) || (outlier != nil && outliers.isEjected(host: host, endpoint: $0.workload, now: now))
+            }, minHealthPercent: outlier?.minHealthPercent ?? 0)
         }
         let inflight = state.inflight
         let index = candidates.isEmpty ? 0 : Balancer.pick(

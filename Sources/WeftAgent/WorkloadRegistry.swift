@@ -142,6 +142,7 @@ public actor WorkloadRegistry {
             var s = status
             s.ejected = directory.ejected(host: status.key.fqdn, now: now)
             s.unhealthy = directory.unhealthy(host: status.key.fqdn)
+            s.breaker = directory.breakerPhase(host: status.key.fqdn)
             return s
         }
     }

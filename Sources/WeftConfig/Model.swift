@@ -197,6 +197,26 @@ public struct RateLimitPolicy: Sendable, Equatable {
     public var location: SourceLocation
 }
 
+/// `weft.dev/v1alpha1 CircuitBreaker`: a service-level breaker (see CircuitBreaker in WeftProxy).
+public struct CircuitBreakerPolicy: Sendable, Equatable {
+    public var metadata: ObjectMeta
+    public var host: String
+    /// Open when failures / requests over `window` reach this (0 < ratio ≤ 1)…
+    public var failureRatio: Double = 0.5
+    /// …with at least this many requests in the window.
+    public var minimumRequests: Int = 20
+    public var window: Duration = .seconds(10)
+    public var openDuration: Duration = .seconds(30)
+    public var halfOpenRequests: Int = 3
+    public var location: SourceLocation
+
+    public init(metadata: ObjectMeta, host: String, location: SourceLocation) {
+        self.metadata = metadata
+        self.host = host
+        self.location = location
+    }
+}
+
 /// `weft.dev/v1alpha1 HealthCheck`: active HTTP probes of every endpoint of a service.
 public struct HealthCheck: Sendable, Equatable {
     public var metadata: ObjectMeta
@@ -216,6 +236,7 @@ public enum Resource: Sendable, Equatable {
     case destinationRule(DestinationRule)
     case rateLimitPolicy(RateLimitPolicy)
     case healthCheck(HealthCheck)
+    case circuitBreaker(CircuitBreakerPolicy)
 
     public var kind: String {
         switch self {
@@ -223,6 +244,7 @@ public enum Resource: Sendable, Equatable {
         case .destinationRule: return "DestinationRule"
         case .rateLimitPolicy: return "RateLimitPolicy"
         case .healthCheck: return "HealthCheck"
+        case .circuitBreaker: return "CircuitBreaker"
         }
     }
 
@@ -232,6 +254,7 @@ public enum Resource: Sendable, Equatable {
         case .destinationRule(let d): return d.metadata
         case .rateLimitPolicy(let p): return p.metadata
         case .healthCheck(let h): return h.metadata
+        case .circuitBreaker(let c): return c.metadata
         }
     }
 
@@ -241,6 +264,7 @@ public enum Resource: Sendable, Equatable {
         case .destinationRule(let d): return d.location
         case .rateLimitPolicy(let p): return p.location
         case .healthCheck(let h): return h.location
+        case .circuitBreaker(let c): return c.location
         }
     }
 }

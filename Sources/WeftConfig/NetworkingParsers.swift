@@ -176,6 +176,24 @@ extension ConfigParser {
         return out
     }
 
+    static func circuitBreaker(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> CircuitBreakerPolicy? {
+        guard let f = r.fields(spec, "CircuitBreaker.spec", allowed: ["host", "failureRatio", "minimumRequests", "window", "openDuration", "halfOpenRequests"])
+        else { return nil }
+        guard let h = f["host"], let host = r.string(h, "CircuitBreaker.spec.host") else {
+            r.error(spec, "CircuitBreaker \(meta.name): spec.host is required")
+            return nil
+        }
+        var c = CircuitBreakerPolicy(metadata: meta, host: host, location: loc)
+        if let n = f["failureRatio"], let v = r.double(n, "failureRatio", 0.01...1) { c.failureRatio = v }
+        if let n = f["minimumRequests"], let v = r.int(n, "minimumRequests", 1...1_000_000) { c.minimumRequests = v }
+        if let n = f["window"], let d = r.duration(n, "window") {
+            if d < .seconds(1) { r.error(n, "window must be at least 1s") } else { c.window = d }
+        }
+        if let n = f["openDuration"], let d = r.duration(n, "openDuration") { c.openDuration = d }
+        if let n = f["halfOpenRequests"], let v = r.int(n, "halfOpenRequests", 1...1000) { c.halfOpenRequests = v }
+        return c
+    }
+
     static func healthCheck(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> HealthCheck? {
         guard let f = r.fields(spec, "HealthCheck.spec", allowed: ["host", "http", "interval", "timeout", "unhealthyThreshold", "healthyThreshold"],
                                unsupported: ["tcp": "only HTTP checks exist today", "grpc": "only HTTP checks exist today"])

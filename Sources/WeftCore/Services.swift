@@ -58,6 +58,8 @@ public struct ServiceStatus: Codable, Sendable, Equatable {
     public var ejected: [String]
     /// Endpoints failing their active health check (weft.dev HealthCheck).
     public var unhealthy: [String] = []
+    /// The service's circuit breaker: closed, open or half-open (nil: it has none).
+    public var breaker: String?
 
     public init(key: ServiceKey, vip: IPAddress, vip6: IPAddress?, ports: [PortMapping], endpoints: [ServiceEndpoint], ejected: [String] = []) {
         self.key = key

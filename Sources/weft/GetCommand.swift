@@ -62,13 +62,13 @@ struct GetServices: ParsableCommand {
             case .json, .yaml:
                 try output.emit(services)
             case .table:
-                var rows = [["NAME", "NAMESPACE", "VIP", "VIP6", "PORTS", "ENDPOINTS", "EJECTED", "UNHEALTHY"]]
+                var rows = [["NAME", "NAMESPACE", "VIP", "VIP6", "PORTS", "ENDPOINTS", "EJECTED", "UNHEALTHY", "BREAKER"]]
                 for s in services {
                     rows.append([s.key.name.rawValue, s.key.namespace.rawValue, "\(s.vip)", s.vip6.map { "\($0)" } ?? "-",
                                  s.ports.isEmpty ? "-" : s.ports.map(\.description).joined(separator: ","),
                                  s.endpoints.isEmpty ? "none" : s.endpoints.map { "\($0.ip)" }.joined(separator: ","),
                                  s.ejected.isEmpty ? "-" : s.ejected.joined(separator: ","),
-                                 s.unhealthy.isEmpty ? "-" : s.unhealthy.joined(separator: ",")])
+                                 s.unhealthy.isEmpty ? "-" : s.unhealthy.joined(separator: ","), s.breaker ?? "-"])
                 }
                 print(TextTable.render(rows), terminator: "")
             }

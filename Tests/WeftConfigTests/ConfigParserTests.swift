@@ -92,7 +92,7 @@ final class ConfigParserTests: XCTestCase {
         let secondBroken = errors("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: a}\n---\nb: [\n")
         XCTAssertEqual(secondBroken.count, 1, "an error in a later document is reported, not dropped: \(secondBroken)")
         XCTAssertEqual(errors("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").first,
-                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, RateLimitPolicy, HealthCheck)")
+                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, RateLimitPolicy, HealthCheck, CircuitBreaker)")
         XCTAssertEqual(errors("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [a]}\n").first,
                        "f.yaml:1:13: error: VirtualService: apiVersion networking.istio.io/v2 is not one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1")
         XCTAssertTrue(errors("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {}\n").first!.contains("not supported by Weft yet"))
@@ -275,6 +275,26 @@ final class ConfigParserTests: XCTestCase {
             """, file: "b.yaml")
         XCTAssertTrue(bad.errors.contains { $0.message.contains("must start with /") }, "\(bad.diagnostics)")
         XCTAssertTrue(bad.errors.contains { $0.message.contains("must not exceed interval") }, "\(bad.diagnostics)")
+    }
+
+    func testCircuitBreaker() {
+        let ok = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: CircuitBreaker
+            metadata: {name: web}
+            spec: {host: web, failureRatio: 0.25, openDuration: 1m}
+            """, file: "c.yaml")
+        guard case .circuitBreaker(let c)? = ok.resources.first else { return XCTFail("\(ok.diagnostics)") }
+        XCTAssertEqual(c.failureRatio, 0.25)
+        XCTAssertEqual(c.openDuration, .seconds(60))
+        XCTAssertEqual([c.minimumRequests, c.halfOpenRequests], [20, 3], "defaults")
+        let bad = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: CircuitBreaker
+            metadata: {name: web}
+            spec: {host: web, failureRatio: 2, window: 100ms}
+            """, file: "b.yaml")
+        XCTAssertEqual(bad.errors.count, 2, "\(bad.diagnostics)")
     }
 
     func testShortHostNames() {

@@ -171,4 +171,58 @@ final class OutlierTests: XCTestCase {
         try mesh.waitUntil("h2 healthy again", timeout: 20) { try unhealthy().isEmpty }
         XCTAssertTrue(mesh.agentLog.contains("health check passes again: \(mesh.name("h2"))"), mesh.agentLog.suffix(2000).description)
     }
+
+    static let breakerApp = #"""
+    import http.server
+    failing, served = True, 0
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        def do_GET(self):
+            global failing, served
+            if self.path == "/toggle": failing = not failing; code, body = 200, b"toggled"
+            elif self.path == "/served": code, body = 200, str(served).encode()
+            else: served += 1; code, body = (500, b"down") if failing else (200, b"up")
+            self.send_response(code); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", 3300), H).serve_forever()
+    """#
+
+    func testTheCircuitBreakerOpensFailsFastAndRecoversThroughHalfOpen() throws {
+        try Self.breakerApp.write(toFile: mesh.dir + "/breaker.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/breaker.py", 0o644)
+        _ = try mesh.startWeft(["run", "--name", mesh.name("brk"), "--service", "brk", "--port", "80:3300/http",
+                                "--", "/usr/bin/python3", mesh.dir + "/breaker.py"])
+        try mesh.waitForListener(netns: mesh.name("brk"), port: 3300)
+        let file = mesh.dir + "/cb.yaml"
+        try """
+            apiVersion: weft.dev/v1alpha1
+            kind: CircuitBreaker
+            metadata: {name: brk}
+            spec: {host: brk, failureRatio: 0.5, minimumRequests: 10, window: 10s, openDuration: 2s, halfOpenRequests: 2}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
+        func breaker() throws -> String? {
+            let services = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
+            return services.first { $0.key.name.rawValue == "brk" }?.breaker
+        }
+        XCTAssertEqual(try breaker(), "closed")
+        let ip = try XCTUnwrap(try mesh.workload(mesh.name("brk"))?.spec.podIP)
+        // Twenty requests to a failing service: ten reach it, then the breaker answers alone.
+        var r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
+                           "for i in $(seq 20); do curl -sS -m 5 -o /dev/null -D - http://brk/ | tr -d '\\r' | grep -iE '^HTTP|flags'; done"],
+                          timeout: 60)
+        XCTAssertEqual(r.stdout.components(separatedBy: "HTTP/1.1 500").count - 1, 10, r.stdout)
+        XCTAssertEqual(r.stdout.components(separatedBy: "HTTP/1.1 503").count - 1, 10, r.stdout)
+        XCTAssertEqual(r.stdout.lowercased().components(separatedBy: "x-weft-response-flags: uo").count - 1, 10, r.stdout)
+        XCTAssertEqual(mesh.run(["curl", "-sS", "-m", "5", "http://\(ip):3300/served"]).stdout, "10", "failing fast: nothing more reached it")
+        XCTAssertEqual(try breaker(), "open")
+        // The service recovers; after openDuration two probes pass and the breaker closes.
+        _ = mesh.run(["curl", "-sS", "-m", "5", "http://\(ip):3300/toggle"])
+        usleep(2_200_000)
+        r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
+                       "for i in $(seq 5); do curl -sS -m 5 -o /dev/null -w '%{http_code}\\n' http://brk/; done"], timeout: 60)
+        XCTAssertEqual(r.stdout, "200\n200\n200\n200\n200\n", r.output)
+        XCTAssertEqual(try breaker(), "closed")
+    }
 }

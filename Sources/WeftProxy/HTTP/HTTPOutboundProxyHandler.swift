@@ -73,6 +73,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// holds, and the host whose retry slot it holds.
     private var limits: ConnectionPool?
     private var slotHost: String?
+    /// This request is one of a half-open breaker's probes: its first answer decides.
+    private var breakerProbe = false
     private var retrySlotHost: String?
     static let exhaustedHeader = "x-weft-retries-exhausted"
     /// Request bodies larger than this are not kept for replay (and so not retried).
@@ -199,7 +201,17 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         guard let address = try? target.socketAddress else {
             return fail(.serviceUnavailable, flags: "UF", reason: "bad upstream address \(target)", context: context)
         }
+        breakerProbe = false
         if let host = lease?.host {
+            switch workload.directory.breakerAdmit(host: host, now: context.eventLoop.now.uptimeNanoseconds) {
+            case .allow:
+                break
+            case .probe:
+                breakerProbe = true
+            case .reject(let wait):
+                return fail(.serviceUnavailable, flags: "UO",
+                            reason: "the circuit breaker of \(host) is open; probes resume in \(Int(wait.rounded(.up))) s", context: context)
+            }
             let verdict = workload.directory.checkRateLimits(host: host, facts: facts, client: client, now: context.eventLoop.now.uptimeNanoseconds)
             if case .limited(let policy, let limit, let rate, let unit, let wait) = verdict {
                 return rateLimited(policy: policy, limit: limit, rate: rate, unit: unit, retryAfter: wait, context: context)
@@ -620,7 +632,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// Feeds outlier detection with the current attempt's answer (nil: no answer at all).
     func reportOutcome(_ status: Int?) {
         guard let lease, let loop = context?.eventLoop else { return }
-        workload.directory.recordOutcome(lease, status: status, now: loop.now.uptimeNanoseconds)
+        workload.directory.recordOutcome(lease, status: status, probe: breakerProbe, now: loop.now.uptimeNanoseconds)
+        breakerProbe = false
     }
 
     private func releaseSlots() {

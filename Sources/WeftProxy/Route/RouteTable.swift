@@ -68,6 +68,8 @@ public struct RouteTable: Sendable, Equatable {
     private var rateLimits: [String: [RateLimitPolicy]] = [:]
     /// host → its HealthCheck (the first by namespace/name).
     public private(set) var healthChecks: [String: HealthCheck] = [:]
+    /// host → its CircuitBreaker policy (the first by namespace/name).
+    public private(set) var breakers: [String: CircuitBreakerPolicy] = [:]
 
     public init() {}
 
@@ -81,6 +83,10 @@ public struct RouteTable: Sendable, Equatable {
                     byHost[fqdn] = Compiled(name: "\(vs.metadata.namespace)/\(vs.metadata.name)", namespace: vs.metadata.namespace, routes: vs.http)
                 }
             }
+        }
+        for case .circuitBreaker(let c) in ordered {
+            let fqdn = ConfigValidator.fqdn(c.host, namespace: c.metadata.namespace)
+            if breakers[fqdn] == nil { breakers[fqdn] = c }
         }
         for case .healthCheck(let h) in ordered {
             let fqdn = ConfigValidator.fqdn(h.host, namespace: h.metadata.namespace)
@@ -102,7 +108,7 @@ public struct RouteTable: Sendable, Equatable {
         }
     }
 
-    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty && healthChecks.isEmpty }
+    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty && healthChecks.isEmpty && breakers.isEmpty }
 
     public func outlierDetection(host: String) -> OutlierDetection? { trafficPolicies[host]?.outlierDetection }
 

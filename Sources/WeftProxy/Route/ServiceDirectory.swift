@@ -19,6 +19,23 @@ public final class ServiceDirectory: Sendable {
         var rateLimiter = RateLimiter()
         /// host → endpoints (workload names) failing their active health check.
         var unhealthy: [String: Set<String>] = [:]
+        var breakers: [String: CircuitBreaker] = [:]
+    }
+
+    /// The host's circuit breaker, if it has one: may this request go?
+    public func breakerAdmit(host: String, now: UInt64) -> CircuitBreaker.Admission {
+        state.withLock { state in
+            guard let policy = state.routes.breakers[host] else { return .allow }
+            return state.breakers[host, default: CircuitBreaker()].admit(policy, now: now)
+        }
+    }
+
+    /// The breaker state of `host` ("closed" when it has none).
+    public func breakerPhase(host: String) -> String? {
+        state.withLock { state in
+            guard state.routes.breakers[host] != nil else { return nil }
+            return (state.breakers[host] ?? CircuitBreaker()).phase.rawValue
+        }
     }
 
     /// One service to probe: its HealthCheck and its endpoints' addresses.
@@ -65,8 +82,11 @@ public final class ServiceDirectory: Sendable {
 
     /// An answer from the endpoint a lease was taken for (`status` nil: connect failure or
     /// reset), for outlier detection when the host's DestinationRule asks for it.
-    public func recordOutcome(_ lease: EndpointLease, status: Int?, now: UInt64) {
+    public func recordOutcome(_ lease: EndpointLease, status: Int?, probe: Bool = false, now: UInt64) {
         state.withLock { state in
+            if let breaker = state.routes.breakers[lease.host] {
+                state.breakers[lease.host, default: CircuitBreaker()].record(failed: (status ?? 500) >= 500, probe: probe, breaker, now: now)
+            }
             guard let policy = state.routes.outlierDetection(host: lease.host) else { return }
             let count = state.catalog?.service(fqdn: lease.host)?.endpoints.count ?? 1
             state.outliers.record(host: lease.host, endpoint: lease.workload, status: status, policy: policy,

@@ -19,6 +19,10 @@ final class ResilienceTests: XCTestCase {
         def answer(self):
             length = int(self.headers.get("content-length", 0))
             if length: self.rfile.read(length)
+            if self.path == "/slow":
+                import time; time.sleep(1); return self.reply(200, "slow")
+            if self.path == "/deadline":
+                return self.reply(200, str(self.headers.get("x-weft-expected-timeout-ms")))
             if self.path.startswith("/count/"):
                 with lock: n = sum(v for k, v in seen.items() if k.startswith(self.path[6:]))
                 return self.reply(200, str(n))
@@ -214,5 +218,18 @@ final class ResilienceTests: XCTestCase {
         XCTAssertEqual(mesh.wait(polite, timeout: 30), 0)
         XCTAssertEqual(value(polite.stdout, "limited"), 0, "another client is not limited: \(polite.stdout)")
         XCTAssertGreaterThanOrEqual(value(polite.stdout, "ok"), 10, polite.stdout)
+    }
+
+    func testDeadlinesPropagate() throws {
+        let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c", """
+            curl -sS -m 10 -o /dev/null -D - -w 'slow %{http_code} %{time_total}\\n' -H 'x-weft-expected-timeout-ms: 300' http://web/slow | tr -d '\\r' | grep -iE '^slow|flags'
+            curl -sS -m 10 -H 'grpc-timeout: 2S' http://web/deadline; echo
+            curl -sS -m 10 http://web/deadline; echo
+            """], timeout: 60)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("slow 504 0.3") || r.stdout.contains("slow 504 0.4"), "the caller's 300 ms, not the app's 1 s: \(r.stdout)")
+        XCTAssertTrue(r.stdout.lowercased().contains("x-weft-response-flags: ut"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("\n2000\n"), "the next hop is told its remaining time: \(r.stdout)")
+        XCTAssertTrue(r.stdout.hasSuffix("None\n"), "no timeout, no header: \(r.stdout)")
     }
 }

@@ -222,12 +222,16 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return fail(HTTPResponseStatus(statusCode: status), flags: "FI", reason: "fault injected by route \(routed?.routeName ?? "")", context: context)
         }
         requestSequence &+= 1
+        // The shorter of the route's timeout and the caller's remaining time; the next hop
+        // is told how long it has.
+        let timeout = Deadline.effective(route: routed?.timeout, headers: request.headers)
+        if let timeout { request.headers.replaceOrAdd(name: Deadline.header, value: "\(max(1, Deadline.milliseconds(timeout)))") }
         if let policy = routed?.retries.map(RetryPolicy.init), policy.attempts > 0 {
             retry = RetryAttempts(policy: policy, method: request.method, request: request, facts: facts, routed: routed,
                                   budgetKey: budgetKey ?? "\(original)")
         }
         state = .connecting(request: request, buffered: [], keepAlive: isHTTP2 || head.isKeepAlive, responseHeaders: responseOps)
-        if let timeout = routed?.timeout { armTimeout(timeout, context: context) }
+        if let timeout { armTimeout(timeout, context: context) }
         limits = lease?.limits
         if let host = lease?.host, let limits = lease?.limits {
             // The circuit breaker: a slot in the host's concurrency limit, a wait, or 503 UO.

@@ -197,6 +197,24 @@ public struct RateLimitPolicy: Sendable, Equatable {
     public var location: SourceLocation
 }
 
+/// `weft.dev/v1alpha1 RetryBudget`: the retry budget of one service, or (without `host`) the
+/// mesh-wide default that replaces the agent flags' values.
+public struct RetryBudgetPolicy: Sendable, Equatable {
+    public var metadata: ObjectMeta
+    public var host: String?
+    public var ratio: Double?
+    public var minRetriesPerSecond: Double?
+    /// Opt-in: retry POST, PATCH… like idempotent requests (the app must make them safe).
+    public var retryNonIdempotent = false
+    public var location: SourceLocation
+
+    public init(metadata: ObjectMeta, host: String?, location: SourceLocation) {
+        self.metadata = metadata
+        self.host = host
+        self.location = location
+    }
+}
+
 /// `weft.dev/v1alpha1 CircuitBreaker`: a service-level breaker (see CircuitBreaker in WeftProxy).
 public struct CircuitBreakerPolicy: Sendable, Equatable {
     public var metadata: ObjectMeta
@@ -237,6 +255,7 @@ public enum Resource: Sendable, Equatable {
     case rateLimitPolicy(RateLimitPolicy)
     case healthCheck(HealthCheck)
     case circuitBreaker(CircuitBreakerPolicy)
+    case retryBudget(RetryBudgetPolicy)
 
     public var kind: String {
         switch self {
@@ -245,6 +264,7 @@ public enum Resource: Sendable, Equatable {
         case .rateLimitPolicy: return "RateLimitPolicy"
         case .healthCheck: return "HealthCheck"
         case .circuitBreaker: return "CircuitBreaker"
+        case .retryBudget: return "RetryBudget"
         }
     }
 
@@ -255,6 +275,7 @@ public enum Resource: Sendable, Equatable {
         case .rateLimitPolicy(let p): return p.metadata
         case .healthCheck(let h): return h.metadata
         case .circuitBreaker(let c): return c.metadata
+        case .retryBudget(let b): return b.metadata
         }
     }
 
@@ -265,6 +286,7 @@ public enum Resource: Sendable, Equatable {
         case .rateLimitPolicy(let p): return p.location
         case .healthCheck(let h): return h.location
         case .circuitBreaker(let c): return c.location
+        case .retryBudget(let b): return b.location
         }
     }
 }

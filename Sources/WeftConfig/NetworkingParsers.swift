@@ -176,6 +176,24 @@ extension ConfigParser {
         return out
     }
 
+    static func retryBudget(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> RetryBudgetPolicy? {
+        guard let f = r.fields(spec, "RetryBudget.spec", allowed: ["host", "ratio", "minRetriesPerSecond", "retryNonIdempotent"]) else { return nil }
+        var b = RetryBudgetPolicy(metadata: meta, host: f["host"].flatMap { r.string($0, "RetryBudget.spec.host") }, location: loc)
+        if let n = f["ratio"] { b.ratio = r.double(n, "ratio", 0...10) }
+        if let n = f["minRetriesPerSecond"] { b.minRetriesPerSecond = r.double(n, "minRetriesPerSecond", 0...1_000_000) }
+        if let n = f["retryNonIdempotent"], let v = r.bool(n, "retryNonIdempotent") {
+            b.retryNonIdempotent = v
+            if v {
+                r.warning(n, "retryNonIdempotent: true",
+                          why: "POST, PATCH… are then repeated after reaching the upstream; only safe if the app deduplicates them (idempotency keys)")
+            }
+        }
+        if b.ratio == 0, b.minRetriesPerSecond == 0 {
+            r.warning(spec, "a retry budget of 0 and 0/s", why: "no request is ever retried; remove the route's retries instead, or allow some")
+        }
+        return b
+    }
+
     static func circuitBreaker(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> CircuitBreakerPolicy? {
         guard let f = r.fields(spec, "CircuitBreaker.spec", allowed: ["host", "failureRatio", "minimumRequests", "window", "openDuration", "halfOpenRequests"])
         else { return nil }

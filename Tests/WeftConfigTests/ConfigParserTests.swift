@@ -92,7 +92,7 @@ final class ConfigParserTests: XCTestCase {
         let secondBroken = errors("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: a}\n---\nb: [\n")
         XCTAssertEqual(secondBroken.count, 1, "an error in a later document is reported, not dropped: \(secondBroken)")
         XCTAssertEqual(errors("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").first,
-                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, RateLimitPolicy, HealthCheck, CircuitBreaker)")
+                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, RateLimitPolicy, HealthCheck, CircuitBreaker, RetryBudget)")
         XCTAssertEqual(errors("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [a]}\n").first,
                        "f.yaml:1:13: error: VirtualService: apiVersion networking.istio.io/v2 is not one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1")
         XCTAssertTrue(errors("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {}\n").first!.contains("not supported by Weft yet"))
@@ -295,6 +295,20 @@ final class ConfigParserTests: XCTestCase {
             spec: {host: web, failureRatio: 2, window: 100ms}
             """, file: "b.yaml")
         XCTAssertEqual(bad.errors.count, 2, "\(bad.diagnostics)")
+    }
+
+    func testRetryBudget() {
+        let r = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: RetryBudget
+            metadata: {name: mesh-default}
+            spec: {ratio: 0.1, minRetriesPerSecond: 1, retryNonIdempotent: true}
+            """, file: "rb.yaml")
+        guard case .retryBudget(let b)? = r.resources.first else { return XCTFail("\(r.diagnostics)") }
+        XCTAssertNil(b.host, "no host: the mesh-wide default")
+        XCTAssertEqual(b.ratio, 0.1)
+        XCTAssertTrue(b.retryNonIdempotent)
+        XCTAssertTrue(r.diagnostics.contains { $0.severity == .warning && $0.message.contains("retryNonIdempotent") })
     }
 
     func testShortHostNames() {

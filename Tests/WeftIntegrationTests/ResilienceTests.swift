@@ -232,4 +232,25 @@ final class ResilienceTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("\n2000\n"), "the next hop is told its remaining time: \(r.stdout)")
         XCTAssertTrue(r.stdout.hasSuffix("None\n"), "no timeout, no header: \(r.stdout)")
     }
+
+    func testARetryBudgetResourceOptsInPostsAndCanForbidRetries() throws {
+        let file = mesh.dir + "/budget.yaml"
+        try """
+            apiVersion: weft.dev/v1alpha1
+            kind: RetryBudget
+            metadata: {name: web}
+            spec: {host: web, retryNonIdempotent: true}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
+        XCTAssertEqual(call("POST", "/flaky/opt-in", 10), ["200": 10, "exhausted": 0], "POSTs retried once the service opts in")
+        try """
+            apiVersion: weft.dev/v1alpha1
+            kind: RetryBudget
+            metadata: {name: web}
+            spec: {host: web, ratio: 0, minRetriesPerSecond: 0}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
+        XCTAssertEqual(call("GET", "/dead/none", 20)["503"], 20)
+        XCTAssertEqual(arrived("/dead/none"), 20, "a zero budget allows no retry at all")
+    }
 }

@@ -63,4 +63,18 @@ final class RetryPolicyTests: XCTestCase {
         let off = RetryBudget(.init(enabled: false))
         XCTAssertTrue((0..<1000).allSatisfy { _ in off.tryRetry("web", now: 0) })
     }
+
+    func testRetryBudgetResourceOverridesAndOptIn() {
+        let p = policy(["5xx"])
+        XCTAssertFalse(p.retries(.status(503, grpc: nil), method: .POST))
+        XCTAssertTrue(p.retries(.status(503, grpc: nil), method: .POST, nonIdempotentOptIn: true))
+        var none = RetryBudgetPolicy(metadata: ObjectMeta(name: "b", namespace: "default"), host: "web",
+                                     location: SourceLocation(file: "t", line: 1, column: 1))
+        none.ratio = 0
+        none.minRetriesPerSecond = 0
+        let budget = RetryBudget(.init())
+        for _ in 0..<100 { budget.recordRequest("web", now: 5) }
+        XCTAssertFalse(budget.tryRetry("web", now: 5, override: none))
+        XCTAssertTrue(budget.tryRetry("web", now: 5), "the agent's default still allows")
+    }
 }

@@ -228,7 +228,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         if let timeout { request.headers.replaceOrAdd(name: Deadline.header, value: "\(max(1, Deadline.milliseconds(timeout)))") }
         if let policy = routed?.retries.map(RetryPolicy.init), policy.attempts > 0 {
             retry = RetryAttempts(policy: policy, method: request.method, request: request, facts: facts, routed: routed,
-                                  budgetKey: budgetKey ?? "\(original)")
+                                  budgetKey: budgetKey ?? "\(original)",
+                                  budget: lease.flatMap { workload.directory.retryBudgetPolicy(host: $0.host) })
         }
         state = .connecting(request: request, buffered: [], keepAlive: isHTTP2 || head.isKeepAlive, responseHeaders: responseOps)
         if let timeout { armTimeout(timeout, context: context) }
@@ -572,7 +573,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .idle, .discarding, .answered:
             return false
         }
-        guard r.policy.retries(failure, method: r.method) else { return false }
+        guard r.policy.retries(failure, method: r.method, nonIdempotentOptIn: r.budget?.retryNonIdempotent ?? false) else { return false }
         let now = context.eventLoop.now.uptimeNanoseconds
         guard r.replayable, r.retriesDone < r.policy.attempts else {
             giveUpRetrying(now: now)
@@ -594,7 +595,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             }
             retrySlotHost = host
         }
-        guard workload.retryBudget.value.tryRetry(r.budgetKey, now: Self.nowSeconds(context.eventLoop)) else {
+        guard workload.retryBudget.value.tryRetry(r.budgetKey, now: Self.nowSeconds(context.eventLoop), override: r.budget) else {
             workload.counters.httpRetriesDenied.add(1)
             giveUpRetrying(now: now)
             return false

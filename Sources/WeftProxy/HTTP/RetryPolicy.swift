@@ -44,7 +44,7 @@ public struct RetryPolicy: Equatable, Sendable {
     /// Whether `failure` is one this route retries, for a request of `method`. A request
     /// that is not idempotent is retried only when the upstream cannot have acted on it
     /// (the connection failed, or HTTP/2 refused the stream): no double charges.
-    public func retries(_ failure: AttemptFailure, method: HTTPMethod) -> Bool {
+    public func retries(_ failure: AttemptFailure, method: HTTPMethod, nonIdempotentOptIn: Bool = false) -> Bool {
         let on = retryOn
         let safeToRepeat: Bool
         let matches: Bool
@@ -72,7 +72,7 @@ public struct RetryPolicy: Equatable, Sendable {
             }
             matches = hit
         }
-        return matches && safeToRepeat
+        return matches && (safeToRepeat || nonIdempotentOptIn)
     }
 
     /// Exponential backoff with full jitter (Envoy's defaults: 25 ms base, 250 ms cap):
@@ -144,11 +144,13 @@ public final class RetryBudget {
         windows[key] = w
     }
 
-    /// Whether one more retry to `key` fits; if so it is counted.
-    public func tryRetry(_ key: String, now: Int64) -> Bool {
+    /// Whether one more retry to `key` fits; if so it is counted. A RetryBudget resource
+    /// overrides the agent's ratio and floor.
+    public func tryRetry(_ key: String, now: Int64, override: RetryBudgetPolicy? = nil) -> Bool {
         guard settings.enabled else { return true }
         var w = advance(key, now: now)
-        let allowed = settings.ratio * Double(w.requests.reduce(0, +)) + settings.minPerSecond * Double(settings.windowSeconds)
+        let ratio = override?.ratio ?? settings.ratio, floor = override?.minRetriesPerSecond ?? settings.minPerSecond
+        let allowed = ratio * Double(w.requests.reduce(0, +)) + floor * Double(settings.windowSeconds)
         guard Double(w.retries.reduce(0, +)) + 1 <= allowed else {
             windows[key] = w
             return false
@@ -168,6 +170,8 @@ struct RetryAttempts {
     let facts: RequestFacts
     let routed: RoutedDestination?
     let budgetKey: String
+    /// The service's RetryBudget resource, if any (ratio, floor, non-idempotent opt-in).
+    let budget: RetryBudgetPolicy?
     var retriesDone = 0
     /// Body parts (and the end) read so far, for replay; dropped past maxReplayBytes.
     var kept: [HTTPServerRequestPart] = []

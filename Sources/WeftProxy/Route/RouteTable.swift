@@ -70,6 +70,8 @@ public struct RouteTable: Sendable, Equatable {
     public private(set) var healthChecks: [String: HealthCheck] = [:]
     /// host → its CircuitBreaker policy (the first by namespace/name).
     public private(set) var breakers: [String: CircuitBreakerPolicy] = [:]
+    private var retryBudgets: [String: RetryBudgetPolicy] = [:]
+    private var defaultRetryBudget: RetryBudgetPolicy?
 
     public init() {}
 
@@ -82,6 +84,14 @@ public struct RouteTable: Sendable, Equatable {
                 if byHost[fqdn] == nil {
                     byHost[fqdn] = Compiled(name: "\(vs.metadata.namespace)/\(vs.metadata.name)", namespace: vs.metadata.namespace, routes: vs.http)
                 }
+            }
+        }
+        for case .retryBudget(let b) in ordered {
+            if let host = b.host {
+                let fqdn = ConfigValidator.fqdn(host, namespace: b.metadata.namespace)
+                if retryBudgets[fqdn] == nil { retryBudgets[fqdn] = b }
+            } else if defaultRetryBudget == nil {
+                defaultRetryBudget = b
             }
         }
         for case .circuitBreaker(let c) in ordered {
@@ -108,11 +118,14 @@ public struct RouteTable: Sendable, Equatable {
         }
     }
 
-    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty && healthChecks.isEmpty && breakers.isEmpty }
+    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty && healthChecks.isEmpty && breakers.isEmpty && retryBudgets.isEmpty && defaultRetryBudget == nil }
 
     public func outlierDetection(host: String) -> OutlierDetection? { trafficPolicies[host]?.outlierDetection }
 
     public func rateLimitPolicies(host: String) -> [RateLimitPolicy] { rateLimits[host] ?? [] }
+
+    /// The service's RetryBudget, else the mesh-wide one (nil: the agent's flags).
+    public func retryBudget(host: String) -> RetryBudgetPolicy? { retryBudgets[host] ?? defaultRetryBudget }
 
     public func connectionPool(host: String) -> ConnectionPool? { trafficPolicies[host]?.connectionPool }
 

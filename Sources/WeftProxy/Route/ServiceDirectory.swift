@@ -22,6 +22,10 @@ public final class ServiceDirectory: Sendable {
         var breakers: [String: CircuitBreaker] = [:]
     }
 
+    public func retryBudgetPolicy(host: String) -> RetryBudgetPolicy? {
+        state.withLock { $0.routes.retryBudget(host: host) }
+    }
+
     /// The host's circuit breaker, if it has one: may this request go?
     public func breakerAdmit(host: String, now: UInt64) -> CircuitBreaker.Admission {
         state.withLock { state in

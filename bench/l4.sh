@@ -139,8 +139,13 @@ for round in $(seq "$ROUNDS"); do
   "$WEFT" init --netns $CLI --remove >/dev/null
   "$WEFT" init --netns $SRV --remove >/dev/null
   "$WEFT" attach --netns $CLI --service bench-client >/dev/null
+  # The origin is a mesh service whose port is declared /tcp, so both hops take the L4 path
+  # (an undeclared port would be detected as HTTP and proxied at L7: that is bench/l7.sh).
+  # For one hop its own capture rules are removed; for two they are put back.
+  "$WEFT" attach --netns $SRV --service bench-origin --port 8080/tcp >/dev/null
+  "$WEFT" init --netns $SRV --remove >/dev/null
   measure weft-1hop "http://$SRV_IP:8080/" $AGENT
-  "$WEFT" attach --netns $SRV --service bench-origin >/dev/null
+  "$WEFT" init --netns $SRV >/dev/null
   measure weft-2hop "http://$SRV_IP:8080/" $AGENT
   "$WEFT" get workloads > "$work/workloads.txt"
   "$WEFT" detach --netns $SRV >/dev/null

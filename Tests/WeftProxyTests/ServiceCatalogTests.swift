@@ -79,6 +79,25 @@ final class ServiceCatalogTests: XCTestCase {
     }
 }
 
+final class PortProtocolTests: XCTestCase {
+    func testDeclaredProtocolsApplyToVIPsAndPodAddresses() throws {
+        var c = try ServiceCatalog(vipRange: CIDR("240.240.0.0/16")!, vip6Prefix: nil)
+        let spec = WorkloadSpec(name: "db", netns: try NetnsName("db"), service: try ServiceName("db"), namespace: try MeshNamespace("default"),
+                                ports: [try PortMapping(parsing: "5432/tcp"), try PortMapping(parsing: "80:8080/http")], labels: [:],
+                                podIP: IPAddress("10.0.3.1"))
+        try c.rebuild(from: [spec])
+        let d = ServiceDirectory()
+        d.publish(c)
+        let vip = c.statuses[0].vip
+        XCTAssertEqual(d.portProtocol(OriginalDestination(ip: vip, port: 5432)), .tcp)
+        XCTAssertEqual(d.portProtocol(OriginalDestination(ip: vip, port: 80)), .http)
+        XCTAssertEqual(d.portProtocol(OriginalDestination(ip: IPAddress("10.0.3.1")!, port: 5432)), .tcp, "pod address, target port")
+        XCTAssertEqual(d.portProtocol(OriginalDestination(ip: IPAddress("10.0.3.1")!, port: 8080)), .http)
+        XCTAssertNil(d.portProtocol(OriginalDestination(ip: IPAddress("10.0.3.1")!, port: 9999)))
+        XCTAssertNil(d.portProtocol(OriginalDestination(ip: IPAddress("10.0.9.9")!, port: 5432)))
+    }
+}
+
 extension WorkloadSpec {
     func with(_ ip6: String?) -> WorkloadSpec {
         var s = self

@@ -124,6 +124,11 @@ public struct RouteTable: Sendable, Equatable {
 
     public func rateLimitPolicies(host: String) -> [RateLimitPolicy] { rateLimits[host] ?? [] }
 
+    public var hasRateLimits: Bool { !rateLimits.isEmpty }
+
+    /// Whether any host has a breaker or outlier detection (answers must be recorded).
+    public var tracksOutcomes: Bool { !breakers.isEmpty || trafficPolicies.values.contains { $0.outlierDetection != nil } }
+
     /// The service's RetryBudget, else the mesh-wide one (nil: the agent's flags).
     public func retryBudget(host: String) -> RetryBudgetPolicy? { retryBudgets[host] ?? defaultRetryBudget }
 

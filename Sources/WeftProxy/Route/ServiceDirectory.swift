@@ -28,7 +28,8 @@ public final class ServiceDirectory: Sendable {
 
     /// The host's circuit breaker, if it has one: may this request go?
     public func breakerAdmit(host: String, now: UInt64) -> CircuitBreaker.Admission {
-        state.withLock { state in
+        guard hasOutcomeTracking.load(ordering: .relaxed) else { return .allow }
+        return state.withLock { state in
             guard let policy = state.routes.breakers[host] else { return .allow }
             return state.breakers[host, default: CircuitBreaker()].admit(policy, now: now)
         }
@@ -77,7 +78,8 @@ public final class ServiceDirectory: Sendable {
 
     /// Local rate limits (RateLimitPolicy) of `host` for one request.
     public func checkRateLimits(host: String, facts: RequestFacts, client: IPAddress?, now: UInt64) -> RateVerdict {
-        state.withLock { state in
+        guard hasRateLimits.load(ordering: .relaxed) else { return .allow }
+        return state.withLock { state in
             let policies = state.routes.rateLimitPolicies(host: host)
             guard !policies.isEmpty else { return .allow }
             return state.rateLimiter.check(policies, facts: facts, client: client, now: now)
@@ -87,6 +89,7 @@ public final class ServiceDirectory: Sendable {
     /// An answer from the endpoint a lease was taken for (`status` nil: connect failure or
     /// reset), for outlier detection when the host's DestinationRule asks for it.
     public func recordOutcome(_ lease: EndpointLease, status: Int?, probe: Bool = false, now: UInt64) {
+        guard hasOutcomeTracking.load(ordering: .relaxed) else { return }
         state.withLock { state in
             if let breaker = state.routes.breakers[lease.host] {
                 state.breakers[lease.host, default: CircuitBreaker()].record(failed: (status ?? 500) >= 500, probe: probe, breaker, now: now)
@@ -145,6 +148,10 @@ public final class ServiceDirectory: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Whether the published config has any rate limit, breaker or outlier detection: when
+    /// not (the common case), the per-request checks return without taking the lock.
+    private let hasRateLimits = Atomic<Bool>(false)
+    private let hasOutcomeTracking = Atomic<Bool>(false)
 
     public init() {}
 
@@ -154,6 +161,8 @@ public final class ServiceDirectory: Sendable {
 
     public func publish(routes: RouteTable) {
         state.withLock { $0.routes = routes }
+        hasRateLimits.store(routes.hasRateLimits, ordering: .relaxed)
+        hasOutcomeTracking.store(routes.tracksOutcomes, ordering: .relaxed)
     }
 
     /// Where one HTTP request goes: the VirtualService for the dialled service (if any)
@@ -249,10 +258,21 @@ public final class ServiceDirectory: Sendable {
         }
     }
 
-    /// The protocol a service declares for the dialled VIP port (`--port 80:3000/http`).
+    /// The protocol a service declares for the dialled port: a VIP's service port
+    /// (`--port 80:3000/http`), or, dialled straight at a pod address, the target port of the
+    /// endpoint's declared ports (so `/tcp` is never sniffed whichever address is used).
     public func portProtocol(_ destination: OriginalDestination) -> PortProtocol? {
         state.withLock { state in
-            state.catalog?.service(forVIP: destination.ip)?.ports.first { $0.port == destination.port }?.proto
+            guard let catalog = state.catalog else { return nil }
+            if let entry = catalog.service(forVIP: destination.ip) {
+                return entry.ports.first { $0.port == destination.port }?.proto
+            }
+            for entry in catalog.entries.values {
+                for e in entry.endpoints where e.ip == destination.ip || e.ipv6 == destination.ip {
+                    if let p = e.ports.first(where: { $0.targetPort == destination.port }) { return p.proto }
+                }
+            }
+            return nil
         }
     }
 

@@ -183,8 +183,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             target = endpoint
             self.lease = lease
             routed = route
-            budgetKey = service.description
-            workload.retryBudget.value.recordRequest(service.description, now: Self.nowSeconds(context.eventLoop))
+            // Only requests that may be retried count toward (and need) a retry budget.
+            if route?.retries.map({ $0.attempts > 0 }) ?? false {
+                budgetKey = service.description
+                workload.retryBudget.value.recordRequest(service.description, now: Self.nowSeconds(context.eventLoop))
+            }
             if let route {
                 Self.apply(route, to: &request)
                 responseOps = route.responseHeaders

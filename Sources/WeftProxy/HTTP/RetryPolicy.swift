@@ -118,6 +118,7 @@ public final class RetryBudget {
 
     public init(_ settings: Settings) { self.settings = settings }
 
+    /// The key's window moved on to `now` (buckets of elapsed seconds cleared).
     private func advance(_ key: String, now: Int64) -> Window {
         let n = settings.windowSeconds
         var w = windows[key] ?? Window(second: now, requests: Array(repeating: 0, count: n), retries: Array(repeating: 0, count: n))

@@ -137,6 +137,9 @@ final class HTTPTests: XCTestCase {
         // reset wins the race with the handshake's completion, UF (connect failure).
         let r = client("curl -sS -m 10 -D - http://web:81/; echo; curl -sS -m 10 -o /dev/null -w '%{http_code}\\n' http://web:82/")
         XCTAssertTrue(r.stdout.contains("HTTP/1.1 503"), r.output)
+        // The mesh's own answers keep the connection: the next request reuses it.
+        let again = client("curl -sS -m 10 -o /dev/null -o /dev/null -w '%{http_code} %{num_connects}\\n' http://web:81/a http://web:81/b")
+        XCTAssertEqual(again.stdout, "503 1\n503 0\n", "the second request reuses the connection: \(again.output)")
         let flagged = r.stdout.lowercased()
         XCTAssertTrue(flagged.contains("x-weft-response-flags: uc") || flagged.contains("x-weft-response-flags: uf"),
                       "\(r.output)\n--- agent ---\n\(mesh.agentLog.suffix(2500))")

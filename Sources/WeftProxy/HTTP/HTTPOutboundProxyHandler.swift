@@ -73,6 +73,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// holds, and the host whose retry slot it holds.
     private var limits: ConnectionPool?
     private var slotHost: String?
+    /// Whether the client wants the connection kept after the current request.
+    private var requestKeepAlive = true
     /// This request is one of a half-open breaker's probes: its first answer decides.
     private var breakerProbe = false
     private var retrySlotHost: String?
@@ -160,6 +162,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         workload.counters.httpRequests.add(1)
+        requestKeepAlive = isHTTP2 || head.isKeepAlive
         if clientIP == nil { clientIP = context.channel.remoteAddress?.weftIP }  // once per connection
         let client = clientIP
         let verdict = HTTPHeaderPolicy.request(head, client: client) { requestIDs.uuidString() }
@@ -748,7 +751,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .idle:
             break
         }
-        state = requestEnded ? .idle : .discarding
+        // The connection stays usable unless the request itself was refused (DPE: its framing
+        // cannot be trusted) or the client asked to close: the rest of the request is read
+        // and dropped, then the next one is served.
+        let keepOpen = flags != "DPE" && requestKeepAlive
+        state = requestEnded ? .idle : (keepOpen ? .answered : .discarding)
         if let upstream { release(upstream) }
         workload.counters.httpErrors.add(1)
         workload.logger.notice("outbound HTTP \(status.code) \(flags): \(reason)", metadata: ["destination": "\(original)"])
@@ -757,12 +764,14 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         headers.add(name: "content-type", value: "text/plain; charset=utf-8")
         headers.add(name: "content-length", value: "\(body.utf8.count)")
         headers.add(name: "x-weft-response-flags", value: flags)
-        if !isHTTP2 { headers.add(name: "connection", value: "close") }
+        if !isHTTP2, !keepOpen { headers.add(name: "connection", value: "close") }
         if retriesExhausted { headers.add(name: Self.exhaustedHeader, value: "true") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        if requestEnded { context.close(promise: nil) }
+        if requestEnded {
+            if keepOpen { resumePipelined() } else { context.close(promise: nil) }
+        }
     }
 
     // MARK: - the app's connection

@@ -253,4 +253,18 @@ final class ResilienceTests: XCTestCase {
         XCTAssertEqual(call("GET", "/dead/none", 20)["503"], 20)
         XCTAssertEqual(arrived("/dead/none"), 20, "a zero budget allows no retry at all")
     }
+
+    func testConnectionPoolMaxRetriesCapsRetriesInFlight() throws {
+        let file = mesh.dir + "/maxretries.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec: {host: web, trafficPolicy: {connectionPool: {http: {maxRetries: 0}}}}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
+        let answers = call("GET", "/flaky/capped", 10)
+        XCTAssertEqual(answers["503"], 5, "no retry may be in flight, so every other request fails: \(answers)")
+        XCTAssertEqual(answers["exhausted"], 5, "\(answers)")
+    }
 }

@@ -59,13 +59,12 @@ struct HealthChecker {
 
     /// One GET; true for a 2xx/3xx answer within `timeout`.
     static func probe(_ address: OriginalDestination, path: String, timeout: Duration, group: EventLoopGroup) async -> Bool {
-        let nanos = Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
         guard let socketAddress = try? SocketAddress(ipAddress: "\(address.ip)", port: Int(address.port)) else { return false }
         let loop = group.next()
         let result = loop.makePromise(of: Bool.self)
-        let deadline = loop.scheduleTask(in: .nanoseconds(nanos)) { result.succeed(false) }
+        let deadline = loop.scheduleTask(in: TimeAmount(timeout)) { result.succeed(false) }
         ClientBootstrap(group: loop)
-            .connectTimeout(.nanoseconds(nanos))
+            .connectTimeout(TimeAmount(timeout))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()

@@ -46,7 +46,7 @@ enum Outbound {
                     ProtocolDetector.start(downstream, workload: context, original: original, mode: .detect(target: target))
                     return downstream.eventLoop.makeSucceededVoidFuture()
                 }
-                ProtocolDetector.recordDeclared(declared == .tls ? .tls : .opaque, downstream: downstream, workload: context, original: original)
+                ProtocolDetector.record(declared == .tls ? .tls : .opaque, by: "declared", downstream: downstream, workload: context, original: original)
                 return context.forward(downstream, to: target, direction: .outbound,
                                        downstreamBytes: context.counters.bytesOutboundSent,
                                        upstreamBytes: context.counters.bytesOutboundReceived)

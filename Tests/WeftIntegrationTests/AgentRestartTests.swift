@@ -30,7 +30,7 @@ final class AgentRestartTests: XCTestCase {
         try mesh.waitUntil("client attached", timeout: 20) { try self.mesh.workload(client) != nil }
         XCTAssertEqual(fetch(client).stdout, "still here\n")
         func vips() throws -> [String: String] {
-            let list = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
+            let list = try mesh.services()
             return Dictionary(uniqueKeysWithValues: list.map { ("\($0.key)", "\($0.vip)") })
         }
         let vipsBefore = try vips()

@@ -45,7 +45,7 @@ final class HTTPTests: XCTestCase {
                                     "--port", "81:3999/http", "--", "/usr/bin/python3", mesh.dir + "/echo.py", "3000", replica])
             try mesh.waitForListener(netns: mesh.name(replica), port: 3000)
         }
-        let services = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
+        let services = try mesh.services()
         vip = "\(try XCTUnwrap(services.first).vip)"
     }
 
@@ -148,7 +148,7 @@ final class HTTPTests: XCTestCase {
             _ = mesh.run(["pkill", "-TERM", "-f", "echo.py 3000 \(replica)"])
         }
         try mesh.waitUntil("endpoints gone", timeout: 20) {
-            let s = try JSONDecoder().decode([ServiceStatus].self, from: Data(self.mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
+            let s = try self.mesh.services()
             return s.first?.endpoints.isEmpty ?? false
         }
         let none = client("curl -sS -m 10 -D - http://\(vip):80/")

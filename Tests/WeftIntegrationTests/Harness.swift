@@ -228,6 +228,16 @@ final class MeshHarness {
         return try JSONDecoder().decode([WorkloadStatus].self, from: Data(r.stdout.utf8))
     }
 
+    func services() throws -> [ServiceStatus] {
+        let r = weft(["get", "services", "-o", "json"])
+        guard r.status == 0 else { throw HarnessError("weft get services failed: \(r.output)") }
+        return try JSONDecoder().decode([ServiceStatus].self, from: Data(r.stdout.utf8))
+    }
+
+    func service(_ name: String) throws -> ServiceStatus? {
+        try services().first { $0.key.name.rawValue == name }
+    }
+
     func workload(_ name: String) throws -> WorkloadStatus? {
         try workloads().first { $0.spec.name == name }
     }

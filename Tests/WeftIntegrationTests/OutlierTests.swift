@@ -67,8 +67,7 @@ final class OutlierTests: XCTestCase {
         let last = Int(r.stdout.split(separator: "\n").first { $0.hasPrefix("last250") }?.split(separator: " ").last ?? "") ?? -1
         XCTAssertEqual(first, 3, "exactly the three errors that eject it: \(r.stdout)")
         XCTAssertEqual(last, 0, "after ejection no client-visible errors: \(r.stdout)")
-        let services = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
-        XCTAssertEqual(services.first { $0.key.name.rawValue == "web" }?.ejected, [mesh.name("c")])
+        XCTAssertEqual(try mesh.service("web")?.ejected, [mesh.name("c")])
         XCTAssertTrue(mesh.weft(["get", "services"]).stdout.contains(mesh.name("c")), "the table shows the ejection")
     }
 
@@ -158,8 +157,7 @@ final class OutlierTests: XCTestCase {
             """.write(toFile: file, atomically: true, encoding: .utf8)
         XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
         func unhealthy() throws -> [String] {
-            let services = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
-            return services.first { $0.key.name.rawValue == "checked" }?.unhealthy ?? []
+            try mesh.service("checked")?.unhealthy ?? []
         }
         try mesh.waitUntil("h2 marked unhealthy", timeout: 20) { try unhealthy() == [self.mesh.name("h2")] }
         let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c",
@@ -203,8 +201,7 @@ final class OutlierTests: XCTestCase {
             """.write(toFile: file, atomically: true, encoding: .utf8)
         XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
         func breaker() throws -> String? {
-            let services = try JSONDecoder().decode([ServiceStatus].self, from: Data(mesh.weft(["get", "services", "-o", "json"]).stdout.utf8))
-            return services.first { $0.key.name.rawValue == "brk" }?.breaker
+            try mesh.service("brk")?.breaker
         }
         XCTAssertEqual(try breaker(), "closed")
         let ip = try XCTUnwrap(try mesh.workload(mesh.name("brk"))?.spec.podIP)

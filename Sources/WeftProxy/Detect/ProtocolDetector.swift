@@ -291,6 +291,14 @@ final class ProtocolDetector {
     }
 
     private func record(_ p: SniffedProtocol, by reason: String) {
+        Self.record(p, by: reason, downstream: downstream, workload: workload, original: original,
+                    detectNanos: (downstream.eventLoop.now - started).nanoseconds)
+    }
+
+    /// Counts a connection's protocol and logs it for `weft get connections`; also for
+    /// ports whose protocol is declared (decided without sniffing).
+    static func record(_ p: SniffedProtocol, by reason: String, downstream: Channel, workload: WorkloadContext,
+                       original: OriginalDestination, detectNanos: Int64 = 0) {
         let counters = workload.counters
         switch p {
         case .http1: counters.protocolHTTP1.add(1)
@@ -298,19 +306,12 @@ final class ProtocolDetector {
         case .tls: counters.protocolTLS.add(1)
         case .opaque: counters.protocolOpaque.add(1)
         }
-        let elapsed = Double((downstream.eventLoop.now - started).nanoseconds) / 1e6
         let client = downstream.remoteAddress.map { "\($0)" } ?? "?"
         workload.connections.add(ConnectionRecord(
             time: Date().timeIntervalSince1970, client: client, destination: "\(original)",
-            proto: p.rawValue, decidedBy: reason, detectMillis: (elapsed * 1000).rounded() / 1000))
+            proto: p.rawValue, decidedBy: reason, detectMillis: (Double(detectNanos) / 1e3).rounded() / 1000))
         workload.logger.debug("outbound protocol", metadata: [
             "client": "\(client)", "destination": "\(original)", "protocol": "\(p.rawValue)", "decidedBy": "\(reason)"])
-    }
-
-    /// Records a protocol known from the port's declaration (no sniffing at all).
-    static func recordDeclared(_ p: SniffedProtocol, downstream: Channel, workload: WorkloadContext, original: OriginalDestination) {
-        let detector = ProtocolDetector(downstream: downstream, workload: workload, original: original, mode: .declaredHTTP)
-        detector.record(p, by: "declared")
     }
 }
 

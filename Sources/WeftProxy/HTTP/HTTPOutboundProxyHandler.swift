@@ -272,7 +272,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             // Held as if connecting (parts read meanwhile are buffered), then dispatched.
             let sequence = requestSequence
             let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            context.eventLoop.scheduleTask(in: .nanoseconds(Int64(delay.components.seconds) * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000)) {
+            context.eventLoop.scheduleTask(in: TimeAmount(delay)) {
                 let handler = bound.value
                 guard handler.requestSequence == sequence, case .connecting = handler.state else { return }
                 handler.dispatch(to: target, address: address)
@@ -293,7 +293,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 attach(pooled, endpoint: target)
                 return
             }
-            let connectTimeout = limits?.connectTimeout.map { TimeAmount.nanoseconds(Int64(OutlierDetector.nanos($0))) } ?? workload.connectTimeout
+            let connectTimeout = limits?.connectTimeout.map(TimeAmount.init) ?? workload.connectTimeout
             connecting = workload.loop.connect(to: address, mark: workload.mark, timeout: connectTimeout) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // One read per readiness event (see HTTPPath); TCP channels only.
@@ -485,8 +485,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private func armTimeout(_ timeout: Duration, context: ChannelHandlerContext) {
         let sequence = requestSequence
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let nanos = Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
-        timeoutTask = context.eventLoop.scheduleTask(in: .nanoseconds(nanos)) {
+        timeoutTask = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
             let handler = bound.value
             guard handler.requestSequence == sequence else { return }
             switch handler.state {
@@ -545,8 +544,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         guard let context else { return }
         let sequence = requestSequence
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let nanos = Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
-        perTryTask = context.eventLoop.scheduleTask(in: .nanoseconds(nanos)) {
+        perTryTask = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
             let handler = bound.value
             guard handler.requestSequence == sequence, case .streaming(let exchange) = handler.state, !exchange.responseHeadSent else { return }
             handler.reportOutcome(nil)
@@ -681,7 +679,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         if case .http1(let pool) = upstreams, exchange.upstreamKeepAlive, !spent {
             upstreamHandler?.owner = nil
             pool.give(exchange.upstream, for: exchange.endpoint,
-                      idleTimeout: limits?.idleTimeout.map { TimeAmount.nanoseconds(Int64(OutlierDetector.nanos($0))) })
+                      idleTimeout: limits?.idleTimeout.map(TimeAmount.init))
         } else {
             release(exchange.upstream)  // an HTTP/2 stream is done once both ends ended
         }

@@ -27,7 +27,7 @@ public struct CircuitBreaker: Sendable, Equatable {
     public init() {}
 
     public mutating func admit(_ config: CircuitBreakerPolicy, now: UInt64) -> Admission {
-        let openNanos = nanos(config.openDuration)
+        let openNanos = config.openDuration.nanosecondsClamped
         if phase == .open {
             guard now >= openUntil else { return .reject(retryIn: Double(openUntil - now) / 1e9) }
             phase = .halfOpen
@@ -84,14 +84,10 @@ public struct CircuitBreaker: Sendable, Equatable {
 
     private mutating func trip(_ config: CircuitBreakerPolicy, now: UInt64) {
         phase = .open
-        openUntil = now + nanos(config.openDuration)
+        openUntil = now + config.openDuration.nanosecondsClamped
         buckets = []
         probesInFlight = 0
         probeSuccesses = 0
-    }
-
-    private func nanos(_ d: Duration) -> UInt64 {
-        UInt64(max(0, d.components.seconds)) * 1_000_000_000 + UInt64(max(0, d.components.attoseconds / 1_000_000_000))
     }
 
     public static func == (a: CircuitBreaker, b: CircuitBreaker) -> Bool {

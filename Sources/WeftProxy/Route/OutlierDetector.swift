@@ -25,10 +25,6 @@ public struct OutlierDetector: Sendable {
 
     static let maxEjection: UInt64 = 300_000_000_000
 
-    static func nanos(_ d: Duration) -> UInt64 {
-        UInt64(max(0, d.components.seconds)) * 1_000_000_000 + UInt64(max(0, d.components.attoseconds / 1_000_000_000))
-    }
-
     /// Records one answer from `endpoint` of `host` (`status` nil: the connection failed or
     /// was reset). Returns true when this answer ejected the endpoint.
     @discardableResult
@@ -56,7 +52,7 @@ public struct OutlierDetector: Sendable {
         if tripped, e.ejectedUntil == nil {
             let allowed = policy.maxEjectionPercent == 0 ? 0 : max(1, policy.maxEjectionPercent * endpointCount / 100)
             if ejectedCount(host: host, now: now) < allowed {
-                let base = Self.nanos(policy.baseEjectionTime)
+                let base = policy.baseEjectionTime.nanosecondsClamped
                 if e.ejections > 0, now &- e.lastReturn > base * 10 { e.ejections = 0 }
                 e.ejections += 1
                 e.ejectedUntil = now + min(Self.maxEjection, base * UInt64(e.ejections))

@@ -15,6 +15,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.0"),
     ],
     targets: [
         // Linux glue that Swift's Glibc module does not expose: setns, SO_ORIGINAL_DST,
@@ -28,6 +32,17 @@ let package = Package(
         // Istio-compatible configuration: model, strict YAML decoding with file:line, validation
         // and lint. No NIO: pure, so every rule is a unit test.
         .target(name: "WeftConfig", dependencies: ["WeftCore", .product(name: "Yams", package: "Yams")]),
+        // Workload identity: SPIFFE IDs, the CA (swift-certificates, ECDSA P-256), workload
+        // keys and CSRs. No NIO: pure, so issuing and checking are unit tests.
+        .target(
+            name: "WeftIdentity",
+            dependencies: [
+                "WeftCore",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         .target(
             name: "WeftNetns",
             dependencies: ["WeftCore", "CWeftLinux"]
@@ -35,18 +50,21 @@ let package = Package(
         .target(
             name: "WeftProxy",
             dependencies: [
-                "WeftCore", "CWeftLinux", "WeftConfig",
+                "WeftCore", "CWeftLinux", "WeftConfig", "WeftIdentity",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(
             name: "WeftAgent",
             dependencies: [
-                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux", "WeftConfig",
+                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux", "WeftConfig", "WeftIdentity",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -64,6 +82,7 @@ let package = Package(
         ),
         .testTarget(name: "WeftNetnsTests", dependencies: ["WeftNetns", "WeftCore"]),
         .testTarget(name: "WeftConfigTests", dependencies: ["WeftConfig", "WeftCore"]),
+        .testTarget(name: "WeftIdentityTests", dependencies: ["WeftIdentity", "WeftCore"]),
         .testTarget(
             name: "WeftProxyTests",
             dependencies: [

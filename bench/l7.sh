@@ -19,17 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 export PATH="/opt/swift/usr/bin:$PATH"
-DURATION=10
-ROUNDS=3
-WEFT=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --duration) DURATION=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --weft) WEFT=$2; shift 2 ;;
-    *) echo "l7.sh: unknown argument $1 (use --duration, --rounds, --weft)" >&2; exit 2 ;;
-  esac
-done
+bench_args l7.sh "$@"
 WEFT=$(bench_prepare l7.sh "$WEFT")
 
 work=$(mktemp -d /tmp/weft-bench7.XXXXXX)

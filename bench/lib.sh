@@ -11,6 +11,22 @@ bench_prepare() {
   echo .build/release/weft
 }
 
+# bench_args SCRIPT ARGS...: the flags every bench script takes; sets DURATION (10), ROUNDS (3),
+# CONNS (32, wrk connections where a script uses them) and WEFT (empty: build a release).
+bench_args() {
+  local name=$1; shift
+  DURATION=10; ROUNDS=3; CONNS=32; WEFT=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --duration) DURATION=$2; shift 2 ;;
+      --rounds) ROUNDS=$2; shift 2 ;;
+      --connections) CONNS=$2; shift 2 ;;
+      --weft) WEFT=$2; shift 2 ;;
+      *) echo "$name: unknown argument $1 (use --duration, --rounds, --connections, --weft)" >&2; exit 2 ;;
+    esac
+  done
+}
+
 # bench_topology BRIDGE PREFIX CLIENT_NS SERVER_NS VETH_PREFIX
 # Two namespaces on a bridge at PREFIX.1, client PREFIX.2, server PREFIX.3, default route
 # via the bridge.

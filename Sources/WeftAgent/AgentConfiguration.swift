@@ -46,5 +46,15 @@ public struct AgentConfiguration: Sendable {
     /// Upstream connect timeout for L4 forwarding.
     public var connectTimeout: TimeAmount = .seconds(10)
 
+    /// Workload identities and the mesh tunnel (mTLS between meshed workloads). Off only
+    /// with `--no-mtls` (for comparisons): then nothing has an identity.
+    public var mtls = true
+    public var trustDomain = "weft.local"
+    /// Operator-supplied CA (both or neither); default: a root made in <state>/ca.
+    public var caCertPath: String?
+    public var caKeyPath: String?
+    public var caBundlePath: String?
+    public var certificateLifetime: Duration = .seconds(24 * 3600)
+
     public init() {}
 }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import WeftCore
+import WeftIdentity
 import WeftNetns
 import WeftProxy
 
@@ -28,7 +29,21 @@ public struct AgentService: Service {
             forwarder = try await DNSForwarder.start(upstream: try SocketAddress(ipAddress: upstream.ip.description, port: Int(upstream.port)),
                                                      group: group)
         }
-        let registry = try WorkloadRegistry(config: config, logger: logger, dnsForwarder: forwarder)
+        var identities: WorkloadIdentities?
+        if config.mtls {
+            let ca: CertificateAuthority
+            if let cert = config.caCertPath, let key = config.caKeyPath {
+                ca = try CertificateAuthority.load(certPath: cert, keyPath: key, bundlePath: config.caBundlePath, trustDomain: config.trustDomain)
+            } else {
+                ca = try CertificateAuthority.loadOrCreate(directory: config.stateDirectory + "/ca", trustDomain: config.trustDomain)
+            }
+            identities = WorkloadIdentities(ca: ca, lifetime: config.certificateLifetime)
+            logger.info("certificate authority ready", metadata: ["trustDomain": "\(ca.trustDomain)", "roots": "\(ca.rootSerials.joined(separator: ","))",
+                                                                  "lifetime": "\(config.certificateLifetime)"])
+        } else {
+            logger.warning("mTLS is off (--no-mtls): meshed workloads have no identity and talk in plaintext")
+        }
+        let registry = try WorkloadRegistry(config: config, logger: logger, dnsForwarder: forwarder, identities: identities)
         try PodNetworking.ensureBridge(
             config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
@@ -42,6 +57,13 @@ public struct AgentService: Service {
         let restored = await registry.restore()
         if restored > 0 { logger.info("re-attached \(restored) workload(s) from \(config.stateDirectory)") }
         let checker = Task { await HealthChecker(directory: registry.directory, group: group, logger: logger).run() }
+        // Renewal at half life; checked every second (certificates may live only minutes).
+        let renewer = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                await registry.renewDueCertificates()
+            }
+        }
         let api = LocalAPI(registry: registry, capture: config.capture, logger: logger)
         let server = try await api.bind(path: config.socketPath, group: group)
         logger.info("weft agent ready", metadata: ["socket": "\(config.socketPath)", "bridge": "\(config.bridge)",
@@ -55,6 +77,7 @@ public struct AgentService: Service {
         logger.info("weft agent stopping")
         watcher?.cancel()
         checker.cancel()
+        renewer.cancel()
         try? await server.close()
         try? FileManager.default.removeItem(atPath: config.socketPath)
         await registry.stopAll()

@@ -117,6 +117,8 @@ final class LocalAPI: Sendable {
                 return AgentResponse(config: await registry.deleteConfig(files))
             case .getConfig:
                 return AgentResponse(config: await registry.currentConfig())
+            case .listCertificates:
+                return AgentResponse(certificates: try await registry.certificates())
             }
         } catch let error as WeftError {
             return .failure(error)

@@ -5,6 +5,7 @@ import NIOCore
 import Logging
 import WeftConfig
 import WeftCore
+import WeftIdentity
 import WeftNetns
 import WeftProxy
 
@@ -28,11 +29,17 @@ public actor WorkloadRegistry {
     public nonisolated let directory = ServiceDirectory()
 
     private let dnsForwarder: DNSForwarder?
+    /// Workload identities (nil with --no-mtls).
+    private let identities: WorkloadIdentities?
+    /// The current certificate of each attached workload, and how many it has had.
+    private var issuedCertificates: [NetnsName: (IssuedCertificate, count: Int)] = [:]
 
-    public init(config: AgentConfiguration, logger: Logger, dnsForwarder: DNSForwarder? = nil) throws {
+    public init(config: AgentConfiguration, logger: Logger, dnsForwarder: DNSForwarder? = nil,
+                identities: WorkloadIdentities? = nil) throws {
         self.config = config
         self.logger = logger
         self.dnsForwarder = dnsForwarder
+        self.identities = identities
         self.pool = try PodAddressPool(cidr: config.podCIDR)
         self.catalog = try ServiceCatalog(vipRange: config.serviceCIDR, vip6Prefix: config.serviceCIDRv6)
         directory.publish(catalog)
@@ -79,6 +86,14 @@ public actor WorkloadRegistry {
 
     /// Recomputes services and endpoints from the attached workloads and publishes them.
     private func republish() {
+        var peers: [IPAddress: ServiceDirectory.Peer] = [:]
+        for entry in attached.values {
+            guard let id = entry.proxy.tls?.identity else { continue }
+            let spec = entry.proxy.spec
+            let peer = ServiceDirectory.Peer(identity: id, namespace: spec.namespace.rawValue, labels: spec.labels)
+            for ip in [spec.podIP, spec.podIPv6].compactMap({ $0 }) { peers[ip] = peer }
+        }
+        directory.publish(peers: peers)
         do {
             try catalog.rebuild(from: attached.values.map(\.proxy.spec))
         } catch {
@@ -196,10 +211,24 @@ public actor WorkloadRegistry {
         guard rc == 0 else { throw WeftError(.system, "cannot bring up lo in netns \(spec.netns): \(errnoText(-rc))") }
         var spec = spec
         if spec.podIP == nil { spec.podIP = handle.ipv4Addresses().first }
+        var tls: WorkloadTLS?
+        var issued: IssuedCertificate?
+        if let identities {
+            let (credentials, certificate) = try identities.issue(for: spec)
+            tls = WorkloadTLS()
+            try tls?.update(credentials)
+            issued = certificate
+        }
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
-            directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, retryBudget: config.retryBudget, logger: logger, now: Date().timeIntervalSince1970)
+            directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, retryBudget: config.retryBudget,
+            tls: tls, logger: logger, now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)
+        if let issued {
+            issuedCertificates[spec.netns] = (issued, 1)
+            logger.info("issued certificate", metadata: ["workload": "\(spec.name)", "identity": "\(issued.identity)",
+                                                         "serial": "\(issued.serial)", "notAfter": "\(issued.notAfter)"])
+        }
         republish()
         if shouldPersist { persist() }
         reservedAt[spec.netns] = nil
@@ -217,6 +246,7 @@ public actor WorkloadRegistry {
                             hint: "stop that command instead (it cleans up after itself), or pass --force")
         }
         attached[netns] = nil
+        issuedCertificates[netns] = nil
         await entry.proxy.stop()
         pool.release(netns)
         republish()
@@ -231,12 +261,46 @@ public actor WorkloadRegistry {
             let current = try? NetnsHandle(opening: name)
             guard current?.cookie != entry.handle.cookie else { continue }
             attached[name] = nil
+            issuedCertificates[name] = nil
             await entry.proxy.stop()
             pool.release(name)
             republish()
             persist()
             logger.notice("netns \(name) disappeared; detached workload \(entry.proxy.spec.name)")
         }
+    }
+
+    /// Renews every certificate past its half life (a fresh key each time). Established
+    /// connections keep the certificate they started with; new ones use the new one.
+    public func renewDueCertificates(now: Date = Date()) {
+        guard let identities else { return }
+        for (netns, (current, count)) in issuedCertificates where now >= current.renewAt {
+            guard let entry = attached[netns], let tls = entry.proxy.tls else { continue }
+            do {
+                let (credentials, issued) = try identities.issue(for: entry.proxy.spec, now: now)
+                try tls.update(credentials)
+                issuedCertificates[netns] = (issued, count + 1)
+                logger.info("renewed certificate", metadata: ["workload": "\(entry.proxy.spec.name)", "identity": "\(issued.identity)",
+                                                              "serial": "\(issued.serial)", "notAfter": "\(issued.notAfter)"])
+            } catch {
+                let left = current.notAfter.timeIntervalSince(now)
+                logger.error("cannot renew certificate of \(entry.proxy.spec.name) (expires in \(Int(left)) s): \(error)")
+            }
+        }
+    }
+
+    public func certificates() throws -> CertificatesReply {
+        guard let identities else {
+            throw WeftError(.notFound, "this agent runs without workload identities (--no-mtls)")
+        }
+        let list = issuedCertificates.compactMap { netns, value -> CertificateStatus? in
+            guard let entry = attached[netns] else { return nil }
+            let (c, count) = value
+            return CertificateStatus(workload: entry.proxy.spec.name, netns: netns.rawValue, identity: c.identity.description,
+                                     serial: c.serial, notBefore: c.notBefore, notAfter: c.notAfter, renewAt: c.renewAt,
+                                     issued: count, chainPEM: c.chainPEM)
+        }.sorted { $0.workload < $1.workload }
+        return CertificatesReply(trustDomain: identities.trustDomain, bundlePEM: identities.ca.bundlePEM, workloads: list)
     }
 
     public func list() async -> [WorkloadStatus] {

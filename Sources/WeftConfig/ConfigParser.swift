@@ -64,14 +64,19 @@ public enum ConfigParser {
                 r.error(versionNode, "\(kind): apiVersion \(version) is not weft.dev/v1alpha1")
                 return nil
             }
-        case "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication":
-            r.error(kindNode, "kind \(kind) (security.istio.io) is not supported by Weft yet: it arrives with mTLS and workload identity")
+        case "PeerAuthentication", "AuthorizationPolicy":
+            guard securityVersions.contains(version) else {
+                r.error(versionNode, "\(kind): apiVersion \(version) is not one of \(securityVersions.joined(separator: ", "))")
+                return nil
+            }
+        case "RequestAuthentication":
+            r.error(kindNode, "kind \(kind) (JWT, security.istio.io) is not supported by Weft")
             return nil
         case "Gateway", "ServiceEntry", "Sidecar", "EnvoyFilter", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "Telemetry", "WasmPlugin":
             r.error(kindNode, "kind \(kind) is not supported by Weft")
             return nil
         default:
-            r.error(kindNode, "unknown kind '\(kind)' (supported: VirtualService, DestinationRule, RateLimitPolicy, HealthCheck, CircuitBreaker, RetryBudget)")
+            r.error(kindNode, "unknown kind '\(kind)' (supported: VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RateLimitPolicy, HealthCheck, CircuitBreaker, RetryBudget)")
             return nil
         }
         guard let metaNode = top["metadata"], let meta = metadata(metaNode, kind, r) else {
@@ -84,7 +89,11 @@ public enum ConfigParser {
         }
         let errorsBefore = r.diagnostics.filter { $0.severity == .error }.count
         let resource: Resource?
-        if kind == "VirtualService" {
+        if kind == "AuthorizationPolicy" {
+            resource = authorizationPolicy(spec, meta, r, at: r.location(doc)).map(Resource.authorizationPolicy)
+        } else if kind == "PeerAuthentication" {
+            resource = peerAuthentication(spec, meta, r, at: r.location(doc)).map(Resource.peerAuthentication)
+        } else if kind == "VirtualService" {
             resource = virtualService(spec, meta, r, at: r.location(doc)).map(Resource.virtualService)
         } else if kind == "RetryBudget" {
             resource = retryBudget(spec, meta, r, at: r.location(doc)).map(Resource.retryBudget)

@@ -249,7 +249,58 @@ public struct HealthCheck: Sendable, Equatable {
     public var location: SourceLocation
 }
 
+/// `security.istio.io PeerAuthentication`: whether a workload accepts plaintext. Mesh-wide
+/// in the root namespace (weft-system), else per namespace, or per workload with a
+/// selector; `portLevelMtls` (selector only) overrides per workload port.
+public struct PeerAuthenticationPolicy: Sendable, Equatable {
+    public enum Mode: String, Sendable, Equatable, CaseIterable {
+        /// Only mutual TLS (the mesh tunnel); plaintext is refused.
+        case STRICT
+        /// Both; meshed callers use mutual TLS, plaintext is accepted and counted.
+        case PERMISSIVE
+        /// No mutual TLS: meshed callers connect in plaintext.
+        case DISABLE
+        /// Inherit from the parent (namespace, then mesh).
+        case UNSET
+    }
+
+    public var metadata: ObjectMeta
+    /// nil: the whole namespace (or mesh, in the root namespace).
+    public var selector: [String: String]?
+    public var mode: Mode
+    public var portModes: [UInt16: Mode]
+    public var location: SourceLocation
+
+    public static let rootNamespace = "weft-system"
+
+    public init(metadata: ObjectMeta, selector: [String: String]?, mode: Mode, portModes: [UInt16: Mode], location: SourceLocation) {
+        self.metadata = metadata
+        self.selector = selector
+        self.mode = mode
+        self.portModes = portModes
+        self.location = location
+    }
+
+    /// The mode for one port of one workload: the most specific policy that sets one wins
+    /// (port of a selecting policy, selecting policy, namespace, mesh); PERMISSIVE when none
+    /// does. Among equally specific policies the oldest name (alphabetically first) wins,
+    /// so the answer never depends on apply order.
+    public static func mode(namespace: String, labels: [String: String], port: UInt16, policies: [PeerAuthenticationPolicy]) -> Mode {
+        let sorted = policies.sorted { $0.metadata.name < $1.metadata.name }
+        let selecting = sorted.filter { p in
+            p.metadata.namespace == namespace && (p.selector.map { sel in sel.allSatisfy { labels[$0.key] == $0.value } } ?? false)
+        }
+        for p in selecting { if let m = p.portModes[port], m != .UNSET { return m } }
+        for p in selecting where p.mode != .UNSET { return p.mode }
+        for p in sorted where p.metadata.namespace == namespace && p.selector == nil && p.mode != .UNSET { return p.mode }
+        for p in sorted where p.metadata.namespace == rootNamespace && p.selector == nil && p.mode != .UNSET { return p.mode }
+        return .PERMISSIVE
+    }
+}
+
 public enum Resource: Sendable, Equatable {
+    case peerAuthentication(PeerAuthenticationPolicy)
+    case authorizationPolicy(AuthorizationPolicy)
     case virtualService(VirtualService)
     case destinationRule(DestinationRule)
     case rateLimitPolicy(RateLimitPolicy)
@@ -259,6 +310,8 @@ public enum Resource: Sendable, Equatable {
 
     public var kind: String {
         switch self {
+        case .peerAuthentication: return "PeerAuthentication"
+        case .authorizationPolicy: return "AuthorizationPolicy"
         case .virtualService: return "VirtualService"
         case .destinationRule: return "DestinationRule"
         case .rateLimitPolicy: return "RateLimitPolicy"
@@ -270,6 +323,8 @@ public enum Resource: Sendable, Equatable {
 
     public var metadata: ObjectMeta {
         switch self {
+        case .peerAuthentication(let p): return p.metadata
+        case .authorizationPolicy(let p): return p.metadata
         case .virtualService(let v): return v.metadata
         case .destinationRule(let d): return d.metadata
         case .rateLimitPolicy(let p): return p.metadata
@@ -281,6 +336,8 @@ public enum Resource: Sendable, Equatable {
 
     public var location: SourceLocation {
         switch self {
+        case .peerAuthentication(let p): return p.location
+        case .authorizationPolicy(let p): return p.location
         case .virtualService(let v): return v.location
         case .destinationRule(let d): return d.location
         case .rateLimitPolicy(let p): return p.location

@@ -165,3 +165,8 @@ final class NodeReader {
         return row[b.count]
     }
 }
+
+/// Istio-style durations ("90s", "2m", "24h", "250ms") for command-line flags too.
+public enum IstioDuration {
+    public static func parse(_ text: String) -> Duration? { NodeReader.parseDuration(text) }
+}

@@ -1,3 +1,4 @@
+import Foundation
 /// Messages of the agent's local API (/run/weft/agent.sock): one JSON request per line, one
 /// JSON response per line, one exchange per connection. Shared by the agent and the CLI.
 
@@ -50,6 +51,9 @@ public struct WorkloadSpec: Codable, Sendable, Equatable {
     /// The workload belongs to a running `weft run`, which removes it when its command exits.
     public var ownedByRun: Bool? = nil
     public var podIPv6: IPAddress?
+    /// The identity's service account (default: the service name):
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+    public var serviceAccount: String?
 
     public init(name: String, netns: NetnsName, service: ServiceName, namespace: MeshNamespace = .default,
                 ports: [PortMapping], labels: [String: String], podIP: IPAddress?) {
@@ -92,6 +96,14 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     public var httpRetriesDenied: Int = 0
     /// Requests answered 429 by a RateLimitPolicy.
     public var httpRateLimited: Int = 0
+    /// Mesh tunnel (15008): connections accepted, refused (TLS or identity), and streams
+    /// this workload opened to peers; plaintext inbound refused under STRICT mTLS.
+    public var tunnelConnections: Int = 0
+    public var tunnelRefused: Int = 0
+    public var tunnelStreamsOut: Int = 0
+    public var plaintextRefused: Int = 0
+    /// Requests (HTTP) and connections (TCP) denied by AuthorizationPolicy.
+    public var authzDenied: Int = 0
 
     public init() {}
 }
@@ -156,6 +168,49 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case applyConfig([ConfigFile])
     case deleteConfig([ConfigFile])
     case getConfig
+    /// Workload certificates and the trust bundle.
+    case listCertificates
+}
+
+/// One workload's certificate, as `weft get certs` shows it.
+public struct CertificateStatus: Codable, Sendable, Equatable {
+    public var workload: String
+    public var netns: String
+    public var identity: String
+    public var serial: String
+    public var notBefore: Date
+    public var notAfter: Date
+    public var renewAt: Date
+    /// Certificates issued to this workload since it was attached (1 + renewals).
+    public var issued: Int
+    /// Leaf first, then intermediates (public; the key never leaves the agent).
+    public var chainPEM: [String]
+
+    public init(workload: String, netns: String, identity: String, serial: String, notBefore: Date, notAfter: Date,
+                renewAt: Date, issued: Int, chainPEM: [String]) {
+        self.workload = workload
+        self.netns = netns
+        self.identity = identity
+        self.serial = serial
+        self.notBefore = notBefore
+        self.notAfter = notAfter
+        self.renewAt = renewAt
+        self.issued = issued
+        self.chainPEM = chainPEM
+    }
+}
+
+public struct CertificatesReply: Codable, Sendable, Equatable {
+    public var trustDomain: String
+    /// The roots every workload trusts, PEM.
+    public var bundlePEM: String
+    public var workloads: [CertificateStatus]
+
+    public init(trustDomain: String, bundlePEM: String, workloads: [CertificateStatus]) {
+        self.trustDomain = trustDomain
+        self.bundlePEM = bundlePEM
+        self.workloads = workloads
+    }
 }
 
 public struct ConfigFile: Codable, Sendable, Equatable {
@@ -191,10 +246,12 @@ public struct AgentResponse: Codable, Sendable, Equatable {
     public var services: [ServiceStatus]?
     public var config: ConfigReply?
     public var version: String?
+    public var certificates: CertificatesReply?
 
     public init(error: String? = nil, errorCode: String? = nil, capture: CaptureSettings? = nil,
                 network: PodNetwork? = nil, workloads: [WorkloadStatus]? = nil, services: [ServiceStatus]? = nil,
-                config: ConfigReply? = nil, version: String? = nil) {
+                config: ConfigReply? = nil, version: String? = nil, certificates: CertificatesReply? = nil) {
+        self.certificates = certificates
         self.services = services
         self.config = config
         self.error = error

@@ -128,3 +128,17 @@ extension ValidatedName {
 
     public var description: String { rawValue }
 }
+
+/// A service account name as it appears in an identity (…/sa/NAME): a DNS-label-like
+/// name, so it is a valid SPIFFE path segment.
+public enum ServiceAccountName {
+    public static func check(_ name: String) throws -> String {
+        let ok = !name.isEmpty && name.utf8.count <= 63 && name.utf8.allSatisfy {
+            ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d || $0 == 0x2e
+        }
+        guard ok else {
+            throw WeftError(.invalidArgument, "--service-account \(name): use 1-63 lower-case letters, digits, '-' or '.'")
+        }
+        return name
+    }
+}

@@ -37,6 +37,11 @@ public final class ProxyCounters: Sendable {
     let httpRetries = Counter()
     let httpRetriesDenied = Counter()
     let httpRateLimited = Counter()
+    let tunnelConnections = Counter()
+    let tunnelRefused = Counter()
+    let tunnelStreamsOut = Counter()
+    let plaintextRefused = Counter()
+    let authzDenied = Counter()
 
     public init() {}
 
@@ -62,6 +67,11 @@ public final class ProxyCounters: Sendable {
         c.httpRetries = httpRetries.current
         c.httpRetriesDenied = httpRetriesDenied.current
         c.httpRateLimited = httpRateLimited.current
+        c.tunnelConnections = tunnelConnections.current
+        c.tunnelRefused = tunnelRefused.current
+        c.tunnelStreamsOut = tunnelStreamsOut.current
+        c.plaintextRefused = plaintextRefused.current
+        c.authzDenied = authzDenied.current
         return c
     }
 }

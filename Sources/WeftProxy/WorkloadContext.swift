@@ -23,10 +23,14 @@ public struct WorkloadContext: Sendable {
     let retryBudget: NIOLoopBound<RetryBudget>
     /// connectionPool limits per destination service; only touched on the loop.
     let limiter: NIOLoopBound<ConnectionLimiter>
+    /// The workload's certificate (nil: no identity, so no mesh tunnel either way).
+    let tls: WorkloadTLS?
+    /// Pooled mTLS tunnel connections to peer workloads; only touched on the loop.
+    let tunnels: NIOLoopBound<TunnelPool>
 }
 
 enum Direction: String {
-    case inbound, outbound
+    case inbound, outbound, tunnel
 }
 
 extension WorkloadContext {
@@ -36,14 +40,8 @@ extension WorkloadContext {
     func forward(_ downstream: Channel, to target: OriginalDestination, direction: Direction,
                  downstreamBytes: Counter, upstreamBytes: Counter,
                  fallback: OriginalDestination? = nil) -> EventLoopFuture<Void> {
-        let address: SocketAddress
-        do { address = try target.socketAddress } catch {
-            return refuse(downstream, direction: direction, reason: "bad destination \(target): \(error)")
-        }
         let client = downstream.remoteAddress.map { "\($0)" } ?? "?"
-        return loop.connect(to: address, mark: mark, timeout: connectTimeout) { _ in
-            downstream.eventLoop.makeSucceededVoidFuture()
-        }.flatMapThrowing { upstream in
+        return dial(target, proto: "tcp") { _ in }.flatMapThrowing { upstream in
             try Splice.join(downstream: downstream, upstream: upstream,
                             downstreamReceived: downstreamBytes, upstreamReceived: upstreamBytes)
             logger.debug("\(direction.rawValue) connection", metadata: ["client": "\(client)", "destination": "\(target)"])

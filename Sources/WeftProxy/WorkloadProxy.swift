@@ -10,15 +10,17 @@ import WeftCore
 /// inbound on the wildcard address (PREROUTING REDIRECT lands on the interface address).
 public final class WorkloadProxy: Sendable {
     public let spec: WorkloadSpec
+    public let tls: WorkloadTLS?
     public let counters: ProxyCounters
     public let connections: ConnectionLog
     public let attachedAt: Double
     private let loop: NetnsEventLoop
     private let listeners: [Channel]
 
-    private init(spec: WorkloadSpec, counters: ProxyCounters, connections: ConnectionLog, loop: NetnsEventLoop,
+    private init(spec: WorkloadSpec, tls: WorkloadTLS?, counters: ProxyCounters, connections: ConnectionLog, loop: NetnsEventLoop,
                  listeners: [Channel], attachedAt: Double) {
         self.spec = spec
+        self.tls = tls
         self.counters = counters
         self.connections = connections
         self.loop = loop
@@ -29,26 +31,32 @@ public final class WorkloadProxy: Sendable {
     public static func start(
         spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
         directory: ServiceDirectory, dnsForwarder: DNSForwarder? = nil,
-        connectTimeout: TimeAmount = .seconds(10), retryBudget: RetryBudget.Settings = .init(), logger: Logger, now: Double
+        connectTimeout: TimeAmount = .seconds(10), retryBudget: RetryBudget.Settings = .init(), tls: WorkloadTLS? = nil,
+        logger: Logger, now: Double
     ) async throws -> WorkloadProxy {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
         var logger = logger
         logger[metadataKey: "workload"] = "\(spec.name)"
         let eventLoop = loop.loop
-        let (pool, h2Pool, budget, limiter) = try await eventLoop.submit {
+        let (pool, h2Pool, budget, limiter, tunnels) = try await eventLoop.submit {
             (NIOLoopBound(UpstreamPool(), eventLoop: eventLoop), NIOLoopBound(H2UpstreamPool(), eventLoop: eventLoop),
-             NIOLoopBound(RetryBudget(retryBudget), eventLoop: eventLoop), NIOLoopBound(ConnectionLimiter(), eventLoop: eventLoop))
+             NIOLoopBound(RetryBudget(retryBudget), eventLoop: eventLoop), NIOLoopBound(ConnectionLimiter(), eventLoop: eventLoop),
+             NIOLoopBound(TunnelPool(), eventLoop: eventLoop))
         }.get()
         let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), connections: ConnectionLog(),
                                       ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
-                                      directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget, limiter: limiter)
-        let plan: [(String, UInt16, Direction, required: Bool)] = [
+                                      directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget, limiter: limiter,
+                                      tls: tls, tunnels: tunnels)
+        var plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),
             ("::1", settings.outboundPort, .outbound, false),
             ("::", settings.inboundPort, .inbound, false),
         ]
+        if tls != nil {
+            plan += [("0.0.0.0", settings.tunnelPort, .tunnel, true), ("::", settings.tunnelPort, .tunnel, false)]
+        }
         var listeners: [Channel] = []
         do {
             for (host, port, direction, required) in plan {
@@ -68,7 +76,7 @@ public final class WorkloadProxy: Sendable {
             await loop.shutdown()
             throw error
         }
-        return WorkloadProxy(spec: spec, counters: context.counters, connections: context.connections, loop: loop,
+        return WorkloadProxy(spec: spec, tls: tls, counters: context.counters, connections: context.connections, loop: loop,
                              listeners: listeners, attachedAt: now)
     }
 
@@ -85,6 +93,7 @@ public final class WorkloadProxy: Sendable {
                     switch direction {
                     case .outbound: _ = Outbound.accept(channel, context: context, listener: local)
                     case .inbound: _ = Inbound.accept(channel, context: context, listener: local)
+                    case .tunnel: TunnelServer.accept(channel, context: context, listener: local)
                     }
                 }
                 return channel.eventLoop.makeSucceededVoidFuture()

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import WeftAgent
+import WeftConfig
 import WeftCore
 
 struct AgentCommand: AsyncParsableCommand {
@@ -32,6 +33,17 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Retry budget floor: retries per second always allowed to a service.") var retryBudgetMinPerSecond: Double = 3
     @Flag(help: "No retry budget: every configured retry is attempted (for comparison only; retries can then multiply across hops).")
     var noRetryBudget = false
+    @Option(help: "SPIFFE trust domain of workload identities (spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT).")
+    var trustDomain: String = "weft.local"
+    @Option(help: "Operator-supplied CA certificate (PEM: the signing certificate, then its chain); default: a root made in STATE-DIR/ca.")
+    var caCert: String?
+    @Option(help: "Private key of --ca-cert (PEM, mode 0600).") var caKey: String?
+    @Option(help: "Roots to trust (PEM), e.g. old and new root during a rotation; default: the root ending --ca-cert.")
+    var caBundle: String?
+    @Option(help: "Lifetime of workload certificates (e.g. 24h, 2m; 1m to 90 days); renewed at half life.")
+    var certLifetime: String = "24h"
+    @Flag(help: "No workload identities and no mesh tunnel: meshed workloads talk in plaintext (for comparisons only).")
+    var noMtls = false
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     /// "10.0.0.2", "10.0.0.2:5353", "[fd00::1]:53", "fd00::1".
@@ -102,6 +114,18 @@ struct AgentCommand: AsyncParsableCommand {
             guard (0...10).contains(retryBudgetRatio), retryBudgetMinPerSecond >= 0 else {
                 throw WeftError(.invalidArgument, "--retry-budget-ratio must be within 0...10 and --retry-budget-min-per-second at least 0")
             }
+            guard let lifetime = IstioDuration.parse(certLifetime), lifetime >= .seconds(60), lifetime <= .seconds(90 * 86400) else {
+                throw WeftError(.invalidArgument, "--cert-lifetime \(certLifetime): expected a duration from 1m to 90 days (e.g. 2m, 24h)")
+            }
+            guard (caCert == nil) == (caKey == nil) else {
+                throw WeftError(.invalidArgument, "--ca-cert and --ca-key go together (the CA's certificate and its private key)")
+            }
+            config.certificateLifetime = lifetime
+            config.trustDomain = trustDomain
+            config.caCertPath = caCert
+            config.caKeyPath = caKey
+            config.caBundlePath = caBundle
+            config.mtls = !noMtls
             config.retryBudget = .init(ratio: retryBudgetRatio, minPerSecond: retryBudgetMinPerSecond, enabled: !noRetryBudget)
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)

@@ -16,6 +16,7 @@ struct AttachCommand: ParsableCommand {
     @Option(help: "Workload name (default: the netns name).") var name: String?
     @Option(help: "PORT[:TARGET][/PROTO] (repeatable).") var port: [String] = []
     @Option(help: "KEY=VALUE label (repeatable).") var label: [String] = []
+    @Option(help: "Service account of the workload's identity (default: the service name).") var serviceAccount: String?
     @OptionGroup var agent: AgentSocketOption
 
     func run() throws {
@@ -23,9 +24,10 @@ struct AttachCommand: ParsableCommand {
             try requireRoot("weft attach")
             let netns = try NetnsName(self.netns)
             _ = try HostCommand.require("iptables-restore", package: "iptables")
-            let spec = WorkloadSpec(name: name ?? netns.rawValue, netns: netns, service: try ServiceName(service),
+            var spec = WorkloadSpec(name: name ?? netns.rawValue, netns: netns, service: try ServiceName(service),
                                     namespace: try MeshNamespace(namespace),
                                     ports: try port.map(PortMapping.init(parsing:)), labels: try ListParsing.labels(label), podIP: nil)
+            spec.serviceAccount = try serviceAccount.map(ServiceAccountName.check)
             _ = try NetnsHandle(opening: netns)
             let client = AgentClient(socketPath: agent.path)
             let reply = try client.call(.attach(spec))

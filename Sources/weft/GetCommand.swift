@@ -7,7 +7,7 @@ import Yams
 
 struct GetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "get", abstract: "Show what the agent knows.", subcommands: [GetWorkloads.self, GetServices.self, GetConnections.self, GetConfig.self])
+        commandName: "get", abstract: "Show what the agent knows.", subcommands: [GetWorkloads.self, GetServices.self, GetConnections.self, GetConfig.self, GetCerts.self])
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
@@ -151,5 +151,50 @@ enum WorkloadTable {
             ])
         }
         return TextTable.render(rows)
+    }
+}
+
+struct GetCerts: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "certs",
+        abstract: "Workload certificates: identity, serial, expiry and renewal time; --bundle prints the trust bundle.",
+        discussion: "Certificates are renewed at half life with a fresh key; ISSUED counts certificates since the workload was attached.")
+
+    @Option(name: .shortAndLong, help: "table, json or yaml.") var output: OutputFormat = .table
+    @Flag(help: "Print the trust bundle (PEM roots) instead.") var bundle = false
+    @OptionGroup var agent: AgentSocketOption
+
+    func run() throws {
+        do {
+            guard let reply = try AgentClient(socketPath: agent.path).call(.listCertificates).certificates else {
+                throw WeftError(.protocolError, "the agent sent no certificates")
+            }
+            if bundle {
+                print(reply.bundlePEM, terminator: "")
+                return
+            }
+            switch output {
+            case .json, .yaml:
+                try output.emit(reply)
+            case .table:
+                let now = Date()
+                var rows = [["WORKLOAD", "IDENTITY", "SERIAL", "NOT AFTER", "EXPIRES IN", "RENEW IN", "ISSUED"]]
+                for c in reply.workloads {
+                    rows.append([c.workload, c.identity, c.serial, ISO8601DateFormatter().string(from: c.notAfter),
+                                 Self.span(c.notAfter.timeIntervalSince(now)), Self.span(c.renewAt.timeIntervalSince(now)), "\(c.issued)"])
+                }
+                print(TextTable.render(rows), terminator: "")
+            }
+        } catch {
+            fail(error)
+        }
+    }
+
+    static func span(_ seconds: TimeInterval) -> String {
+        let s = Int(seconds.rounded())
+        if s <= 0 { return "now" }
+        if s < 120 { return "\(s)s" }
+        if s < 7200 { return "\(s / 60)m" }
+        return "\(s / 3600)h\(s % 3600 / 60)m"
     }
 }

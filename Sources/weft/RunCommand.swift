@@ -27,6 +27,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Mesh namespace of the service.") var namespace: String = "default"
     @Option(help: "PORT[:TARGET][/PROTO] the service listens on (repeatable).") var port: [String] = []
     @Option(help: "KEY=VALUE label (repeatable).") var label: [String] = []
+    @Option(help: "Service account of the workload's identity (default: the service name).") var serviceAccount: String?
     @Option(help: "User to run the command as (default: the sudo user, else nobody).") var user: String?
     @Flag(name: .shortAndLong, help: "Print the workload's name, address and netns to stderr before starting.") var verbose = false
     @OptionGroup var agent: AgentSocketOption
@@ -111,9 +112,10 @@ struct RunPlan {
         let service = try ServiceName(cmd.service)
         let name = cmd.name ?? "\(service)-\(String(UInt32.random(in: 0...0xfffff), radix: 16))"
         let netns = try NetnsName(name)
-        let spec = WorkloadSpec(name: name, netns: netns, service: service, namespace: try MeshNamespace(cmd.namespace),
+        var spec = WorkloadSpec(name: name, netns: netns, service: service, namespace: try MeshNamespace(cmd.namespace),
                                 ports: try cmd.port.map(PortMapping.init(parsing:)),
                                 labels: try ListParsing.labels(cmd.label), podIP: nil)
+        spec.serviceAccount = try cmd.serviceAccount.map(ServiceAccountName.check)
         let account = try Account.resolve(cmd.user)
         return RunPlan(spec: spec, executable: executable, argv: cmd.command, account: account,
                        client: AgentClient(socketPath: cmd.agent.path), verbose: cmd.verbose)

@@ -46,12 +46,14 @@ final class MeshHarness {
     let bridge: String
     let podCIDR: String
     private(set) var agent: Process?
+    /// Extra `weft agent` flags of this harness.
+    private var agentArgs: [String] = []
     private var background: [Background] = []
     private var extraNetns: [String] = []
 
     /// Starts a harness with its own agent, or skips the test (loudly) when not root or
     /// when a tool the tests need is missing.
-    static func start(podPrefix: Int = 24, file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
+    static func start(podPrefix: Int = 24, agentArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
         guard geteuid() == 0 else {
             throw XCTSkip("SKIPPED: needs root and network namespaces (CI runs these as root): sudo swift test")
         }
@@ -59,6 +61,9 @@ final class MeshHarness {
             throw XCTSkip("SKIPPED: \(tool) is not installed; run scripts/setup-deps")
         }
         let h = try MeshHarness(podPrefix: podPrefix)
+        // WEFT_TEST_AGENT_ARGS: extra agent flags for a whole run (e.g. --no-mtls to compare).
+        let extra = ProcessInfo.processInfo.environment["WEFT_TEST_AGENT_ARGS"].map { $0.split(separator: " ").map(String.init) } ?? []
+        h.agentArgs = agentArgs + extra
         try h.startAgent()
         return h
     }
@@ -144,7 +149,7 @@ final class MeshHarness {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
         p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug",
-                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state", "--config-dir", configDir]
+                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state", "--config-dir", configDir] + agentArgs
         p.standardOutput = FileHandle(forWritingAtPath: touch(dir + "/agent.out"))
         let log = dir + "/agent.err"
         if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
@@ -206,6 +211,22 @@ final class MeshHarness {
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
         p.arguments = args
         p.environment = ProcessInfo.processInfo.environment.merging(["WEFT_AGENT_SOCKET": socket]) { $1 }
+        p.standardOutput = FileHandle(forWritingAtPath: out)
+        p.standardError = FileHandle(forWritingAtPath: err)
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let bg = Background(process: p, stdoutPath: out, stderrPath: err)
+        background.append(bg)
+        return bg
+    }
+
+    /// Starts any command in the background (stopped at teardown if still running).
+    func startProcess(_ argv: [String]) throws -> Background {
+        let tag = UUID().uuidString.prefix(8)
+        let out = touch("\(dir)/bg-\(tag).out"), err = touch("\(dir)/bg-\(tag).err")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : (HostTool.find(argv[0]) ?? argv[0]))
+        p.arguments = Array(argv.dropFirst())
         p.standardOutput = FileHandle(forWritingAtPath: out)
         p.standardError = FileHandle(forWritingAtPath: err)
         p.standardInput = FileHandle.nullDevice

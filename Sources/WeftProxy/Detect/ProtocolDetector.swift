@@ -149,15 +149,8 @@ final class ProtocolDetector {
     // MARK: - the early upstream connection
 
     private func dial(_ target: OriginalDestination) {
-        let address: SocketAddress
-        do { address = try target.socketAddress } catch {
-            _ = workload.refuse(downstream, direction: .outbound, reason: "bad destination \(target): \(error)")
-            return
-        }
         let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
-        workload.loop.connect(to: address, mark: workload.mark, timeout: workload.connectTimeout) { channel in
-            channel.eventLoop.makeSucceededVoidFuture()
-        }.whenComplete { result in
+        workload.dial(target, proto: "unknown") { _ in }.whenComplete { result in
             let detector = bound.value
             switch result {
             case .success(let channel): detector.connected(channel, target: target)
@@ -208,6 +201,12 @@ final class ProtocolDetector {
     /// An early connection to an endpoint the L7 path may use: it joins the HTTP/1.1 pool.
     private func recycle(_ channel: Channel, endpoint: OriginalDestination) {
         guard channel.isActive, serverBytes == nil else { channel.close(promise: nil); return }
+        // A tunnel stream opened before the protocol was known was authorized by the peer as
+        // a connection, not per request: the L7 path opens its own (as http/1.1).
+        if (try? channel.pipeline.syncOperations.handler(type: TunnelStreamCodec.self)) != nil {
+            channel.close(promise: nil)
+            return
+        }
         do {
             let sync = channel.pipeline.syncOperations
             if let up = upSniffer { sync.removeHandler(context: try sync.context(handler: up), promise: nil) }

@@ -47,24 +47,18 @@ final class H2UpstreamPool {
         }
         let promise = loop.makePromise(of: NIOHTTP2Handler.StreamMultiplexer.self)
         entries[endpoint] = .connecting([promise])
-        let address: SocketAddress
-        do { address = try endpoint.socketAddress } catch {
-            finish(endpoint, with: .failure(error))
-            return promise.futureResult
-        }
         let bound = NIOLoopBound(self, eventLoop: loop)
-        workload.loop.connect(to: address, mark: workload.mark, timeout: workload.connectTimeout) { channel in
-            channel.eventLoop.makeCompletedFuture {
-                let sync = channel.pipeline.syncOperations
-                _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
-                    pushed.close()  // push is disabled in our settings; refuse any stream the server opens
-                }
-                let watcher = GoAwayWatcher()
-                watcher.onGoAway = {
-                    bound.value.forget(endpoint, channel: channel)
-                }
-                try sync.addHandler(watcher)
+        // Through the mesh tunnel to a meshed peer (HTTP/2 inside one of its streams), else TCP.
+        workload.dial(endpoint, proto: "h2c") { channel in
+            let sync = channel.pipeline.syncOperations
+            _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
+                pushed.close()  // push is disabled in our settings; refuse any stream the server opens
             }
+            let watcher = GoAwayWatcher()
+            watcher.onGoAway = {
+                bound.value.forget(endpoint, channel: channel)
+            }
+            try sync.addHandler(watcher)
         }.whenComplete { result in
             let pool = bound.value
             switch result {

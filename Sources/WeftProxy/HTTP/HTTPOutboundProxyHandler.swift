@@ -294,14 +294,13 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 return
             }
             let connectTimeout = limits?.connectTimeout.map(TimeAmount.init) ?? workload.connectTimeout
-            connecting = workload.loop.connect(to: address, mark: workload.mark, timeout: connectTimeout) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    // One read per readiness event (see HTTPPath); TCP channels only.
-                    try channel.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
-                }
-            }
+            connecting = workload.dial(target, proto: "http/1.1", timeout: connectTimeout, tcpInitializer: { channel in
+                // One read per readiness event (see HTTPPath); TCP channels only.
+                try channel.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
+            }, initializer: { channel in
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                try channel.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
+            })
         case .http2(let pool):
             connecting = pool.openStream(to: target, workload: workload)
         }

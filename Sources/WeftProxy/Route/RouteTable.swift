@@ -72,8 +72,23 @@ public struct RouteTable: Sendable, Equatable {
     public private(set) var breakers: [String: CircuitBreakerPolicy] = [:]
     private var retryBudgets: [String: RetryBudgetPolicy] = [:]
     private var defaultRetryBudget: RetryBudgetPolicy?
+    /// Every PeerAuthentication (mode lookups are per workload and port).
+    public private(set) var peerAuthentications: [PeerAuthenticationPolicy] = []
+    public private(set) var authorizationPolicies: [AuthorizationPolicy] = []
+
+    /// The AuthorizationPolicies that apply to a workload (its namespace's, selecting it,
+    /// and the root namespace's).
+    public func authorizationPolicies(namespace: String, labels: [String: String]) -> [AuthorizationPolicy] {
+        authorizationPolicies.isEmpty ? [] : authorizationPolicies.filter { $0.applies(toNamespace: namespace, labels: labels) }
+    }
 
     public init() {}
+
+    /// The mTLS mode a workload applies to plaintext arriving on `port`.
+    public func mtlsMode(namespace: String, labels: [String: String], port: UInt16) -> PeerAuthenticationPolicy.Mode {
+        peerAuthentications.isEmpty ? .PERMISSIVE
+            : PeerAuthenticationPolicy.mode(namespace: namespace, labels: labels, port: port, policies: peerAuthentications)
+    }
 
     public init(resources: [Resource]) {
         // Deterministic: the first VirtualService (by namespace, name) claiming a host wins.
@@ -86,6 +101,8 @@ public struct RouteTable: Sendable, Equatable {
                 }
             }
         }
+        for case .peerAuthentication(let p) in ordered { peerAuthentications.append(p) }
+        for case .authorizationPolicy(let p) in ordered { authorizationPolicies.append(p) }
         for case .retryBudget(let b) in ordered {
             if let host = b.host {
                 let fqdn = ConfigValidator.fqdn(host, namespace: b.metadata.namespace)

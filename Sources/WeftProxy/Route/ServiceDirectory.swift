@@ -2,6 +2,7 @@ import NIOCore
 import Synchronization
 import WeftConfig
 import WeftCore
+import WeftIdentity
 
 /// The catalog as the data path reads it: one immutable snapshot, swapped whole by the agent
 /// (never a half-updated view), plus a round-robin position per service. Shared by every
@@ -154,6 +155,44 @@ public final class ServiceDirectory: Sendable {
     private let hasOutcomeTracking = Atomic<Bool>(false)
 
     public init() {}
+
+    /// A meshed workload as its callers see it: the identity it must prove on the tunnel,
+    /// and what its PeerAuthentication is looked up by.
+    public struct Peer: Sendable {
+        public let identity: SpiffeID
+        public let namespace: String
+        public let labels: [String: String]
+
+        public init(identity: SpiffeID, namespace: String, labels: [String: String]) {
+            self.identity = identity
+            self.namespace = namespace
+            self.labels = labels
+        }
+    }
+
+    private let peers = Mutex<[IPAddress: Peer]>([:])
+
+    public func publish(peers map: [IPAddress: Peer]) {
+        peers.withLock { $0 = map }
+    }
+
+    /// The identity to expect when tunnelling to `target`, or nil when it is not a meshed
+    /// workload or its PeerAuthentication disables mTLS on that port (plain TCP then).
+    public func tunnelPeer(_ target: OriginalDestination) -> SpiffeID? {
+        guard let peer = peers.withLock({ $0[target.ip] }) else { return nil }
+        let mode = state.withLock { $0.routes.mtlsMode(namespace: peer.namespace, labels: peer.labels, port: target.port) }
+        return mode == .DISABLE ? nil : peer.identity
+    }
+
+    /// The AuthorizationPolicies in force for a workload (empty: everything allowed).
+    public func authorizationPolicies(namespace: String, labels: [String: String]) -> [AuthorizationPolicy] {
+        state.withLock { $0.routes.authorizationPolicies(namespace: namespace, labels: labels) }
+    }
+
+    /// The mode a workload applies to plaintext on one of its ports.
+    public func mtlsMode(namespace: String, labels: [String: String], port: UInt16) -> PeerAuthenticationPolicy.Mode {
+        state.withLock { $0.routes.mtlsMode(namespace: namespace, labels: labels, port: port) }
+    }
 
     public func publish(_ catalog: ServiceCatalog) {
         state.withLock { $0.catalog = catalog }

@@ -1,0 +1,67 @@
+import Crypto
+import Foundation
+import SwiftASN1
+import WeftCore
+import X509
+
+/// A workload's key pair, made by the agent; only its CSR leaves the agent.
+public struct WorkloadKey: Sendable {
+    private let key: Certificate.PrivateKey
+
+    public init() {
+        key = Certificate.PrivateKey(P256.Signing.PrivateKey())
+    }
+
+    /// A CSR asking for exactly `identity` (URI SAN), signed by this key.
+    public func csrPEM(for identity: SpiffeID) throws -> String {
+        let subject = try DistinguishedName { OrganizationName("weft") }
+        let extensions = try Certificate.Extensions {
+            SubjectAlternativeNames([.uniformResourceIdentifier(identity.description)])
+        }
+        let attributes = try CertificateSigningRequest.Attributes([.init(ExtensionRequest(extensions: extensions))])
+        let csr = try CertificateSigningRequest(version: .v1, subject: subject, privateKey: key, attributes: attributes,
+                                                signatureAlgorithm: .ecdsaWithSHA256)
+        return try csr.serializeAsPEM().pemString
+    }
+
+    /// PKCS#8 PEM, for the TLS stack. Kept in memory; written only with SecretFile.
+    public func privateKeyPEM() throws -> String {
+        try key.serializeAsPEM().pemString
+    }
+
+    public func matches(_ certificatePEM: String) -> Bool {
+        (try? Certificate(pemEncoded: certificatePEM).publicKey) == key.publicKey
+    }
+}
+
+/// Reading identities out of peer certificates.
+public enum SVID {
+    /// The SPIFFE ID of an X.509 SVID: its one URI SAN, which must be a SPIFFE ID.
+    public static func identity(ofDER der: [UInt8]) throws -> SpiffeID {
+        let cert: Certificate
+        do { cert = try Certificate(derEncoded: der) } catch {
+            throw WeftError(.invalidArgument, "peer certificate is not valid DER X.509 (\(error))")
+        }
+        return try identity(of: cert)
+    }
+
+    public static func identity(of cert: Certificate) throws -> SpiffeID {
+        guard let names = try? cert.extensions.subjectAlternativeNames else {
+            throw WeftError(.permissionDenied, "peer certificate has no subjectAltName (not a SPIFFE SVID)")
+        }
+        let uris = names.compactMap { name -> String? in
+            if case .uniformResourceIdentifier(let u) = name { return u }
+            return nil
+        }
+        guard uris.count == 1 else {
+            throw WeftError(.permissionDenied, "peer certificate has \(uris.count) URI SANs; an SVID has exactly one")
+        }
+        return try SpiffeID(parsing: uris[0])
+    }
+
+    /// Facts shown by `weft get certs`, from a PEM leaf.
+    public static func describe(pem: String) throws -> (serial: String, notBefore: Date, notAfter: Date) {
+        let cert = try Certificate(pemEncoded: pem)
+        return (CertificateAuthority.hex(cert.serialNumber), cert.notValidBefore, cert.notValidAfter)
+    }
+}

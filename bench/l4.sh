@@ -82,6 +82,7 @@ haproxy_capture() { # netns: the same rules as Weft's, pointing at HAProxy's por
   2>"$work/agent.log" &
 pids+=($!); AGENT=$!
 for _ in $(seq 100); do "$WEFT" get workloads >/dev/null 2>&1 && break; sleep 0.1; done
+bench_plaintext_mesh "$WEFT" "$work"
 for _ in $(seq 100); do ip netns exec $CLI curl -s -o /dev/null "http://$SRV_IP:8080/" && break; sleep 0.1; done
 
 # --- measuring -----------------------------------------------------------------------

@@ -72,6 +72,7 @@ ip netns exec $RAW haproxy -db -f "$work/haproxy.cfg" 2>>"$work/haproxy.log" & p
 "$WEFT" agent --socket "$WEFT_AGENT_SOCKET" --bridge wbagent7 --pod-cidr 10.238.7.0/24 --dns-upstream none \
   --state-dir "$work/state" --log-level warning 2>"$work/agent.log" & pids+=($!)
 for _ in $(seq 100); do "$WEFT" get workloads >/dev/null 2>&1 && break; sleep 0.1; done
+bench_plaintext_mesh "$WEFT" "$work"
 # The server is registered as service "origin" (port 80 → 8080, HTTP) so it has a virtual
 # IP; its own capture rules are removed so the comparison is one proxy hop on each side.
 "$WEFT" attach --netns $SRV --service origin --port 80:8080/http >/dev/null

@@ -27,6 +27,20 @@ bench_args() {
   done
 }
 
+# bench_plaintext_mesh WEFT WORKDIR: PeerAuthentication DISABLE mesh-wide, so meshed workloads
+# talk in plaintext (the L4/L7 comparisons with HAProxy are proxy against proxy; the cost of
+# the mTLS tunnel is bench/mtls.sh's subject).
+bench_plaintext_mesh() {
+  cat > "$2/plaintext.yaml" <<YAML
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: bench-plaintext, namespace: weft-system}
+spec:
+  mtls: {mode: DISABLE}
+YAML
+  "$1" apply -f "$2/plaintext.yaml" >/dev/null
+}
+
 # bench_topology BRIDGE PREFIX CLIENT_NS SERVER_NS VETH_PREFIX
 # Two namespaces on a bridge at PREFIX.1, client PREFIX.2, server PREFIX.3, default route
 # via the bridge.

@@ -46,13 +46,6 @@ for _ in $(seq 100); do "$WEFT" get workloads >/dev/null 2>&1 && break; sleep 0.
 VIP=$("$WEFT" get services -o json | python3 -c 'import json,sys; print([s["vip"] for s in json.load(sys.stdin) if s["key"]["name"]=="origin"][0])')
 for _ in $(seq 100); do ip netns exec $CLI curl -s -o /dev/null "http://$VIP/" && break; sleep 0.1; done
 
-cat > "$work/disable.yaml" <<YAML
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: bench-plaintext, namespace: weft-system}
-spec:
-  mtls: {mode: DISABLE}
-YAML
 
 # A client certificate from the mesh CA for openssl s_time (identity of the bench client).
 openssl ecparam -name prime256v1 -genkey -noout -out "$work/hs.key" 2>/dev/null
@@ -77,9 +70,9 @@ measure() { # mode
 }
 for round in $(seq "$ROUNDS"); do
   echo "-- round $round of $ROUNDS"
-  "$WEFT" apply -f "$work/disable.yaml" >/dev/null
+  bench_plaintext_mesh "$WEFT" "$work"
   measure plaintext
-  "$WEFT" delete -f "$work/disable.yaml" >/dev/null
+  "$WEFT" delete -f "$work/plaintext.yaml" >/dev/null
   measure mtls
   # Full TLS 1.3 handshakes (no resumption) against the server's tunnel port, from the host.
   hs=$(openssl s_time -connect $SRV_IP:15008 -new -time "$DURATION" -cert "$work/hs.pem" -key "$work/hs.key" \

@@ -171,6 +171,9 @@ public struct RateLimitPolicy: Sendable, Equatable {
         public enum Key: Sendable, Equatable {
             /// One bucket per calling pod address.
             case sourceIP
+            /// One bucket per calling workload identity (its SPIFFE ID: every replica of a
+            /// caller shares it); callers without an identity share one bucket.
+            case sourceIdentity
             /// One bucket per value of this request header (lower-case name); requests
             /// without it share one bucket.
             case header(String)

@@ -262,10 +262,9 @@ extension ConfigParser {
                     switch text {
                     case "sourceIP": key = .sourceIP
                     case "service": key = .service
-                    case "sourceIdentity":
-                        r.error(k, "\(what).key: sourceIdentity arrives with mTLS and workload identity; use sourceIP or header")
+                    case "sourceIdentity": key = .sourceIdentity
                     default:
-                        r.error(k, "\(what).key: '\(text)' is not one of sourceIP, service, {header: NAME}")
+                        r.error(k, "\(what).key: '\(text)' is not one of sourceIP, sourceIdentity, service, {header: NAME}")
                     }
                 } else if let kf = r.fields(k, "\(what).key", allowed: ["header"]), let hn = kf["header"], let name = r.string(hn, "\(what).key.header") {
                     key = .header(name.lowercased())

@@ -104,6 +104,8 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     public var plaintextRefused: Int = 0
     /// Requests (HTTP) and connections (TCP) denied by AuthorizationPolicy.
     public var authzDenied: Int = 0
+    /// Plaintext connections accepted from outside the mesh (PERMISSIVE or DISABLE ports).
+    public var plaintextInbound: Int = 0
 
     public init() {}
 }

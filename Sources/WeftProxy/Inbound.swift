@@ -29,6 +29,7 @@ enum Inbound {
                     return context.refuse(downstream, direction: .inbound,
                                           reason: "plaintext to port \(original.port) refused: PeerAuthentication mode STRICT (only mTLS through the mesh tunnel)")
                 }
+                context.counters.plaintextInbound.add(1)
                 // AuthorizationPolicy for plaintext callers (no principal): HTTP ports are
                 // checked per request, other ports once per connection.
                 let policies = context.directory.authorizationPolicies(namespace: context.spec.namespace.rawValue, labels: context.spec.labels)

@@ -42,6 +42,7 @@ public final class ProxyCounters: Sendable {
     let tunnelStreamsOut = Counter()
     let plaintextRefused = Counter()
     let authzDenied = Counter()
+    let plaintextInbound = Counter()
 
     public init() {}
 
@@ -72,6 +73,7 @@ public final class ProxyCounters: Sendable {
         c.tunnelStreamsOut = tunnelStreamsOut.current
         c.plaintextRefused = plaintextRefused.current
         c.authzDenied = authzDenied.current
+        c.plaintextInbound = plaintextInbound.current
         return c
     }
 }

@@ -27,6 +27,8 @@ public struct WorkloadContext: Sendable {
     let tls: WorkloadTLS?
     /// Pooled mTLS tunnel connections to peer workloads; only touched on the loop.
     let tunnels: NIOLoopBound<TunnelPool>
+    /// This workload's SPIFFE ID (fixed for its life; renewals keep it), when it has one.
+    let identity: String?
 }
 
 enum Direction: String {

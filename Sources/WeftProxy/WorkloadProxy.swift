@@ -47,7 +47,7 @@ public final class WorkloadProxy: Sendable {
                                       ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
                                       directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget, limiter: limiter,
-                                      tls: tls, tunnels: tunnels)
+                                      tls: tls, tunnels: tunnels, identity: tls?.identity?.description)
         var plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),

@@ -254,7 +254,8 @@ final class ConfigParserTests: XCTestCase {
               limits: [{requestsPerUnit: 5, unit: fortnight, key: sourceIdentity}]
             """, file: "b.yaml")
         XCTAssertTrue(bad.errors.contains { $0.message.contains("fortnight") && $0.location.line == 6 }, "\(bad.diagnostics)")
-        XCTAssertTrue(bad.errors.contains { $0.message.contains("sourceIdentity arrives with mTLS") }, "\(bad.diagnostics)")
+        XCTAssertTrue(bad.errors.contains { $0.message.contains("fortnight") }, "\(bad.diagnostics)")
+        XCTAssertFalse(bad.errors.contains { $0.message.contains("sourceIdentity") }, "sourceIdentity is a key: \(bad.diagnostics)")
     }
 
     func testHealthCheck() {

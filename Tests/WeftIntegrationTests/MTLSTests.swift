@@ -151,9 +151,10 @@ extension MTLSTests {
         let meshed = { self.mesh.weft(["run", "--name", self.mesh.name("cli"), "--service", "client", "--", "curl", "-sS", "-m", "5", "http://\(ip):3000/id.txt"]) }
         let plain = { self.mesh.run(["curl", "-sS", "-m", "5", "http://\(ip):3000/id.txt"]) }
 
-        // Default PERMISSIVE: both work.
+        // Default PERMISSIVE: both work; the plaintext one is counted as such.
         XCTAssertEqual(plain().stdout, "srv\n")
         XCTAssertEqual(meshed().stdout, "srv\n")
+        XCTAssertEqual(try XCTUnwrap(try mesh.workload(mesh.name("srv"))).counters.plaintextInbound, 1)
 
         try apply("""
             apiVersion: security.istio.io/v1

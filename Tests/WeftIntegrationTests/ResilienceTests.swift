@@ -220,6 +220,30 @@ final class ResilienceTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(value(polite.stdout, "ok"), 10, polite.stdout)
     }
 
+    /// key: sourceIdentity — every replica of a caller (one SPIFFE ID, several addresses)
+    /// draws from one bucket; another identity has its own.
+    func testRateLimitsPerSourceIdentityAcrossReplicas() throws {
+        let file = mesh.dir + "/ratelimit-id.yaml"
+        try """
+            apiVersion: weft.dev/v1alpha1
+            kind: RateLimitPolicy
+            metadata: {name: web-per-identity}
+            spec:
+              host: web
+              limits:
+              - {name: per-identity, key: sourceIdentity, requestsPerUnit: 2, unit: minute, burst: 2}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
+        func codes(_ name: String, account: String, _ n: Int) -> String {
+            mesh.weft(["run", "--name", mesh.name(name), "--service", "batch", "--service-account", account, "--", "sh", "-c",
+                       "for i in $(seq \(n)); do curl -s -o /dev/null -m 5 -w '%{http_code} ' http://web/; done"]).stdout
+                .trimmingCharacters(in: .whitespaces)
+        }
+        XCTAssertEqual(codes("r1", account: "batch", 2), "200 200")
+        XCTAssertEqual(codes("r2", account: "batch", 1), "429", "a second replica of the same identity shares the bucket")
+        XCTAssertEqual(codes("r3", account: "report", 2), "200 200", "another identity has its own")
+    }
+
     func testDeadlinesPropagate() throws {
         let r = mesh.weft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sh", "-c", """
             curl -sS -m 10 -o /dev/null -D - -w 'slow %{http_code} %{time_total}\\n' -H 'x-weft-expected-timeout-ms: 300' http://web/slow | tr -d '\\r' | grep -iE '^slow|flags'

@@ -47,6 +47,15 @@ final class RateLimiterTests: XCTestCase {
         }
         XCTAssertEqual([p, l, "\(rate)", unit], ["default/p", "l", "1", "second"])
         XCTAssertEqual(wait, 1, accuracy: 1e-9)
+        // sourceIdentity: two replicas of one caller (two addresses) share a bucket.
+        var id = RateLimiter()
+        var caller = facts()
+        caller.sourceIdentity = "spiffe://weft.local/ns/shop/sa/cart"
+        var other = facts()
+        other.sourceIdentity = "spiffe://weft.local/ns/shop/sa/ads"
+        XCTAssertEqual(id.check([policy(.sourceIdentity)], facts: caller, client: a, now: 0), .allow)
+        XCTAssertNotEqual(id.check([policy(.sourceIdentity)], facts: caller, client: b, now: 0), .allow, "same identity, other replica")
+        XCTAssertEqual(id.check([policy(.sourceIdentity)], facts: other, client: a, now: 0), .allow, "another identity")
         var m = RateLimiter()
         let admin = policy(.service, match: [HTTPMatchRequest(uri: .prefix("/admin"), location: SourceLocation(file: "t", line: 1, column: 1))])
         for _ in 0..<5 { XCTAssertEqual(m.check([admin], facts: facts("/public"), client: a, now: 0), .allow, "only matching requests count") }

@@ -179,6 +179,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         var budgetKey: String?
         var facts = Self.facts(request, port: original.port)
         facts.sourceIP = client
+        facts.sourceIdentity = workload.identity
         retry = nil
         retriesExhausted = false
         switch workload.directory.route(original, facts: facts) {

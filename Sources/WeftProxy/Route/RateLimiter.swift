@@ -59,6 +59,7 @@ public struct RateLimiter: Sendable {
                 let value: String
                 switch limit.key {
                 case .sourceIP: value = client.map { "\($0)" } ?? "-"
+                case .sourceIdentity: value = facts.sourceIdentity ?? "-"
                 case .header(let name): value = facts.headers[name] ?? "-"
                 case .service: value = "*"
                 }

@@ -10,6 +10,8 @@ public struct RequestFacts: Sendable {
     public var port: UInt16
     /// The calling workload's address (for consistentHash.useSourceIp).
     public var sourceIP: IPAddress?
+    /// The calling workload's SPIFFE ID (RateLimitPolicy key sourceIdentity).
+    public var sourceIdentity: String?
 
     public init(method: String, path: String, headers: [String: String], port: UInt16, sourceIP: IPAddress? = nil) {
         self.method = method

@@ -86,7 +86,7 @@ let package = Package(
         .testTarget(
             name: "WeftProxyTests",
             dependencies: [
-                "WeftProxy", "WeftCore", "WeftAgent", "WeftConfig",
+                "WeftProxy", "WeftCore", "WeftAgent", "WeftConfig", "WeftIdentity",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -81,6 +81,13 @@ for round in $(seq "$ROUNDS"); do
   echo "handshakes/s: ${hs:-?}"
 done
 "$WEFT" get workloads > "$work/workloads.txt"
+# Proof of the two modes: tunnel streams opened by the client, tunnel connections and
+# plaintext connections accepted by the server, over the whole run.
+TUNNEL=$("$WEFT" get workloads -o json | python3 -c '
+import json, sys
+w = {x["spec"]["name"]: x["counters"] for x in json.load(sys.stdin)}
+print("client tunnel streams opened %d; server tunnel connections %d, plaintext connections %d" % (
+    w["wbm-cli"]["tunnelStreamsOut"], w["wbm-srv"]["tunnelConnections"], w["wbm-srv"]["plaintextInbound"]))')
 
 declare -A RPS P50 P99 F50 F99
 for m in plaintext mtls; do
@@ -110,6 +117,8 @@ report=bench/reports/mtls.md
   echo "|---|---:|---:|---|"
   echo "| throughput cost of mTLS (1 − mtls/plaintext requests/s) | ${cost}% | ≤ 15% | $(verdict "$cost" "<=" 15) |"
   echo "| new tunnel handshakes per second (server side, full TLS 1.3) | $HS | | |"
+  echo
+  echo "Counters: $TUNNEL"
   echo
   echo "Every round: requests/s plaintext ${ALL_RPS[plaintext]}; mtls ${ALL_RPS[mtls]}; handshakes/s $ALL_HS"
   echo

@@ -313,3 +313,32 @@ extension MTLSTests {
         XCTAssertGreaterThanOrEqual(log.components(separatedBy: "peer certificate failed verification").count - 1, 2, log.suffix(3000).description)
     }
 }
+
+extension MTLSTests {
+    /// A PeerAuthentication change applies to the next request even on a client whose pool
+    /// holds keep-alive connections made under the old mode.
+    func testPooledPlaintextConnectionsAreNotReusedOnceMTLSApplies() throws {
+        _ = try startServer()
+        let vip = try XCTUnwrap(try mesh.service("web")).vip
+        let disable = mesh.dir + "/disable.yaml"
+        try """
+            apiVersion: security.istio.io/v1
+            kind: PeerAuthentication
+            metadata: {name: off, namespace: weft-system}
+            spec: {mtls: {mode: DISABLE}}
+            """.write(toFile: disable, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", disable]).status, 0)
+        _ = try mesh.startWeft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sleep", "60"])
+        try mesh.waitUntil("client attached", timeout: 20) { try self.mesh.workload(self.mesh.name("cli")) != nil }
+        let get = { self.mesh.run(["ip", "netns", "exec", self.mesh.name("cli"), "curl", "-sS", "-m", "5", "http://\(vip)/id.txt"]).stdout }
+        XCTAssertEqual(get(), "srv\n")
+        XCTAssertEqual(get(), "srv\n")
+        var server = try XCTUnwrap(try mesh.workload(mesh.name("srv")))
+        XCTAssertEqual(server.counters.tunnelConnections, 0)
+        XCTAssertGreaterThanOrEqual(server.counters.plaintextInbound, 1)
+        XCTAssertEqual(mesh.weft(["delete", "-f", disable]).status, 0)
+        XCTAssertEqual(get(), "srv\n")
+        server = try XCTUnwrap(try mesh.workload(mesh.name("srv")))
+        XCTAssertEqual(server.counters.tunnelConnections, 1, "the request after the change went through the tunnel")
+    }
+}

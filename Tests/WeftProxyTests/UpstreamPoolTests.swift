@@ -1,12 +1,13 @@
 import NIOCore
 import NIOEmbedded
 import WeftCore
+import WeftIdentity
 import XCTest
 @testable import WeftProxy
 
 /// The pool on virtual time: idle connections expire, connections in use never do.
 final class UpstreamPoolTests: XCTestCase {
-    let endpoint = OriginalDestination(ip: IPAddress("10.0.0.2")!, port: 3000)
+    let endpoint = UpstreamKey(endpoint: OriginalDestination(ip: IPAddress("10.0.0.2")!, port: 3000), tunnel: nil)
 
     func connected(_ loop: EmbeddedEventLoop) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel(loop: loop)
@@ -25,6 +26,17 @@ final class UpstreamPoolTests: XCTestCase {
         XCTAssertTrue(busy.isActive, "a connection taken back into use must not be closed by its old idle timer")
         XCTAssertFalse(idle.isActive, "an idle connection is closed after the idle timeout")
         XCTAssertNil(pool.take(endpoint))
+    }
+
+    func testAConnectionIsReusedOnlyForItsOwnTransport() throws {
+        let loop = EmbeddedEventLoop()
+        let pool = UpstreamPool()
+        let plain = try connected(loop)
+        pool.give(plain, for: endpoint)
+        let tunnelled = UpstreamKey(endpoint: endpoint.endpoint,
+                                    tunnel: try .init(parsing: "spiffe://weft.local/ns/default/sa/web"))
+        XCTAssertNil(pool.take(tunnelled), "a plaintext connection is not a tunnel stream")
+        XCTAssertTrue(pool.take(endpoint) === plain)
     }
 
     func testClosedConnectionsLeaveThePool() throws {

@@ -213,7 +213,7 @@ final class ProtocolDetector {
             try sync.addHTTPClientHandlers()
             try sync.addHandler(UpstreamHTTPHandler())
             try channel.syncOptions?.setOption(.autoRead, value: true)
-            workload.upstreamPool.value.give(channel, for: endpoint)
+            workload.upstreamPool.value.give(channel, for: UpstreamKey(endpoint: endpoint, tunnel: nil))
         } catch {
             channel.close(promise: nil)
         }

@@ -15,12 +15,12 @@ final class H2UpstreamPool {
         case ready(Channel, NIOHTTP2Handler.StreamMultiplexer)
     }
 
-    private var entries: [OriginalDestination: Entry] = [:]
+    private var entries: [UpstreamKey: Entry] = [:]
 
     /// A new request stream to `endpoint`, its pipeline ending in an UpstreamHTTPHandler.
     func openStream(to endpoint: OriginalDestination, workload: WorkloadContext) -> EventLoopFuture<Channel> {
         let loop = workload.loop.loop
-        return multiplexer(for: endpoint, workload: workload).flatMap { mux in
+        return multiplexer(for: workload.upstreamKey(endpoint), workload: workload).flatMap { mux in
             let promise = loop.makePromise(of: Channel.self)
             mux.createStreamChannel(promise: promise) { stream in
                 stream.eventLoop.makeCompletedFuture {
@@ -32,7 +32,7 @@ final class H2UpstreamPool {
         }
     }
 
-    private func multiplexer(for endpoint: OriginalDestination, workload: WorkloadContext) -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
+    private func multiplexer(for endpoint: UpstreamKey, workload: WorkloadContext) -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
         let loop = workload.loop.loop
         switch entries[endpoint] {
         case .ready(let channel, let mux) where channel.isActive:
@@ -79,7 +79,7 @@ final class H2UpstreamPool {
         return promise.futureResult
     }
 
-    private func finish(_ endpoint: OriginalDestination, with result: Result<(Channel, NIOHTTP2Handler.StreamMultiplexer), Error>) {
+    private func finish(_ endpoint: UpstreamKey, with result: Result<(Channel, NIOHTTP2Handler.StreamMultiplexer), Error>) {
         guard case .connecting(let waiters) = entries[endpoint] else { return }
         switch result {
         case .success(let (channel, mux)):
@@ -92,7 +92,7 @@ final class H2UpstreamPool {
     }
 
     /// The connection is closing or draining: new streams go to a new one.
-    private func forget(_ endpoint: OriginalDestination, channel: Channel) {
+    private func forget(_ endpoint: UpstreamKey, channel: Channel) {
         if case .ready(let current, _) = entries[endpoint], current === channel { entries[endpoint] = nil }
     }
 

@@ -41,6 +41,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private struct Exchange {
         let upstream: Channel
         let endpoint: OriginalDestination
+        /// Endpoint and transport: where the connection goes back to in the pool.
+        let key: UpstreamKey
         let keepAlive: Bool
         let responseHeaders: [HeaderOperations]
         var requestEnded = false
@@ -288,14 +290,16 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         guard let context else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let connecting: EventLoopFuture<Channel>
+        let workloadKey = workload.upstreamKey(target)
         switch upstreams {
         case .http1(let pool):
-            if let pooled = pool.take(target) {
-                attach(pooled, endpoint: target)
+            let key = workloadKey
+            if let pooled = pool.take(key) {
+                attach(pooled, endpoint: key)
                 return
             }
             let connectTimeout = limits?.connectTimeout.map(TimeAmount.init) ?? workload.connectTimeout
-            connecting = workload.dial(target, proto: "http/1.1", timeout: connectTimeout, tcpInitializer: { channel in
+            connecting = workload.dial(key, proto: "http/1.1", timeout: connectTimeout, tcpInitializer: { channel in
                 // One read per readiness event (see HTTPPath); TCP channels only.
                 try channel.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
             }, initializer: { channel in
@@ -310,7 +314,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             switch result {
             case .success(let channel):
                 _ = channel.setOption(.autoRead, value: true)
-                handler.attach(channel, endpoint: target)
+                handler.attach(channel, endpoint: workloadKey)
             case .failure(let error):
                 handler.reportOutcome(nil)
                 if handler.retryAfter(Self.isRefusedStream(error) ? .refusedStream : .connectFailure) { return }
@@ -347,7 +351,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         for name in ops.remove { headers.remove(name: name) }
     }
 
-    private func attach(_ upstream: Channel, endpoint: OriginalDestination) {
+    private func attach(_ upstream: Channel, endpoint key: UpstreamKey) {
+        let endpoint = key.endpoint
         guard case .connecting(let request, let buffered, let keepAlive, let responseOps) = state else {
             upstream.close(promise: nil)  // the client went away meanwhile
             return
@@ -358,7 +363,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         }
         handler.owner = self
         handler.uses += 1
-        var exchange = Exchange(upstream: upstream, endpoint: endpoint, keepAlive: keepAlive, responseHeaders: responseOps)
+        var exchange = Exchange(upstream: upstream, endpoint: endpoint, key: key, keepAlive: keepAlive, responseHeaders: responseOps)
         guard upstream.isActive else {
             // Reset between the handshake and now: its channelInactive found no owner yet.
             state = .streaming(exchange)
@@ -678,7 +683,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         releaseSlots()
         if case .http1(let pool) = upstreams, exchange.upstreamKeepAlive, !spent {
             upstreamHandler?.owner = nil
-            pool.give(exchange.upstream, for: exchange.endpoint,
+            pool.give(exchange.upstream, for: exchange.key,
                       idleTimeout: limits?.idleTimeout.map(TimeAmount.init))
         } else {
             release(exchange.upstream)  // an HTTP/2 stream is done once both ends ended

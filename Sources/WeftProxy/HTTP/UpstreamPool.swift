@@ -2,7 +2,8 @@ import NIOCore
 import NIOHTTP1
 import WeftCore
 
-/// Idle HTTP/1.1 upstream connections of one workload, by endpoint. Loop-confined (every
+/// Idle HTTP/1.1 upstream connections of one workload, by endpoint and transport (a plain TCP
+/// connection is never handed out for a tunnelled request, nor the reverse). Loop-confined (every
 /// call on the workload's loop), so no locks. A connection comes back only when both the
 /// request and the response finished cleanly and the upstream allowed keep-alive; it leaves
 /// when the upstream closes it or after `idleTimeout` unused. Expiry is one sweep every few
@@ -14,7 +15,7 @@ final class UpstreamPool {
         let timeout: TimeAmount
     }
 
-    private var idle: [OriginalDestination: [Idle]] = [:]
+    private var idle: [UpstreamKey: [Idle]] = [:]
     private let maxIdlePerEndpoint = 32
     private let idleTimeout: TimeAmount
     private let sweepInterval: TimeAmount
@@ -29,7 +30,7 @@ final class UpstreamPool {
         self.sweepInterval = sweepInterval
     }
 
-    func take(_ endpoint: OriginalDestination) -> Channel? {
+    func take(_ endpoint: UpstreamKey) -> Channel? {
         while var list = idle[endpoint], let entry = list.popLast() {
             idle[endpoint] = list.isEmpty ? nil : list
             if entry.channel.isActive { return entry.channel }
@@ -38,7 +39,7 @@ final class UpstreamPool {
     }
 
     /// `idleTimeout`: the host's connectionPool.http.idleTimeout, else the pool's.
-    func give(_ channel: Channel, for endpoint: OriginalDestination, idleTimeout: TimeAmount? = nil) {
+    func give(_ channel: Channel, for endpoint: UpstreamKey, idleTimeout: TimeAmount? = nil) {
         guard channel.isActive, idle[endpoint, default: []].count < maxIdlePerEndpoint else {
             channel.close(promise: nil)
             return
@@ -68,7 +69,7 @@ final class UpstreamPool {
         }
     }
 
-    private func evict(_ channel: Channel, from endpoint: OriginalDestination) {
+    private func evict(_ channel: Channel, from endpoint: UpstreamKey) {
         idle[endpoint]?.removeAll { $0.channel === channel }
         if idle[endpoint]?.isEmpty ?? false { idle[endpoint] = nil }
     }

@@ -19,7 +19,22 @@ extension WorkloadContext {
     func dial(_ target: OriginalDestination, proto: String, timeout: TimeAmount? = nil,
               tcpInitializer: @escaping @Sendable (Channel) throws -> Void = { _ in },
               initializer: @escaping @Sendable (Channel) throws -> Void) -> EventLoopFuture<Channel> {
-        if let peer = tunnelPeer(for: target) {
+        dial(UpstreamKey(endpoint: target, tunnel: tunnelPeer(for: target)), proto: proto, timeout: timeout,
+             tcpInitializer: tcpInitializer, initializer: initializer)
+    }
+
+    /// The key of a pooled upstream: where, and through the tunnel to whom (nil: plain TCP).
+    func upstreamKey(_ target: OriginalDestination) -> UpstreamKey {
+        UpstreamKey(endpoint: target, tunnel: tunnelPeer(for: target))
+    }
+
+    /// As above, the transport decided by `key` (so a pooled connection is reused only for
+    /// the transport it was made with: a PeerAuthentication change applies to new requests).
+    func dial(_ key: UpstreamKey, proto: String, timeout: TimeAmount? = nil,
+              tcpInitializer: @escaping @Sendable (Channel) throws -> Void = { _ in },
+              initializer: @escaping @Sendable (Channel) throws -> Void) -> EventLoopFuture<Channel> {
+        let target = key.endpoint
+        if let peer = key.tunnel {
             counters.tunnelStreamsOut.add(1)
             return tunnels.value.openStream(to: target, peer: peer, proto: proto, workload: self, initializer: initializer)
         }
@@ -34,4 +49,13 @@ extension WorkloadContext {
             return channel
         }
     }
+}
+
+/// A pooled upstream's identity: its endpoint and its transport.
+struct UpstreamKey: Hashable, Sendable, CustomStringConvertible {
+    let endpoint: OriginalDestination
+    /// The peer identity the tunnel proved; nil for plain TCP.
+    let tunnel: SpiffeID?
+
+    var description: String { tunnel.map { "\(endpoint) via \($0)" } ?? "\(endpoint)" }
 }

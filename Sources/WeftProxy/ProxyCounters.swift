@@ -43,6 +43,8 @@ public final class ProxyCounters: Sendable {
     let plaintextRefused = Counter()
     let authzDenied = Counter()
     let plaintextInbound = Counter()
+    /// A gauge: tunnel TLS handshakes in progress.
+    let tunnelHandshaking = Counter()
 
     public init() {}
 

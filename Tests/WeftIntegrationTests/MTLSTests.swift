@@ -342,3 +342,37 @@ extension MTLSTests {
         XCTAssertEqual(server.counters.tunnelConnections, 1, "the request after the change went through the tunnel")
     }
 }
+
+extension MTLSTests {
+    /// 100 connections to 15008 that never start TLS: past 64 unfinished handshakes the rest
+    /// are reset at once, and a meshed caller's established tunnel keeps carrying requests.
+    func testAHandshakeFloodIsCutOffAndEstablishedTunnelsCarryOn() throws {
+        _ = try startServer()
+        let ip = try XCTUnwrap(try mesh.workload(mesh.name("srv"))?.spec.podIP)
+        let vip = try XCTUnwrap(try mesh.service("web")).vip
+        _ = try mesh.startWeft(["run", "--name", mesh.name("cli"), "--service", "client", "--", "sleep", "60"])
+        try mesh.waitUntil("client attached", timeout: 20) { try self.mesh.workload(self.mesh.name("cli")) != nil }
+        let get = { self.mesh.run(["ip", "netns", "exec", self.mesh.name("cli"), "curl", "-sS", "-m", "5", "http://\(vip)/id.txt"]).stdout }
+        XCTAssertEqual(get(), "srv\n", "the tunnel is up before the flood")
+        let flood = try mesh.startProcess(["/usr/bin/python3", "-c", """
+            import socket, time
+            held, reset = [], 0
+            for i in range(100):
+                s = socket.create_connection(("\(ip)", 15008), timeout=5); held.append(s)
+            time.sleep(1)
+            for s in held:
+                s.setblocking(False)
+                try:
+                    if s.recv(1) == b"": reset += 1
+                except BlockingIOError: pass
+                except ConnectionResetError: reset += 1
+            print("reset", reset, flush=True)
+            time.sleep(4)
+            """])
+        try mesh.waitUntil("flood measured", timeout: 20) { flood.stdout.contains("reset") }
+        XCTAssertEqual(get(), "srv\n", "an established tunnel carries on during the flood")
+        let reset = Int(flood.stdout.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+        XCTAssertEqual(reset, 36, "100 - 64 pending handshakes: \(flood.stdout) \(flood.stderr)")
+        XCTAssertTrue(mesh.agentLog.contains("handshake flood"), mesh.agentLog.suffix(2000).description)
+    }
+}

@@ -9,6 +9,9 @@ enum TunnelConfig {
     static let maxStreams = 1000
     /// A peer that has not finished its TLS handshake by then is dropped (handshake floods).
     static let handshakeTimeout: TimeAmount = .seconds(10)
+    /// New tunnel connections are refused (reset, before any TLS work) while this many
+    /// handshakes of the workload are unfinished.
+    static let maxPendingHandshakes = 64
     /// Header that names the protocol the client detected (`http/1.1`, `tcp`, ...).
     static let protocolHeader = "x-weft-protocol"
 

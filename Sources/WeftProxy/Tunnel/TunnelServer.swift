@@ -22,6 +22,16 @@ import WeftIdentity
 enum TunnelServer {
     static func accept(_ channel: Channel, context: WorkloadContext, listener: OriginalDestination) {
         context.counters.tunnelConnections.add(1)
+        // A handshake flood is cut off here, before any TLS work: the workload's loop keeps
+        // serving its established connections.
+        let pending = context.counters.tunnelHandshaking.current
+        guard pending < TunnelConfig.maxPendingHandshakes else {
+            context.counters.tunnelRefused.add(1)
+            context.logger.notice("tunnel connection refused: \(pending) TLS handshakes already in progress (handshake flood?)",
+                                  metadata: ["workload": "\(context.spec.name)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+            channel.closeWithReset()
+            return
+        }
         guard let tls = context.tls?.serverContext, let trustDomain = context.tls?.trustDomain else {
             _ = context.refuse(channel, direction: .inbound, reason: "tunnel connection before the workload has a certificate")
             return
@@ -54,7 +64,19 @@ private final class TunnelServerGate: ChannelInboundHandler, RemovableChannelHan
         self.listener = listener
     }
 
+    /// Counted in `tunnelHandshaking` from here until the handshake ends either way.
+    private var handshaking = false
+
+    private func handshakeOver() {
+        if handshaking {
+            handshaking = false
+            workload.counters.tunnelHandshaking.add(-1)
+        }
+    }
+
     func handlerAdded(context: ChannelHandlerContext) {
+        handshaking = true
+        workload.counters.tunnelHandshaking.add(1)
         let channel = context.channel
         let workload = self.workload
         timer = context.eventLoop.scheduleTask(in: TunnelConfig.handshakeTimeout) {
@@ -67,6 +89,12 @@ private final class TunnelServerGate: ChannelInboundHandler, RemovableChannelHan
 
     func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
+        handshakeOver()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        handshakeOver()
+        context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -75,6 +103,7 @@ private final class TunnelServerGate: ChannelInboundHandler, RemovableChannelHan
             return
         }
         timer?.cancel()
+        handshakeOver()
         do {
             let peer = try TunnelPeer.identity(of: context.channel, trustDomain: trustDomain)
             let workload = self.workload

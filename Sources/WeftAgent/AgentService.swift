@@ -31,12 +31,7 @@ public struct AgentService: Service {
         }
         var identities: WorkloadIdentities?
         if config.mtls {
-            let ca: CertificateAuthority
-            if let cert = config.caCertPath, let key = config.caKeyPath {
-                ca = try CertificateAuthority.load(certPath: cert, keyPath: key, bundlePath: config.caBundlePath, trustDomain: config.trustDomain)
-            } else {
-                ca = try CertificateAuthority.loadOrCreate(directory: config.stateDirectory + "/ca", trustDomain: config.trustDomain)
-            }
+            let ca = try WorkloadIdentities.loadCA(config)
             identities = WorkloadIdentities(ca: ca, lifetime: config.certificateLifetime)
             logger.info("certificate authority ready", metadata: ["trustDomain": "\(ca.trustDomain)", "roots": "\(ca.rootSerials.joined(separator: ","))",
                                                                   "lifetime": "\(config.certificateLifetime)"])

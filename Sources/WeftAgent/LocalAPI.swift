@@ -119,6 +119,10 @@ final class LocalAPI: Sendable {
                 return AgentResponse(config: await registry.currentConfig())
             case .listCertificates:
                 return AgentResponse(certificates: try await registry.certificates())
+            case .rotateCA(let finish):
+                return AgentResponse(certificates: try await registry.rotateCA(finish: finish))
+            case .reloadCA:
+                return AgentResponse(certificates: try await registry.reloadCA())
             }
         } catch let error as WeftError {
             return .failure(error)

@@ -18,6 +18,14 @@ public struct WorkloadIdentities: Sendable {
 
     public var trustDomain: String { ca.trustDomain }
 
+    /// The CA as configured: the operator's files, else the agent's own root in STATE/ca.
+    public static func loadCA(_ config: AgentConfiguration) throws -> CertificateAuthority {
+        if let cert = config.caCertPath, let key = config.caKeyPath {
+            return try CertificateAuthority.load(certPath: cert, keyPath: key, bundlePath: config.caBundlePath, trustDomain: config.trustDomain)
+        }
+        return try CertificateAuthority.loadOrCreate(directory: config.stateDirectory + "/ca", trustDomain: config.trustDomain)
+    }
+
     /// `spiffe://<td>/ns/<namespace>/sa/<service account, default the service name>`.
     public func identity(of spec: WorkloadSpec) throws -> SpiffeID {
         try SpiffeID.workload(trustDomain: trustDomain, namespace: spec.namespace.rawValue,

@@ -30,7 +30,7 @@ public actor WorkloadRegistry {
 
     private let dnsForwarder: DNSForwarder?
     /// Workload identities (nil with --no-mtls).
-    private let identities: WorkloadIdentities?
+    private var identities: WorkloadIdentities?
     /// The current certificate of each attached workload, and how many it has had.
     private var issuedCertificates: [NetnsName: (IssuedCertificate, count: Int)] = [:]
 
@@ -272,9 +272,9 @@ public actor WorkloadRegistry {
 
     /// Renews every certificate past its half life (a fresh key each time). Established
     /// connections keep the certificate they started with; new ones use the new one.
-    public func renewDueCertificates(now: Date = Date()) {
+    public func renewDueCertificates(now: Date = Date(), all: Bool = false) {
         guard let identities else { return }
-        for (netns, (current, count)) in issuedCertificates where now >= current.renewAt {
+        for (netns, (current, count)) in issuedCertificates where all || now >= current.renewAt {
             guard let entry = attached[netns], let tls = entry.proxy.tls else { continue }
             do {
                 let (credentials, issued) = try identities.issue(for: entry.proxy.spec, now: now)
@@ -287,6 +287,34 @@ public actor WorkloadRegistry {
                 logger.error("cannot renew certificate of \(entry.proxy.spec.name) (expires in \(Int(left)) s): \(error)")
             }
         }
+    }
+
+    /// Root rotation of the agent's own CA: `finish == false` makes a new signing root and
+    /// keeps trusting the old one; `finish == true` stops trusting the old ones. Either way
+    /// the CA is reloaded and every workload gets a new certificate and bundle at once;
+    /// established connections keep theirs (TLS does not re-verify a running session).
+    public func rotateCA(finish: Bool) throws -> CertificatesReply {
+        guard identities != nil else { throw WeftError(.notFound, "this agent runs without workload identities (--no-mtls)") }
+        guard config.caCertPath == nil else {
+            throw WeftError(.invalidArgument, "the CA is the operator's (--ca-cert): replace its files, then run `weft ca reload`")
+        }
+        let directory = config.stateDirectory + "/ca"
+        if finish {
+            try CertificateAuthority.finishRotation(directory: directory)
+        } else {
+            _ = try CertificateAuthority.beginRotation(directory: directory, trustDomain: config.trustDomain)
+        }
+        return try reloadCA()
+    }
+
+    /// Re-reads the CA (and its bundle) and re-issues every workload's certificate.
+    public func reloadCA() throws -> CertificatesReply {
+        guard let current = identities else { throw WeftError(.notFound, "this agent runs without workload identities (--no-mtls)") }
+        let ca = try WorkloadIdentities.loadCA(config)
+        identities = WorkloadIdentities(ca: ca, lifetime: current.lifetime)
+        logger.notice("certificate authority reloaded", metadata: ["roots": "\(ca.rootSerials.joined(separator: ","))"])
+        renewDueCertificates(all: true)
+        return try certificates()
     }
 
     public func certificates() throws -> CertificatesReply {

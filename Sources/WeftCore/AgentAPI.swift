@@ -172,6 +172,11 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case getConfig
     /// Workload certificates and the trust bundle.
     case listCertificates
+    /// Root rotation of the agent's own CA (start: new root, old still trusted; finish: old
+    /// roots dropped), then every workload re-issued.
+    case rotateCA(finish: Bool)
+    /// Re-read the CA files (an operator CA replaced in place) and re-issue every workload.
+    case reloadCA
 }
 
 /// One workload's certificate, as `weft get certs` shows it.

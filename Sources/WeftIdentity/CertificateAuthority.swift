@@ -1,3 +1,4 @@
+import Glibc
 import Crypto
 import Foundation
 import SwiftASN1
@@ -160,6 +161,34 @@ public final class CertificateAuthority: Sendable {
         }
         let extra = fm.fileExists(atPath: directory + "/bundle.pem") ? directory + "/bundle.pem" : nil
         return try load(certPath: certPath, keyPath: keyPath, bundlePath: extra, trustDomain: trustDomain)
+    }
+
+    /// Starts a root rotation of the self-generated CA in `directory`: the current root joins
+    /// `bundle.pem` (still trusted), a new root replaces it (signs from now on). Returns the
+    /// new root's serial.
+    public static func beginRotation(directory: String, trustDomain: String, now: Date = Date()) throws -> String {
+        let certPath = directory + "/root-cert.pem", bundlePath = directory + "/bundle.pem"
+        let old = try PEMFiles.certificates(at: certPath)
+        var trusted = FileManager.default.fileExists(atPath: bundlePath) ? try PEMFiles.certificates(at: bundlePath) : []
+        for cert in old where !trusted.contains(cert) { trusted.append(cert) }
+        let (cert, key) = try generateRoot(trustDomain: trustDomain, now: now)
+        // Order matters for a crash in between: first trust the old root from the bundle,
+        // then switch the signing root (key first, so the pair never mismatches for long).
+        try SecretFile.write(try trusted.map { try $0.serializeAsPEM().pemString }.joined(separator: "\n") + "\n", to: bundlePath, mode: 0o644)
+        try SecretFile.write(try key.serializeAsPEM().pemString, to: directory + "/root-key.pem")
+        try SecretFile.write(try cert.serializeAsPEM().pemString, to: certPath, mode: 0o644)
+        return hex(cert.serialNumber)
+    }
+
+    /// Ends a rotation: the previous roots are no longer trusted.
+    public static func finishRotation(directory: String) throws {
+        let bundlePath = directory + "/bundle.pem"
+        guard FileManager.default.fileExists(atPath: bundlePath) else {
+            throw WeftError(.notFound, "no rotation in progress (no \(bundlePath))", hint: "start one with `weft ca rotate`")
+        }
+        guard unlink(bundlePath) == 0 else {
+            throw WeftError(.system, "cannot remove \(bundlePath): \(String(cString: strerror(errno)))")
+        }
     }
 
     /// An operator-supplied CA: `certPath` holds the signing certificate, then any

@@ -94,6 +94,20 @@ final class CertificateAuthorityTests: XCTestCase {
         XCTAssertThrowsError(try ca.sign(csrPEM: pem, as: id, lifetime: .seconds(3600)))
     }
 
+    func testRootRotationTrustsBothRootsUntilFinished() throws {
+        let before = try CertificateAuthority.loadOrCreate(directory: dir, trustDomain: "weft.local")
+        let newSerial = try CertificateAuthority.beginRotation(directory: dir, trustDomain: "weft.local")
+        let during = try CertificateAuthority.loadOrCreate(directory: dir, trustDomain: "weft.local")
+        XCTAssertEqual(Set(during.rootSerials), Set(before.rootSerials + [newSerial]), "old and new root trusted")
+        var st = stat()
+        XCTAssertEqual(stat(dir + "/root-key.pem", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600, "the new key is private too")
+        try CertificateAuthority.finishRotation(directory: dir)
+        let after = try CertificateAuthority.loadOrCreate(directory: dir, trustDomain: "weft.local")
+        XCTAssertEqual(after.rootSerials, [newSerial])
+        XCTAssertThrowsError(try CertificateAuthority.finishRotation(directory: dir))
+    }
+
     func testOperatorSuppliedCAMustKeepItsKeyPrivate() throws {
         let (cert, key) = try CertificateAuthority.generateRoot(trustDomain: "corp.example")
         try SecretFile.makeDirectory(dir)

@@ -40,7 +40,8 @@ final class TunnelPool {
             mux.createStreamChannel(promise: created) { stream in
                 stream.eventLoop.makeCompletedFuture {
                     try stream.pipeline.syncOperations.addHandler(
-                        TunnelConnectClient(target: target, proto: proto, opened: opened, initializer: initializer))
+                        TunnelConnectClient(target: target, proto: proto, opened: opened, timeout: workload.connectTimeout,
+                                            initializer: initializer))
                 }
             }
             created.futureResult.whenFailure { opened.fail($0) }
@@ -120,7 +121,7 @@ final class TunnelPool {
 /// After the TLS handshake of an outgoing tunnel connection: the server's SPIFFE ID must be
 /// the one expected for the destination; only then is HTTP/2 set up (and so nothing is
 /// ever written to a server with the wrong identity).
-private final class SecureNamingCheck: ChannelInboundHandler, RemovableChannelHandler {
+final class SecureNamingCheck: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     private let expected: SpiffeID
     private let trustDomain: String
@@ -168,7 +169,7 @@ private final class SecureNamingCheck: ChannelInboundHandler, RemovableChannelHa
 
 /// The client's end of one CONNECT stream: asks for the target, waits for the peer's 200,
 /// then turns the stream into a byte channel for the caller's handlers.
-private final class TunnelConnectClient: ChannelInboundHandler, RemovableChannelHandler {
+final class TunnelConnectClient: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias OutboundOut = HTTP2Frame.FramePayload
 
@@ -176,16 +177,32 @@ private final class TunnelConnectClient: ChannelInboundHandler, RemovableChannel
     private let proto: String
     private let opened: EventLoopPromise<Channel>
     private let initializer: @Sendable (Channel) throws -> Void
+    /// How long the peer may take to accept the stream (the connect timeout): a peer that
+    /// never answers must not hold the caller forever.
+    private let timeout: TimeAmount
+    private var timer: Scheduled<Void>?
 
-    init(target: OriginalDestination, proto: String, opened: EventLoopPromise<Channel>, initializer: @escaping @Sendable (Channel) throws -> Void) {
+    init(target: OriginalDestination, proto: String, opened: EventLoopPromise<Channel>, timeout: TimeAmount,
+         initializer: @escaping @Sendable (Channel) throws -> Void) {
         self.target = target
         self.proto = proto
         self.opened = opened
+        self.timeout = timeout
         self.initializer = initializer
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let timeout = self.timeout
+        timer = context.eventLoop.scheduleTask(in: timeout) {
+            let (handler, context) = bound.value
+            handler.fail(context, WeftError(.system, "tunnel peer did not accept the stream to \(handler.target) within \(timeout.nanoseconds / 1_000_000) ms"))
+        }
         if context.channel.isActive { sendConnect(context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
     }
 
     func channelActive(context: ChannelHandlerContext) {

@@ -289,7 +289,13 @@ public struct PeerAuthenticationPolicy: Sendable, Equatable {
     /// does. Among equally specific policies the oldest name (alphabetically first) wins,
     /// so the answer never depends on apply order.
     public static func mode(namespace: String, labels: [String: String], port: UInt16, policies: [PeerAuthenticationPolicy]) -> Mode {
-        let sorted = policies.sorted { $0.metadata.name < $1.metadata.name }
+        // Comparisons are only ever within one namespace, so (namespace, name) order decides
+        // ties by name; the route table keeps its policies in that order (no sort per call).
+        let before = { (a: PeerAuthenticationPolicy, b: PeerAuthenticationPolicy) in
+            (a.metadata.namespace, a.metadata.name) < (b.metadata.namespace, b.metadata.name)
+        }
+        let ordered = zip(policies, policies.dropFirst()).allSatisfy { !before($1, $0) }
+        let sorted = ordered ? policies : policies.sorted(by: before)
         let selecting = sorted.filter { p in
             p.metadata.namespace == namespace && (p.selector.map { sel in sel.allSatisfy { labels[$0.key] == $0.value } } ?? false)
         }

@@ -18,9 +18,9 @@ final class H2UpstreamPool {
     private var entries: [UpstreamKey: Entry] = [:]
 
     /// A new request stream to `endpoint`, its pipeline ending in an UpstreamHTTPHandler.
-    func openStream(to endpoint: OriginalDestination, workload: WorkloadContext) -> EventLoopFuture<Channel> {
+    func openStream(to endpoint: UpstreamKey, workload: WorkloadContext) -> EventLoopFuture<Channel> {
         let loop = workload.loop.loop
-        return multiplexer(for: workload.upstreamKey(endpoint), workload: workload).flatMap { mux in
+        return multiplexer(for: endpoint, workload: workload).flatMap { mux in
             let promise = loop.makePromise(of: Channel.self)
             mux.createStreamChannel(promise: promise) { stream in
                 stream.eventLoop.makeCompletedFuture {

@@ -307,7 +307,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 try channel.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
             })
         case .http2(let pool):
-            connecting = pool.openStream(to: target, workload: workload)
+            connecting = pool.openStream(to: workloadKey, workload: workload)
         }
         connecting.whenComplete { result in
             let handler = loopBound.value

@@ -58,10 +58,4 @@ public enum SVID {
         }
         return try SpiffeID(parsing: uris[0])
     }
-
-    /// Facts shown by `weft get certs`, from a PEM leaf.
-    public static func describe(pem: String) throws -> (serial: String, notBefore: Date, notAfter: Date) {
-        let cert = try Certificate(pemEncoded: pem)
-        return (CertificateAuthority.hex(cert.serialNumber), cert.notValidBefore, cert.notValidAfter)
-    }
 }

@@ -111,11 +111,6 @@ final class TunnelPool {
     private func forget(_ key: Key, channel: Channel) {
         if case .ready(let current, _) = entries[key], current === channel { entries[key] = nil }
     }
-
-    func closeAll() {
-        for case .ready(let channel, _) in entries.values { channel.close(promise: nil) }
-        entries.removeAll()
-    }
 }
 
 /// After the TLS handshake of an outgoing tunnel connection: the server's SPIFFE ID must be

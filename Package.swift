@@ -7,6 +7,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "weft", targets: ["weft"]),
+        .executable(name: "weft-control-bench", targets: ["WeftControlBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -19,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.0"),
     ],
     targets: [
         // Linux glue that Swift's Glibc module does not expose: setns, SO_ORIGINAL_DST,
@@ -61,10 +64,26 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The control plane (`weft control`): config store, CA, join tokens, and the gRPC
+        // service agents subscribe to on 15012 (JSON messages; see docs/control-plane.md).
+        .target(
+            name: "WeftControl",
+            dependencies: [
+                "WeftCore", "CWeftLinux", "WeftConfig", "WeftIdentity",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .target(
             name: "WeftAgent",
             dependencies: [
-                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux", "WeftConfig", "WeftIdentity",
+                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux", "WeftConfig", "WeftIdentity", "WeftControl",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -74,15 +93,25 @@ let package = Package(
         .executableTarget(
             name: "weft",
             dependencies: [
-                "WeftCore", "WeftNetns", "WeftAgent", "CWeftLinux", "WeftConfig",
+                "WeftCore", "WeftNetns", "WeftAgent", "WeftControl", "CWeftLinux", "WeftConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // bench/propagation.sh: N simulated agents subscribed to a real `weft control`.
+        .executableTarget(
+            name: "WeftControlBench",
+            dependencies: [
+                "WeftControl", "WeftCore", "WeftIdentity",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "WeftNetnsTests", dependencies: ["WeftNetns", "WeftCore"]),
         .testTarget(name: "WeftConfigTests", dependencies: ["WeftConfig", "WeftCore"]),
         .testTarget(name: "WeftIdentityTests", dependencies: ["WeftIdentity", "WeftCore"]),
+        .testTarget(name: "WeftControlTests", dependencies: ["WeftControl", "WeftConfig", "WeftIdentity", "WeftCore"]),
         .testTarget(
             name: "WeftProxyTests",
             dependencies: [

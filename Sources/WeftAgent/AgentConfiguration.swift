@@ -56,5 +56,28 @@ public struct AgentConfiguration: Sendable {
     public var caBundlePath: String?
     public var certificateLifetime: Duration = .seconds(24 * 3600)
 
+    /// The control plane this agent takes its config from (nil: the agent is its own).
+    public var control: ControlLinkConfiguration?
+
     public init() {}
+}
+
+/// `weft agent --control HOST:PORT [--token T --ca-pin sha256:…] [--node-name N]`.
+public struct ControlLinkConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    /// Needed only to join (no node certificate in the state directory yet).
+    public var token: String?
+    public var caPin: String?
+    public var node: String
+
+    public init(host: String, port: Int, token: String?, caPin: String?, node: String) {
+        self.host = host
+        self.port = port
+        self.token = token
+        self.caPin = caPin
+        self.node = node
+    }
+
+    public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import WeftControl
 import WeftCore
 import WeftIdentity
 import WeftNetns
@@ -29,6 +30,17 @@ public struct AgentService: Service {
             forwarder = try await DNSForwarder.start(upstream: try SocketAddress(ipAddress: upstream.ip.description, port: Int(upstream.port)),
                                                      group: group)
         }
+        // Joining (or loading the node's credentials) comes first: a node that cannot join
+        // changes nothing on the host.
+        var link: ControlLink?
+        if let settings = config.control {
+            let l = ControlLink(settings: settings, stateDirectory: config.stateDirectory, logger: logger)
+            do { try await l.bootstrap() } catch {
+                try? await group.shutdownGracefully()
+                throw error
+            }
+            link = l
+        }
         var identities: WorkloadIdentities?
         if config.mtls {
             let ca = try WorkloadIdentities.loadCA(config)
@@ -42,7 +54,11 @@ public struct AgentService: Service {
         try PodNetworking.ensureBridge(
             config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
-        await registry.restoreConfig()
+        if let link {
+            await registry.restoreConfig(version: await link.restoredVersion)
+        } else {
+            await registry.restoreConfig()
+        }
         var watcher: Task<Void, Never>?
         if let dir = config.configDirectory {
             let w = ConfigDirectoryWatcher(path: dir, registry: registry, logger: logger)
@@ -59,7 +75,8 @@ public struct AgentService: Service {
                 await registry.renewDueCertificates()
             }
         }
-        let api = LocalAPI(registry: registry, capture: config.capture, logger: logger)
+        let following = link.map { link in Task { await link.run(registry: registry) } }
+        let api = LocalAPI(registry: registry, capture: config.capture, logger: logger, control: link)
         let server = try await api.bind(path: config.socketPath, group: group)
         logger.info("weft agent ready", metadata: ["socket": "\(config.socketPath)", "bridge": "\(config.bridge)",
                                                    "dns": "\(config.capture.dnsPort.map { "127.0.0.1:\($0) → \(config.dnsUpstream.map { "\($0)" } ?? "no upstream")" } ?? "off")",
@@ -73,6 +90,7 @@ public struct AgentService: Service {
         watcher?.cancel()
         checker.cancel()
         renewer.cancel()
+        following?.cancel()
         try? await server.close()
         try? FileManager.default.removeItem(atPath: config.socketPath)
         await registry.stopAll()

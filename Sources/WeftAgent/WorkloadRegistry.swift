@@ -105,13 +105,15 @@ public actor WorkloadRegistry {
     private var configStore = ConfigStore()
 
     /// Applies config all-or-nothing; on success the new routes are published and saved.
-    public func applyConfig(_ files: [ConfigFile]) -> ConfigReply {
+    public func applyConfig(_ files: [ConfigFile]) throws -> ConfigReply {
+        try checkLocalConfigAllowed()
         let reply = configStore.apply(files)
         if !reply.rejected { commitConfig() }
         return reply
     }
 
-    public func deleteConfig(_ files: [ConfigFile]) -> ConfigReply {
+    public func deleteConfig(_ files: [ConfigFile]) throws -> ConfigReply {
+        try checkLocalConfigAllowed()
         let reply = configStore.delete(files)
         if !reply.rejected { commitConfig() }
         return reply
@@ -124,6 +126,15 @@ public actor WorkloadRegistry {
         return reply
     }
 
+    /// With a control plane, config changes go there (a local change would be overwritten
+    /// by the next snapshot, and other nodes would never see it).
+    private func checkLocalConfigAllowed() throws {
+        if let control = config.control {
+            throw WeftError(.invalidArgument, "this agent takes its config from the control plane at \(control.address)",
+                            hint: "apply it there: weft apply --control-socket \(WeftDefaults.controlSocket) -f FILE (on the control plane's host)")
+        }
+    }
+
     public func currentConfig() -> ConfigReply {
         var reply = ConfigReply()
         reply.documents = configStore.documents
@@ -131,10 +142,40 @@ public actor WorkloadRegistry {
         return reply
     }
 
-    /// Config of the previous run, from the state directory.
-    public func restoreConfig() {
+    /// A control plane's snapshot replaces the whole config, all-or-nothing, and only if
+    /// it can be persisted too (so a restart comes back to what was acknowledged).
+    public func applySnapshot(documents: [String], version: Int) -> ConfigReply {
+        var candidate = configStore
+        var reply = candidate.replaceAll(documents: documents, version: version)
+        guard !reply.rejected else { return reply }
+        do {
+            try candidate.save(to: config.stateDirectory)
+        } catch {
+            reply.rejected = true
+            reply.diagnostics.append("cannot persist config version \(version) to \(config.stateDirectory): \(error)")
+            reply.version = configStore.version
+            return reply
+        }
+        configStore = candidate
+        directory.publish(routes: RouteTable(resources: configStore.resources))
+        logger.info("config version \(version) from the control plane in force (\(configStore.resources.count) resource(s))",
+                    metadata: ["changes": "\(reply.changes.joined(separator: ", "))"])
+        return reply
+    }
+
+    public var configResourceCount: Int { configStore.resources.count }
+
+    /// Config of the previous run, from the state directory (at `version` when it came
+    /// from a control plane, so the agent reports the version it had acknowledged).
+    public func restoreConfig(version: Int? = nil) {
         guard let saved = ConfigStore.load(from: config.stateDirectory) else { return }
-        let reply = configStore.apply([saved])
+        let reply: ConfigReply
+        if let version {
+            let documents = saved.content.components(separatedBy: "---\n").filter { !$0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }
+            reply = configStore.replaceAll(documents: documents, version: version)
+        } else {
+            reply = configStore.apply([saved])
+        }
         if reply.rejected {
             logger.error("state: saved config no longer valid, starting without it: \(reply.diagnostics.joined(separator: "; "))")
         } else {

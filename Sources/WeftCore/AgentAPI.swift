@@ -177,6 +177,10 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case rotateCA(finish: Bool)
     /// Re-read the CA files (an operator CA replaced in place) and re-issue every workload.
     case reloadCA
+    /// Control plane only: a new join token valid for `ttlSeconds`.
+    case createToken(ttlSeconds: Int)
+    /// Control plane only: the agents it knows and their config sync state.
+    case listAgents
 }
 
 /// One workload's certificate, as `weft get certs` shows it.
@@ -254,6 +258,10 @@ public struct AgentResponse: Codable, Sendable, Equatable {
     public var config: ConfigReply?
     public var version: String?
     public var certificates: CertificatesReply?
+    public var agents: [AgentSyncStatus]?
+    public var token: JoinTokenReply?
+    /// On ping: where this agent's config comes from (nil: it is its own control plane).
+    public var control: ControlLinkStatus?
 
     public init(error: String? = nil, errorCode: String? = nil, capture: CaptureSettings? = nil,
                 network: PodNetwork? = nil, workloads: [WorkloadStatus]? = nil, services: [ServiceStatus]? = nil,
@@ -280,6 +288,8 @@ public enum WeftVersion {
 
 public enum WeftDefaults {
     public static let agentSocket = "/run/weft/agent.sock"
+    public static let controlSocket = "/run/weft-control/control.sock"
+    public static let controlStateDirectory = "/var/lib/weft-control"
     public static let bridge = "weft0"
     public static let podCIDR = "10.231.0.0/16"
     /// ULA prefix ("weft" in hex); a pod's IPv6 address ends in its IPv4 address.
@@ -293,4 +303,71 @@ public enum WeftDefaults {
 
 extension WorkloadSpec {
     public var serviceKey: ServiceKey { ServiceKey(name: service, namespace: namespace) }
+}
+
+/// One agent as the control plane sees it (`weft get agents`).
+public struct AgentSyncStatus: Codable, Sendable, Equatable {
+    public var node: String
+    public var identity: String
+    public var connected: Bool
+    /// Where it connected from, and when it was last connected or heard from.
+    public var address: String?
+    public var lastSeen: Date
+    public var agentVersion: String?
+    /// The last config version it applied, and the last one it refused (with why).
+    public var ackedVersion: Int?
+    public var nackedVersion: Int?
+    public var nackReason: String?
+    /// The control plane's current config version, for comparison.
+    public var currentVersion: Int
+
+    public var inSync: Bool { ackedVersion == currentVersion }
+
+    public init(node: String, identity: String, connected: Bool, address: String?, lastSeen: Date, agentVersion: String?,
+                ackedVersion: Int?, nackedVersion: Int?, nackReason: String?, currentVersion: Int) {
+        self.node = node
+        self.identity = identity
+        self.connected = connected
+        self.address = address
+        self.lastSeen = lastSeen
+        self.agentVersion = agentVersion
+        self.ackedVersion = ackedVersion
+        self.nackedVersion = nackedVersion
+        self.nackReason = nackReason
+        self.currentVersion = currentVersion
+    }
+}
+
+/// A join token, as `weft control token create` prints it. The secret is shown once; the
+/// control plane keeps only its SHA-256.
+public struct JoinTokenReply: Codable, Sendable, Equatable {
+    public var token: String
+    public var expires: Date
+    /// `sha256:<hex>` of the control plane's root certificate, for `--ca-pin`.
+    public var caPin: String
+
+    public init(token: String, expires: Date, caPin: String) {
+        self.token = token
+        self.expires = expires
+        self.caPin = caPin
+    }
+}
+
+/// How an agent gets its config: alone, or from a control plane (and how that is going).
+public struct ControlLinkStatus: Codable, Sendable, Equatable {
+    public var address: String
+    public var node: String
+    public var connected: Bool
+    public var appliedVersion: Int?
+    public var lastError: String?
+    public var since: Date
+
+    public init(address: String, node: String, connected: Bool, appliedVersion: Int?, lastError: String?, since: Date) {
+        self.address = address
+        self.node = node
+        self.connected = connected
+        self.appliedVersion = appliedVersion
+        self.lastError = lastError
+        self.since = since
+    }
 }

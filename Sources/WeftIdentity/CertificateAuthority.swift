@@ -238,8 +238,21 @@ public final class CertificateAuthority: Sendable {
     }
 }
 
-enum PEMFiles {
-    static func certificates(at path: String) throws -> [Certificate] {
+public enum PEMFiles {
+    /// Every certificate in a PEM text (a bundle, a chain).
+    public static func certificates(pem text: String, what: String) throws -> [Certificate] {
+        do {
+            let list = try PEMDocument.parseMultiple(pemString: text).map { try Certificate(pemDocument: $0) }
+            guard !list.isEmpty else { throw WeftError(.invalidArgument, "\(what): no certificate") }
+            return list
+        } catch let error as WeftError {
+            throw error
+        } catch {
+            throw WeftError(.invalidArgument, "\(what): not PEM certificates (\(error))")
+        }
+    }
+
+    public static func certificates(at path: String) throws -> [Certificate] {
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw WeftError(.notFound, "cannot read \(path): \(error.localizedDescription)")

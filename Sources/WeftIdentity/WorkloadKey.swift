@@ -12,6 +12,29 @@ public struct WorkloadKey: Sendable {
         key = Certificate.PrivateKey(P256.Signing.PrivateKey())
     }
 
+    /// A key stored earlier with `privateKeyPEM()`.
+    public init(pem: String) throws {
+        do { key = try Certificate.PrivateKey(pemEncoded: pem) } catch {
+            throw WeftError(.invalidArgument, "not a PEM private key: \(error)")
+        }
+    }
+
+    /// A short-lived self-signed certificate for this key, naming no identity: what an
+    /// agent shows the control plane while it joins (before it has a node certificate).
+    public func bootstrapCertificatePEM(commonName: String, now: Date = Date()) throws -> String {
+        let name = try DistinguishedName { OrganizationName("weft"); CommonName(commonName) }
+        let cert = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: key.publicKey,
+            notValidBefore: now.addingTimeInterval(-60), notValidAfter: now.addingTimeInterval(3600),
+            issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                try ExtendedKeyUsage([.clientAuth])
+            },
+            issuerPrivateKey: key)
+        return try cert.serializeAsPEM().pemString
+    }
+
     /// A CSR asking for exactly `identity` (URI SAN), signed by this key.
     public func csrPEM(for identity: SpiffeID) throws -> String {
         let subject = try DistinguishedName { OrganizationName("weft") }

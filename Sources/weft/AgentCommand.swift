@@ -6,6 +6,7 @@ import NIOCore
 import ServiceLifecycle
 import WeftAgent
 import WeftConfig
+import WeftControl
 import WeftCore
 
 struct AgentCommand: AsyncParsableCommand {
@@ -44,7 +45,37 @@ struct AgentCommand: AsyncParsableCommand {
     var certLifetime: String = "24h"
     @Flag(help: "No workload identities and no mesh tunnel: meshed workloads talk in plaintext (for comparisons only).")
     var noMtls = false
+    @Option(help: "Take config from the control plane at HOST[:PORT] (default port 15012) instead of being its own.")
+    var control: String?
+    @Option(help: "Join token for --control (from `weft control token create`); needed only until the node has joined.")
+    var token: String?
+    @Option(help: "sha256:HEX of the control plane's root certificate, checked before the token is sent.")
+    var caPin: String?
+    @Option(help: "This node's name in the mesh (default: the host name).") var nodeName: String?
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+    /// "host", "host:port", "[v6]:port", "v6" → (host, port).
+    static func parseControl(_ text: String) throws -> (String, Int) {
+        var host = text, port = ControlAPI.defaultPort
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if rest.hasPrefix(":") {
+                guard let p = Int(rest.dropFirst()), (1...65535).contains(p) else { throw WeftError(.invalidArgument, "--control \(text): bad port") }
+                port = p
+            }
+        } else if text.filter({ $0 == ":" }).count == 1, let colon = text.firstIndex(of: ":") {
+            host = String(text[..<colon])
+            guard let p = Int(text[text.index(after: colon)...]), (1...65535).contains(p) else {
+                throw WeftError(.invalidArgument, "--control \(text): bad port")
+            }
+            port = p
+        }
+        guard !host.isEmpty, host.allSatisfy({ $0.isLetter || $0.isNumber || "-.:".contains($0) }) else {
+            throw WeftError(.invalidArgument, "--control \(text): expected HOST[:PORT]")
+        }
+        return (host, port)
+    }
 
     /// "10.0.0.2", "10.0.0.2:5353", "[fd00::1]:53", "fd00::1".
     static func parseHostPort(_ text: String, defaultPort: UInt16, flag: String) throws -> OriginalDestination {
@@ -126,18 +157,30 @@ struct AgentCommand: AsyncParsableCommand {
             config.caKeyPath = caKey
             config.caBundlePath = caBundle
             config.mtls = !noMtls
-            config.retryBudget = .init(ratio: retryBudgetRatio, minPerSecond: retryBudgetMinPerSecond, enabled: !noRetryBudget)
-            LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
+            if let control {
+                guard configDir == nil else {
+                    throw WeftError(.invalidArgument, "--config-dir and --control exclude each other: with a control plane, config is applied there")
+                }
+                let (host, port) = try Self.parseControl(control)
+                if let caPin {
+                    let hex = caPin.lowercased().hasPrefix("sha256:") ? String(caPin.dropFirst(7)) : ""
+                    guard hex.count == 64, hex.allSatisfy(\.isHexDigit) else {
+                        throw WeftError(.invalidArgument, "--ca-pin \(caPin): expected sha256: and 64 hex digits")
+                    }
+                }
+                guard (token == nil) == (caPin == nil) else {
+                    throw WeftError(.invalidArgument, "--token and --ca-pin go together (the pin proves the control plane before the token is sent)")
+                }
+                var hostname = [CChar](repeating: 0, count: 256)
+                gethostname(&hostname, hostname.count)
+                let node = (nodeName ?? String(cString: hostname)).lowercased()
+                try ControlPlane.checkNodeName(node)
+                config.control = ControlLinkConfiguration(host: host, port: port, token: token, caPin: caPin?.lowercased(), node: node)
+            } else if token != nil || caPin != nil || nodeName != nil {
+                throw WeftError(.invalidArgument, "--token, --ca-pin and --node-name are for joining a control plane: add --control HOST[:PORT]")
             }
-            let logger = Logger(label: "weft.agent")
-            let group = ServiceGroup(configuration: .init(
-                services: [.init(service: AgentService(config: config, logger: logger))],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
-            try await group.run()
+            config.retryBudget = .init(ratio: retryBudgetRatio, minPerSecond: retryBudgetMinPerSecond, enabled: !noRetryBudget)
+            try await runService(label: "weft.agent", level: level) { AgentService(config: config, logger: $0) }
         } catch {
             fail(error)
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import WeftAgent
+import WeftControl
 import WeftCore
 import Yams
 
@@ -43,6 +44,17 @@ enum ConfigFiles {
     }
 }
 
+/// Where config commands go: the agent (a single host), or `--control-socket` (env
+/// WEFT_CONTROL_SOCKET) for a control plane that serves several agents.
+struct ConfigTargetOption: ParsableArguments {
+    @Option(name: .customLong("agent-socket"), help: "The agent's local API socket.")
+    var agentSocket: String = ProcessInfo.processInfo.environment["WEFT_AGENT_SOCKET"] ?? WeftDefaults.agentSocket
+    @Option(name: .customLong("control-socket"), help: "Send to the control plane's local API instead (e.g. \(WeftDefaults.controlSocket)).")
+    var controlSocket: String? = ProcessInfo.processInfo.environment["WEFT_CONTROL_SOCKET"]
+
+    var client: AgentClient { AgentClient(socketPath: controlSocket ?? agentSocket) }
+}
+
 struct ApplyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apply",
@@ -50,12 +62,12 @@ struct ApplyCommand: ParsableCommand {
         discussion: "Checked exactly as `weft lint` checks; any error and nothing changes. Exit 1 when rejected.")
 
     @Option(name: .shortAndLong, help: "A YAML file or a directory of *.yaml / *.yml (repeatable).") var file: [String] = []
-    @OptionGroup var agent: AgentSocketOption
+    @OptionGroup var target: ConfigTargetOption
 
     func run() throws {
         do {
             let files = try ConfigFiles.read(file)
-            let reply = try AgentClient(socketPath: agent.path).call(.applyConfig(files)).config ?? ConfigReply()
+            let reply = try target.client.call(.applyConfig(files)).config ?? ConfigReply()
             if ConfigFiles.report(reply, verb: "applied") { throw ExitCode(1) }
         } catch let e as ExitCode {
             throw e
@@ -70,12 +82,12 @@ struct DeleteCommand: ParsableCommand {
         commandName: "delete", abstract: "Delete the resources named in YAML files from the mesh's config.")
 
     @Option(name: .shortAndLong, help: "A YAML file or a directory (repeatable).") var file: [String] = []
-    @OptionGroup var agent: AgentSocketOption
+    @OptionGroup var target: ConfigTargetOption
 
     func run() throws {
         do {
             let files = try ConfigFiles.read(file)
-            let reply = try AgentClient(socketPath: agent.path).call(.deleteConfig(files)).config ?? ConfigReply()
+            let reply = try target.client.call(.deleteConfig(files)).config ?? ConfigReply()
             if ConfigFiles.report(reply, verb: "deleted") { throw ExitCode(1) }
         } catch let e as ExitCode {
             throw e
@@ -89,11 +101,12 @@ struct GetConfig: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "config", abstract: "Show the config in force.")
 
     @Option(name: .shortAndLong, help: "table, yaml (the documents as applied) or json.") var output: OutputFormat = .table
-    @OptionGroup var agent: AgentSocketOption
+    @OptionGroup var target: ConfigTargetOption
 
     func run() throws {
         do {
-            let reply = try AgentClient(socketPath: agent.path).call(.getConfig).config ?? ConfigReply()
+            let response = try target.client.call(.getConfig)
+            let reply = response.config ?? ConfigReply()
             switch output {
             case .yaml:
                 print(reply.documents.joined(separator: "---\n"), terminator: "")
@@ -117,9 +130,19 @@ struct GetConfig: ParsableCommand {
                 }
                 print(TextTable.render(rows), terminator: "")
                 print("config version \(reply.version)")
+                if let link = response.control { print(ControlStatusText.describe(link)) }
             }
         } catch {
             fail(error)
         }
+    }
+}
+
+enum ControlStatusText {
+    /// "source: control plane at 10.0.0.1:15012 (node n1), connected since …" or "…, unreachable since …: why".
+    static func describe(_ s: ControlLinkStatus) -> String {
+        let since = ISO8601DateFormatter().string(from: s.since)
+        let state = s.connected ? "connected since \(since)" : "UNREACHABLE since \(since): \(s.lastError ?? "not connected yet"); serving the last good config"
+        return "source: control plane at \(s.address) (node \(s.node)), \(state)"
     }
 }

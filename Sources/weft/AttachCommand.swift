@@ -2,6 +2,7 @@ import Glibc
 import ArgumentParser
 import Foundation
 import WeftAgent
+import WeftControl
 import WeftCore
 import WeftNetns
 

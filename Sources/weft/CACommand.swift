@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import WeftAgent
+import WeftControl
 import WeftCore
 
 struct CACommand: ParsableCommand {

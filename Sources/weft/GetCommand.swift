@@ -2,12 +2,13 @@ import Glibc
 import ArgumentParser
 import Foundation
 import WeftAgent
+import WeftControl
 import WeftCore
 import Yams
 
 struct GetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "get", abstract: "Show what the agent knows.", subcommands: [GetWorkloads.self, GetServices.self, GetConnections.self, GetConfig.self, GetCerts.self])
+        commandName: "get", abstract: "Show what the agent knows.", subcommands: [GetWorkloads.self, GetServices.self, GetConnections.self, GetConfig.self, GetCerts.self, GetAgents.self])
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {

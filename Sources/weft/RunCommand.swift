@@ -3,6 +3,7 @@ import ArgumentParser
 import CWeftLinux
 import Foundation
 import WeftAgent
+import WeftControl
 import WeftCore
 import WeftNetns
 

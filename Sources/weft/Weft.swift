@@ -1,6 +1,8 @@
 import Glibc
 import ArgumentParser
 import Foundation
+import Logging
+import ServiceLifecycle
 import WeftCore
 
 @main
@@ -10,7 +12,7 @@ struct Weft: AsyncParsableCommand {
         abstract: "A transparent service mesh for Linux hosts.",
         version: WeftVersion.current,
         subcommands: [InitCommand.self, AgentCommand.self, RunCommand.self, AttachCommand.self, DetachCommand.self,
-                      GetCommand.self, LintCommand.self, ApplyCommand.self, DeleteCommand.self, CACommand.self]
+                      GetCommand.self, LintCommand.self, ApplyCommand.self, DeleteCommand.self, CACommand.self, ControlCommand.self]
     )
 }
 
@@ -19,6 +21,20 @@ func fail(_ error: Error, exitCode: Int32 = 1) -> Never {
     let text = (error as? WeftError)?.description ?? "\(error)"
     FileHandle.standardError.write(Data("weft: error: \(text)\n".utf8))
     exit(exitCode)
+}
+
+/// Runs a long-lived service in the foreground: logs to stderr at `level`, stops gracefully
+/// on SIGTERM/SIGINT.
+func runService<S: Service>(label: String, level: Logger.Level, _ make: (Logger) -> S) async throws {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+    let logger = Logger(label: label)
+    let group = ServiceGroup(configuration: .init(services: [.init(service: make(logger))],
+                                                  gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
 }
 
 func warn(_ text: String) {

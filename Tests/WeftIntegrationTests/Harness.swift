@@ -53,7 +53,11 @@ final class MeshHarness {
 
     /// Starts a harness with its own agent, or skips the test (loudly) when not root or
     /// when a tool the tests need is missing.
-    static func start(podPrefix: Int = 24, agentArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
+    /// `withControlPlane`: a `weft control` is started first (127.0.0.1, a free port, its
+    /// own socket and state) and the agent joins it with a fresh token instead of watching
+    /// a config directory.
+    static func start(podPrefix: Int = 24, agentArgs: [String] = [], withControlPlane: Bool = false,
+                      file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
         guard geteuid() == 0 else {
             throw XCTSkip("SKIPPED: needs root and network namespaces (CI runs these as root): sudo swift test")
         }
@@ -64,7 +68,21 @@ final class MeshHarness {
         // WEFT_TEST_AGENT_ARGS: extra agent flags for a whole run (e.g. --no-mtls to compare).
         let extra = ProcessInfo.processInfo.environment["WEFT_TEST_AGENT_ARGS"].map { $0.split(separator: " ").map(String.init) } ?? []
         h.agentArgs = agentArgs + extra
-        try h.startAgent()
+        if withControlPlane {
+            try h.startControl()
+            let token = h.weft(["control", "token", "create", "--ttl", "10m", "-o", "json", "--control-socket", h.controlSocket])
+            guard token.status == 0, let object = try JSONSerialization.jsonObject(with: Data(token.stdout.utf8)) as? [String: Any],
+                  let secret = object["token"] as? String, let pin = object["caPin"] as? String else {
+                h.shutdown()
+                throw HarnessError("weft control token create failed: \(token.output)")
+            }
+            h.controlPin = pin
+            h.agentArgs += ["--control", "127.0.0.1:\(h.controlPort)", "--token", secret, "--ca-pin", pin, "--node-name", h.id]
+        }
+        do { try h.startAgent() } catch {
+            h.shutdown()
+            throw error
+        }
         return h
     }
 
@@ -144,12 +162,49 @@ final class MeshHarness {
         if a: u.sendto(a, addr)
     """#
 
+    // MARK: control plane
+
+    private(set) var control: Process?
+    private(set) var controlPort = 0
+    private(set) var controlPin = ""
+    var controlSocket: String { dir + "/control.sock" }
+    var controlState: String { dir + "/control-state" }
+    var controlLog: String { (try? String(contentsOfFile: dir + "/control.err", encoding: .utf8)) ?? "" }
+
+    /// Starts `weft control` (again, on the same port and state after a stop).
+    func startControl() throws {
+        if controlPort == 0 { controlPort = Int.random(in: 20000...29999) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.weftBinary)
+        p.arguments = ["control", "--listen", "127.0.0.1:\(controlPort)", "--socket", controlSocket, "--state-dir", controlState,
+                       "--log-level", "debug"]
+        let log = dir + "/control.err"
+        if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
+        let handle = FileHandle(forWritingAtPath: log)
+        handle?.seekToEndOfFile()
+        p.standardError = handle
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        control = p
+        try waitUntil("control plane serving \(controlSocket)", timeout: 20) {
+            self.weft(["get", "agents", "--control-socket", self.controlSocket]).status == 0
+        }
+    }
+
+    func stopControl(signal: Int32) {
+        guard let control, control.isRunning else { return }
+        kill(control.processIdentifier, signal)
+        let deadline = Date().addingTimeInterval(10)
+        while control.isRunning && Date() < deadline { usleep(20_000) }
+    }
+
     private func startAgent() throws {
         if dnsStub == nil { try startDNSStub() }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
+        let configSource = agentArgs.contains("--control") ? [] : ["--config-dir", configDir]
         p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug",
-                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state", "--config-dir", configDir] + agentArgs
+                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state"] + configSource + agentArgs
         p.standardOutput = FileHandle(forWritingAtPath: touch(dir + "/agent.out"))
         let log = dir + "/agent.err"
         if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
@@ -316,6 +371,8 @@ final class MeshHarness {
             while agent.isRunning && Date() < deadline { usleep(20_000) }
             if agent.isRunning { kill(agent.processIdentifier, SIGKILL) }
         }
+        stopControl(signal: SIGTERM)
+        if let control, control.isRunning { kill(control.processIdentifier, SIGKILL) }
         for ns in Set(ourNetns() + extraNetns) {
             _ = run(["ip", "netns", "pids", ns]).stdout.split(separator: "\n").compactMap { Int32($0) }.map { kill($0, SIGKILL) }
             _ = run(["ip", "netns", "del", ns])

@@ -1,21 +1,36 @@
 import Foundation
 import XCTest
 
-/// The shipped unit must pass `systemd-analyze verify` and keep its hardening.
+/// The shipped units must pass `systemd-analyze verify` and keep their hardening.
 final class SystemdUnitTests: XCTestCase {
     let unitPath = MeshHarness.packageRoot.appendingPathComponent("systemd/weft-agent.service").path
 
     func testAgentUnitVerifies() throws {
+        try verify(unitPath, command: "agent")
+    }
+
+    func testControlUnitVerifiesAndHasNoPrivileges() throws {
+        let path = MeshHarness.packageRoot.appendingPathComponent("systemd/weft-control.service").path
+        try verify(path, command: "control")
+        let lines = Set(try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map(String.init))
+        for required in ["Type=notify", "Restart=on-failure", "DynamicUser=yes", "CapabilityBoundingSet=", "NoNewPrivileges=yes",
+                         "ProtectSystem=strict", "RuntimeDirectory=weft-control", "StateDirectory=weft-control", "StateDirectoryMode=0700"] {
+            XCTAssertTrue(lines.contains(required), "missing \(required)")
+        }
+    }
+
+    func verify(_ unitPath: String, command: String) throws {
         guard let analyze = HostTool.find("systemd-analyze") else {
             throw XCTSkip("SKIPPED: systemd-analyze is not installed (scripts/setup-deps installs it)")
         }
         let text = try String(contentsOfFile: unitPath, encoding: .utf8)
-        XCTAssertTrue(text.contains("ExecStart=/usr/local/bin/weft agent"))
+        XCTAssertTrue(text.contains("ExecStart=/usr/local/bin/weft \(command)"))
         // Verify a copy whose ExecStart points at the binary this build produced.
         let dir = NSTemporaryDirectory() + "weft-unit-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let copy = dir + "/weft-agent.service"
+        let name = (unitPath as NSString).lastPathComponent
+        let copy = dir + "/" + name
         try text.replacingOccurrences(of: "/usr/local/bin/weft", with: MeshHarness.weftBinary)
             .write(toFile: copy, atomically: true, encoding: .utf8)
         let p = Process()
@@ -28,7 +43,7 @@ final class SystemdUnitTests: XCTestCase {
         let output = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0, output)
-        XCTAssertFalse(output.contains("weft-agent.service"), "systemd-analyze complained: \(output)")
+        XCTAssertFalse(output.contains(name), "systemd-analyze complained: \(output)")
     }
 
     func testAgentUnitIsHardened() throws {

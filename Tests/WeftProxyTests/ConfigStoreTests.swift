@@ -2,6 +2,7 @@ import Foundation
 import WeftCore
 import XCTest
 @testable import WeftAgent
+import WeftConfig
 
 final class ConfigStoreTests: XCTestCase {
     func vs(_ name: String) -> String {
@@ -35,5 +36,25 @@ final class ConfigStoreTests: XCTestCase {
         restored.restoreDirectoryOrigins(from: dir)
         XCTAssertEqual(restored.syncDirectory([]).changes, ["VirtualService/default/a deleted"])
         XCTAssertEqual(restored.resources.map(\.metadata.name), ["api"])
+    }
+
+    func testSnapshotsReplaceEverythingAllOrNothingAtTheirVersion() throws {
+        var store = ConfigStore()
+        XCTAssertFalse(store.apply([ConfigFile(name: "cli.yaml", content: vs("old"))]).rejected)
+        var reply = store.replaceAll(documents: [vs("a"), vs("b")], version: 7)
+        XCTAssertFalse(reply.rejected, "\(reply.diagnostics)")
+        XCTAssertEqual(reply.changes, ["VirtualService/default/a created", "VirtualService/default/b created",
+                                       "VirtualService/default/old deleted"])
+        XCTAssertEqual(store.version, 7, "the control plane's version, not a local count")
+        // One bad document: nothing changes, the reply names the document.
+        reply = store.replaceAll(documents: [vs("c"), "kind: VirtualService\nspec: ["], version: 8)
+        XCTAssertTrue(reply.rejected)
+        XCTAssertTrue(reply.diagnostics.joined().contains("control-plane config v8, document 2"), "\(reply.diagnostics)")
+        XCTAssertEqual(store.version, 7)
+        XCTAssertEqual(store.resources.map(\.metadata.name), ["a", "b"])
+        // An empty snapshot is a valid (empty) config.
+        reply = store.replaceAll(documents: [], version: 9)
+        XCTAssertFalse(reply.rejected)
+        XCTAssertEqual(store.resources.count, 0)
     }
 }

@@ -4,6 +4,7 @@ import NIOEmbedded
 import WeftCore
 import XCTest
 @testable import WeftAgent
+import WeftControl
 
 final class LocalAPITests: XCTestCase {
     func testLineDecoderSplitsAndBoundsFrames() throws {

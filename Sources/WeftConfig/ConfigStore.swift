@@ -1,5 +1,4 @@
 import Foundation
-import WeftConfig
 import WeftCore
 
 /// The config in force: VirtualServices and DestinationRules by kind/namespace/name, with
@@ -10,18 +9,29 @@ import WeftCore
 /// Resources come from `weft apply` or from the agent's watched config directory; the
 /// directory's are marked, so a file removed from the directory removes what it defined
 /// (and only that), also across restarts.
-struct ConfigStore {
-    private var entries: [String: (resource: Resource, source: String)] = [:]
-    private(set) var version = 0
+public struct ConfigStore: Sendable {
+    private var entries: [String: Entry] = [:]
+    public private(set) var version = 0
+
+    public init() {}
     /// First line of a stored document that came from the config directory.
-    static let directoryMarker = "# weft: from the config directory\n"
+    public static let directoryMarker = "# weft: from the config directory\n"
 
-    static func id(_ r: Resource) -> String { "\(r.kind)/\(r.metadata.namespace)/\(r.metadata.name)" }
+    private typealias Entry = (resource: Resource, source: String)
 
-    var resources: [Resource] { entries.keys.sorted().map { entries[$0]!.resource } }
-    var documents: [String] { entries.keys.sorted().map { entries[$0]!.source } }
+    /// Cross-checks the merged result; returns parse + validation errors, diagnostics into `reply`.
+    private static func countErrors(_ parsed: [ConfigParser.Result], _ merged: [String: Entry], into reply: inout ConfigReply) -> Int {
+        let crossChecks = ConfigValidator.validate(merged.keys.sorted().map { merged[$0]!.resource })
+        reply.diagnostics += crossChecks.map(\.description)
+        return parsed.flatMap(\.errors).count + crossChecks.filter { $0.severity == .error }.count
+    }
 
-    mutating func apply(_ files: [ConfigFile]) -> ConfigReply {
+    public static func id(_ r: Resource) -> String { "\(r.kind)/\(r.metadata.namespace)/\(r.metadata.name)" }
+
+    public var resources: [Resource] { entries.keys.sorted().map { entries[$0]!.resource } }
+    public var documents: [String] { entries.keys.sorted().map { entries[$0]!.source } }
+
+    public mutating func apply(_ files: [ConfigFile]) -> ConfigReply {
         var reply = ConfigReply()
         let parsed = files.map { ConfigParser.parse(yaml: $0.content, file: $0.name) }
         reply.diagnostics = parsed.flatMap(\.diagnostics).map(\.description)
@@ -34,9 +44,7 @@ struct ConfigStore {
                 merged[id] = (resource, source)
             }
         }
-        let crossChecks = ConfigValidator.validate(merged.keys.sorted().map { merged[$0]!.resource })
-        reply.diagnostics += crossChecks.map(\.description)
-        let errors = parsed.flatMap(\.errors).count + crossChecks.filter { $0.severity == .error }.count
+        let errors = Self.countErrors(parsed, merged, into: &reply)
         if errors > 0 || parsed.allSatisfy({ $0.resources.isEmpty }) {
             reply.rejected = true
             if parsed.allSatisfy({ $0.resources.isEmpty }) && errors == 0 { reply.diagnostics.append("no VirtualService or DestinationRule found") }
@@ -53,7 +61,7 @@ struct ConfigStore {
     /// Makes the resources from the config directory exactly those in `files`: resources
     /// that came from the directory and are no longer in it are removed; the rest is applied.
     /// All-or-nothing, like apply. An empty directory is valid (it removes what it defined).
-    mutating func syncDirectory(_ files: [ConfigFile]) -> ConfigReply {
+    public mutating func syncDirectory(_ files: [ConfigFile]) -> ConfigReply {
         var reply = ConfigReply()
         let parsed = files.map { ConfigParser.parse(yaml: $0.content, file: $0.name) }
         reply.diagnostics = parsed.flatMap(\.diagnostics).map(\.description)
@@ -77,9 +85,7 @@ struct ConfigStore {
             merged.removeValue(forKey: id)
             changes.append("\(id) deleted")
         }
-        let crossChecks = ConfigValidator.validate(merged.keys.sorted().map { merged[$0]!.resource })
-        reply.diagnostics += crossChecks.map(\.description)
-        let errors = parsed.flatMap(\.errors).count + crossChecks.filter { $0.severity == .error }.count
+        let errors = Self.countErrors(parsed, merged, into: &reply)
         reply.version = version
         guard errors == 0 else {
             reply.rejected = true
@@ -92,7 +98,7 @@ struct ConfigStore {
         return reply
     }
 
-    mutating func delete(_ files: [ConfigFile]) -> ConfigReply {
+    public mutating func delete(_ files: [ConfigFile]) -> ConfigReply {
         var reply = ConfigReply()
         let parsed = files.map { ConfigParser.parse(yaml: $0.content, file: $0.name) }
         reply.diagnostics = parsed.flatMap(\.errors).map(\.description)
@@ -115,7 +121,42 @@ struct ConfigStore {
         return reply
     }
 
-    func save(to directory: String) throws {
+    /// Makes the config exactly `documents` (a control plane's snapshot), at the control
+    /// plane's `version`. All-or-nothing: any document that does not parse, or a merged
+    /// result that does not validate, leaves the config as it was and the reply rejected.
+    public mutating func replaceAll(documents: [String], version newVersion: Int) -> ConfigReply {
+        var reply = ConfigReply()
+        let parsed = documents.enumerated().map { i, text in
+            ConfigParser.parse(yaml: text, file: "control-plane config v\(newVersion), document \(i + 1)")
+        }
+        reply.diagnostics = parsed.flatMap(\.diagnostics).map(\.description)
+        var merged: [String: Entry] = [:]
+        for result in parsed {
+            for (resource, source) in zip(result.resources, result.sources) {
+                merged[Self.id(resource)] = (resource, source)
+            }
+        }
+        let errors = Self.countErrors(parsed, merged, into: &reply)
+        guard errors == 0 else {
+            reply.rejected = true
+            reply.version = version
+            return reply
+        }
+        for id in Set(entries.keys).union(merged.keys).sorted() {
+            switch (entries[id], merged[id]) {
+            case (nil, _?): reply.changes.append("\(id) created")
+            case (_?, nil): reply.changes.append("\(id) deleted")
+            case (let old?, let new?) where old.resource != new.resource: reply.changes.append("\(id) configured")
+            default: break
+            }
+        }
+        entries = merged
+        version = newVersion
+        reply.version = version
+        return reply
+    }
+
+    public func save(to directory: String) throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let file = directory + "/config.yaml", temp = file + ".tmp"
@@ -135,7 +176,7 @@ struct ConfigStore {
     }
 
     /// Marks restored resources that came from the config directory.
-    mutating func restoreDirectoryOrigins(from directory: String) {
+    public mutating func restoreDirectoryOrigins(from directory: String) {
         guard let data = FileManager.default.contents(atPath: directory + "/config-directory.json"),
               let ids = try? JSONDecoder().decode([String].self, from: data) else { return }
         for id in ids {
@@ -145,7 +186,7 @@ struct ConfigStore {
         }
     }
 
-    static func load(from directory: String) -> ConfigFile? {
+    public static func load(from directory: String) -> ConfigFile? {
         let file = directory + "/config.yaml"
         guard let text = try? String(contentsOfFile: file, encoding: .utf8), !text.isEmpty else { return nil }
         return ConfigFile(name: file, content: text)

@@ -4,8 +4,8 @@ import Foundation
 
 /// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. A no-op when not run by
 /// systemd with Type=notify.
-enum SystemdNotify {
-    static func send(_ state: String) {
+public enum SystemdNotify {
+    public static func send(_ state: String) {
         guard let path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty else { return }
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return }

@@ -1,0 +1,269 @@
+import Foundation
+import Logging
+import WeftConfig
+import WeftCore
+import WeftIdentity
+import X509
+
+/// The control plane's state and decisions: the config store (what `weft apply` sent it),
+/// the CA, the join tokens, the agents it knows and the open subscriptions. An actor: the
+/// gRPC handlers and the local API call into it concurrently.
+///
+/// Persisted in its state directory: `config.yaml` + `config-version.json` (the version
+/// survives restarts, so agents never see it go backwards), `tokens.json` (hashes only),
+/// `agents.json`, `ca/`. Everything secret is 0600 in 0700 directories.
+public actor ControlPlane {
+    public let trustDomain: String
+    public let stateDirectory: String
+    private let logger: Logger
+    private var ca: CertificateAuthority
+    private var store = ConfigStore()
+    private var tokens: JoinTokens
+    /// Lifetime of node certificates; agents renew them at half life.
+    public let nodeCertificateLifetime: Duration
+    /// The store's identity: a new one means a new, unrelated config history.
+    public let storeID: String
+
+    private struct Agent: Codable {
+        var node: String
+        var identity: String
+        var address: String?
+        var lastSeen: Date
+        var agentVersion: String?
+        var ackedVersion: Int?
+        var nackedVersion: Int?
+        var nackReason: String?
+    }
+
+    private var agents: [String: Agent] = [:]
+    private var subscribers: [UUID: (node: String, continuation: AsyncStream<ConfigSnapshot>.Continuation)] = [:]
+
+    public init(stateDirectory: String, trustDomain: String, nodeCertificateLifetime: Duration = .seconds(7 * 24 * 3600),
+                logger: Logger) throws {
+        self.stateDirectory = stateDirectory
+        self.trustDomain = trustDomain
+        self.logger = logger
+        self.nodeCertificateLifetime = nodeCertificateLifetime
+        try SecretFile.makeDirectory(stateDirectory)
+        ca = try CertificateAuthority.loadOrCreate(directory: stateDirectory + "/ca", trustDomain: trustDomain)
+        tokens = try JoinTokens.load(from: stateDirectory + "/tokens.json")
+        storeID = try Self.loadOrCreateStoreID(stateDirectory + "/store-id")
+        if let data = FileManager.default.contents(atPath: stateDirectory + "/agents.json"),
+           let list = try? JSONDecoder.iso.decode([Agent].self, from: data) {
+            agents = Dictionary(list.map { ($0.node, $0) }, uniquingKeysWith: { a, _ in a })
+        }
+        if let saved = ConfigStore.load(from: stateDirectory) {
+            let version = (FileManager.default.contents(atPath: stateDirectory + "/config-version.json"))
+                .flatMap { try? JSONDecoder().decode(Int.self, from: $0) } ?? 1
+            let documents = saved.content.components(separatedBy: "---\n").filter { !$0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }
+            let reply = store.replaceAll(documents: documents, version: version)
+            if reply.rejected {
+                throw WeftError(.invalidArgument, "the stored config in \(stateDirectory)/config.yaml no longer validates: \(reply.diagnostics.joined(separator: "; "))",
+                                hint: "fix or move the file away")
+            }
+        }
+    }
+
+    private static func loadOrCreateStoreID(_ file: String) throws -> String {
+        if let text = try? String(contentsOfFile: file, encoding: .utf8), !text.isEmpty {
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let id = UUID().uuidString.lowercased()
+        try SecretFile.write(id + "\n", to: file)
+        return id
+    }
+
+    public static func controlIdentity(trustDomain: String) throws -> SpiffeID {
+        try SpiffeID(trustDomain: trustDomain, segments: ["weft-system", "control"])
+    }
+
+    public static func nodeIdentity(trustDomain: String, node: String) throws -> SpiffeID {
+        try SpiffeID(trustDomain: trustDomain, segments: ["weft-system", "node", node])
+    }
+
+    /// Node names: DNS labels (lowercase letters, digits, '-', '.'), 1–63 characters.
+    public static func checkNodeName(_ node: String) throws {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-.")
+        guard (1...63).contains(node.count), node.allSatisfy({ allowed.contains($0) }),
+              node.first != "-", node.first != ".", node.last != "-", node.last != "." else {
+            throw WeftError(.invalidArgument, "node name \"\(node)\" refused: use 1-63 lowercase letters, digits, '-' or '.'")
+        }
+    }
+
+    // MARK: - identity
+
+    public var roots: [Certificate] { ca.roots }
+    public var caPin: String { (try? ChainVerifier.pin(of: ca.roots[0])) ?? "" }
+
+    public func bundle() throws -> BundleReply {
+        BundleReply(trustDomain: trustDomain, bundlePEM: ca.bundlePEM,
+                    controlIdentity: try Self.controlIdentity(trustDomain: trustDomain).description)
+    }
+
+    /// The control plane's own serving certificate (issued at start).
+    public func issueServingCertificate(key: WorkloadKey) throws -> IssuedCertificate {
+        let id = try Self.controlIdentity(trustDomain: trustDomain)
+        return try ca.sign(csrPEM: try key.csrPEM(for: id), as: id, lifetime: CertificateAuthority.maximumLifetime)
+    }
+
+    /// A node certificate for `request.node`: with a valid join token, or (renewal) when the
+    /// caller already proved that very node identity (`authenticatedNode`).
+    public func join(_ request: JoinRequest, authenticatedNode: String?, address: String?, now: Date = Date()) throws -> JoinReply {
+        try Self.checkNodeName(request.node)
+        if let authenticatedNode {
+            guard authenticatedNode == request.node else {
+                throw WeftError(.permissionDenied, "node \(authenticatedNode) may renew only its own certificate, not \(request.node)'s")
+            }
+        } else {
+            try tokens.check(request.token, now: now)
+        }
+        let id = try Self.nodeIdentity(trustDomain: trustDomain, node: request.node)
+        let issued = try ca.sign(csrPEM: request.csrPEM, as: id, lifetime: nodeCertificateLifetime, now: now)
+        var agent = agents[request.node] ?? Agent(node: request.node, identity: id.description, lastSeen: now)
+        agent.address = address ?? agent.address
+        agent.lastSeen = now
+        agents[request.node] = agent
+        saveAgents()
+        logger.info(authenticatedNode == nil ? "node joined" : "node certificate renewed",
+                    metadata: ["node": "\(request.node)", "serial": "\(issued.serial)", "notAfter": "\(issued.notAfter)",
+                               "address": "\(address ?? "?")"])
+        return JoinReply(identity: id.description, chainPEM: issued.chainPEM, bundlePEM: ca.bundlePEM)
+    }
+
+    /// The node a verified client certificate names (nil for an agent's bootstrap
+    /// certificate, which names none).
+    public func node(of chain: [Certificate], now: Date = Date()) throws -> String? {
+        guard let leaf = chain.first else { return nil }
+        if ChainVerifier.isSelfSigned(leaf) { return nil }
+        let id = try ChainVerifier.verify(chain, roots: ca.roots, now: now)
+        guard id.trustDomain == trustDomain, id.segments.count == 3, id.segments[0] == "weft-system", id.segments[1] == "node" else {
+            throw WeftError(.permissionDenied, "\(id) is not a node identity of trust domain \(trustDomain)")
+        }
+        return id.segments[2]
+    }
+
+    public func createToken(ttl: TimeInterval) throws -> JoinTokenReply {
+        let (token, expires) = try tokens.create(ttl: ttl)
+        try tokens.save(to: stateDirectory + "/tokens.json")
+        logger.info("join token created", metadata: ["expires": "\(expires)"])
+        return JoinTokenReply(token: token, expires: expires, caPin: caPin)
+    }
+
+    // MARK: - config
+
+    public var snapshot: ConfigSnapshot {
+        ConfigSnapshot(version: store.version, documents: store.documents, store: storeID)
+    }
+
+    public func applyConfig(_ files: [ConfigFile]) -> ConfigReply {
+        commit(store.apply(files))
+    }
+
+    public func deleteConfig(_ files: [ConfigFile]) -> ConfigReply {
+        commit(store.delete(files))
+    }
+
+    public func currentConfig() -> ConfigReply {
+        var reply = ConfigReply()
+        reply.documents = store.documents
+        reply.version = store.version
+        return reply
+    }
+
+    private func commit(_ reply: ConfigReply) -> ConfigReply {
+        guard !reply.rejected, reply.changes.contains(where: { !$0.hasSuffix("unchanged") && !$0.hasSuffix("not found") }) else { return reply }
+        do {
+            try store.save(to: stateDirectory)
+            try SecretFile.write("\(store.version)\n", to: stateDirectory + "/config-version.json")
+        } catch {
+            logger.error("cannot persist config version \(store.version): \(error)")
+        }
+        let snapshot = self.snapshot
+        for (_, s) in subscribers { s.continuation.yield(snapshot) }
+        logger.info("config version \(store.version) published", metadata: ["subscribers": "\(subscribers.count)"])
+        return reply
+    }
+
+    // MARK: - subscriptions
+
+    /// Opens a subscription for `node`: the current snapshot at once, then every new one.
+    public func subscribe(node: String, address: String?, now: Date = Date()) -> (UUID, AsyncStream<ConfigSnapshot>) {
+        let id = UUID()
+        let (stream, continuation) = AsyncStream.makeStream(of: ConfigSnapshot.self, bufferingPolicy: .bufferingNewest(1))
+        continuation.yield(snapshot)
+        subscribers[id] = (node, continuation)
+        var agent = agents[node] ?? Agent(node: node, identity: (try? Self.nodeIdentity(trustDomain: trustDomain, node: node).description) ?? node,
+                                          lastSeen: now)
+        agent.address = address ?? agent.address
+        agent.lastSeen = now
+        agents[node] = agent
+        logger.info("agent subscribed", metadata: ["node": "\(node)", "address": "\(address ?? "?")"])
+        return (id, stream)
+    }
+
+    public func unsubscribe(_ id: UUID, now: Date = Date()) {
+        guard let s = subscribers.removeValue(forKey: id) else { return }
+        s.continuation.finish()
+        agents[s.node]?.lastSeen = now
+        saveAgents()
+        logger.info("agent disconnected", metadata: ["node": "\(s.node)"])
+    }
+
+    public func received(_ message: AgentMessage, from node: String, now: Date = Date()) {
+        guard var agent = agents[node] else { return }
+        agent.lastSeen = now
+        if let hello = message.hello { agent.agentVersion = hello.agentVersion }
+        if let ack = message.ack {
+            agent.ackedVersion = ack
+            if let nacked = agent.nackedVersion, nacked <= ack {
+                agent.nackedVersion = nil
+                agent.nackReason = nil
+            }
+        }
+        if let nack = message.nack {
+            agent.nackedVersion = nack
+            agent.nackReason = message.reason
+            logger.warning("agent refused config version \(nack)", metadata: ["node": "\(node)", "reason": "\(message.reason ?? "?")"])
+        }
+        agents[node] = agent
+        saveAgents()
+    }
+
+    public func agentStatuses() -> [AgentSyncStatus] {
+        let connected = Set(subscribers.values.map(\.node))
+        return agents.values.sorted { $0.node < $1.node }.map {
+            AgentSyncStatus(node: $0.node, identity: $0.identity, connected: connected.contains($0.node), address: $0.address,
+                            lastSeen: $0.lastSeen, agentVersion: $0.agentVersion, ackedVersion: $0.ackedVersion,
+                            nackedVersion: $0.nackedVersion, nackReason: $0.nackReason, currentVersion: store.version)
+        }
+    }
+
+    public func shutdown() {
+        for (_, s) in subscribers { s.continuation.finish() }
+        subscribers.removeAll()
+        flushAgents()
+    }
+
+    /// Agent records are soft state (they are rebuilt as agents reconnect): written at most
+    /// once a second, not once per ACK (a config change to 1,000 agents is 1,000 ACKs).
+    private var flushScheduled = false
+
+    private func saveAgents() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        Task {
+            try? await Task.sleep(for: .seconds(1))
+            self.flushAgents()
+        }
+    }
+
+    private func flushAgents() {
+        flushScheduled = false
+        do {
+            let list = agents.values.sorted { $0.node < $1.node }
+            try SecretFile.write(String(decoding: try JSONEncoder.iso.encode(list), as: UTF8.self), to: stateDirectory + "/agents.json")
+        } catch {
+            logger.error("cannot persist agents: \(error)")
+        }
+    }
+}

@@ -1,0 +1,217 @@
+import Foundation
+import Logging
+import WeftConfig
+import WeftCore
+import WeftIdentity
+import X509
+import XCTest
+@testable import WeftControl
+
+final class JoinTokenTests: XCTestCase {
+    func testTokensAreCheckedByHashAndExpire() throws {
+        var tokens = JoinTokens()
+        let now = Date()
+        let (token, expires) = try tokens.create(ttl: 60, now: now)
+        XCTAssertTrue(token.hasPrefix("weft-"))
+        XCTAssertEqual(expires, now.addingTimeInterval(60))
+        XCTAssertNoThrow(try tokens.check(token, now: now.addingTimeInterval(30)))
+        XCTAssertThrowsError(try tokens.check(token, now: now.addingTimeInterval(61))) {
+            XCTAssertTrue("\($0)".contains("join token expired"), "\($0)")
+        }
+        XCTAssertThrowsError(try tokens.check("weft-guess", now: now)) { XCTAssertTrue("\($0)".contains("unknown join token")) }
+        XCTAssertFalse(tokens.records.contains { $0.sha256.contains(token) })
+        XCTAssertThrowsError(try tokens.create(ttl: 0))
+        XCTAssertThrowsError(try tokens.create(ttl: 8 * 24 * 3600))
+        // Expired records are dropped when the next token is made.
+        _ = try tokens.create(ttl: 60, now: now.addingTimeInterval(120))
+        XCTAssertEqual(tokens.records.count, 1)
+    }
+
+    func testTokensPersistWithTightPermissions() throws {
+        let dir = NSTemporaryDirectory() + "weft-tokens-\(UUID().uuidString)"
+        try SecretFile.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var tokens = JoinTokens()
+        let (token, _) = try tokens.create(ttl: 600)
+        try tokens.save(to: dir + "/tokens.json")
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: dir + "/tokens.json")[.posixPermissions] as? Int, 0o600)
+        XCTAssertFalse(try String(contentsOfFile: dir + "/tokens.json", encoding: .utf8).contains(token))
+        XCTAssertNoThrow(try JoinTokens.load(from: dir + "/tokens.json").check(token))
+        try "garbage".write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try JoinTokens.load(from: dir + "/bad.json")) { XCTAssertTrue("\($0)".contains("unreadable")) }
+    }
+}
+
+final class SyncPolicyTests: XCTestCase {
+    func testEmptySnapshotFromAnotherStoreIsRefusedWhileServingConfig() {
+        let empty = ConfigSnapshot(version: 0, documents: [], store: "new")
+        XCTAssertEqual(SnapshotPolicy.decide(followedStore: nil, currentResources: 0, snapshot: empty), .apply)
+        XCTAssertEqual(SnapshotPolicy.decide(followedStore: "old", currentResources: 0, snapshot: empty), .apply)
+        guard case .refuse(let why) = SnapshotPolicy.decide(followedStore: "old", currentResources: 3, snapshot: empty) else {
+            return XCTFail("an empty store must not wipe a serving agent's config")
+        }
+        XCTAssertTrue(why.contains("3 resource(s)") && why.contains("old"), why)
+        // Same store: deleting everything is a legitimate change.
+        XCTAssertEqual(SnapshotPolicy.decide(followedStore: "new", currentResources: 3, snapshot: empty), .apply)
+        let full = ConfigSnapshot(version: 1, documents: ["x"], store: "new")
+        XCTAssertEqual(SnapshotPolicy.decide(followedStore: "old", currentResources: 3, snapshot: full), .apply)
+    }
+
+    func testBackoffGrowsIsCappedAndJittered() {
+        let b = Backoff(base: .milliseconds(500), cap: .seconds(30))
+        XCTAssertEqual(b.ceiling(attempt: 0), .milliseconds(500))
+        XCTAssertEqual(b.ceiling(attempt: 3), .seconds(4))
+        XCTAssertEqual(b.ceiling(attempt: 10), .seconds(30))
+        XCTAssertEqual(b.ceiling(attempt: 1000), .seconds(30))
+        XCTAssertEqual(b.delay(attempt: 3, random: 0.5), .seconds(2))
+        XCTAssertEqual(b.delay(attempt: 3, random: 0), .milliseconds(50), "never a zero delay (no busy loop)")
+        let delays = Set((0..<50).map { _ in b.delay(attempt: 5) })
+        XCTAssertGreaterThan(delays.count, 10, "jittered")
+        XCTAssertTrue(delays.allSatisfy { $0 <= .seconds(16) })
+    }
+}
+
+final class ControlPlaneStateTests: XCTestCase {
+    var dir = ""
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "weft-cp-\(UUID().uuidString)"
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    static let vs = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: pay, namespace: default}
+    spec:
+      hosts: [payments]
+      http:
+      - route:
+        - destination: {host: payments}
+    """
+
+    func plane() throws -> ControlPlane {
+        try ControlPlane(stateDirectory: dir, trustDomain: "weft.local", logger: Logger(label: "test"))
+    }
+
+    func testJoinNeedsATokenOrTheSameNodesCertificate() async throws {
+        let p = try plane()
+        let token = try await p.createToken(ttl: 60)
+        let roots0 = await p.roots[0]
+        XCTAssertEqual(token.caPin, try ChainVerifier.pin(of: roots0))
+        let key = WorkloadKey()
+        let id = try ControlPlane.nodeIdentity(trustDomain: "weft.local", node: "n1")
+        let reply = try await p.join(JoinRequest(token: token.token, node: "n1", csrPEM: try key.csrPEM(for: id)),
+                                     authenticatedNode: nil, address: nil)
+        XCTAssertEqual(reply.identity, "spiffe://weft.local/weft-system/node/n1")
+        let chain = try PEMFiles.certificates(pem: reply.chainPEM.joined(separator: "\n"), what: "chain")
+        let roots = try PEMFiles.certificates(pem: reply.bundlePEM, what: "bundle")
+        XCTAssertEqual(try ChainVerifier.verify(chain, roots: roots), id)
+        let node = try await p.node(of: chain)
+        XCTAssertEqual(node, "n1")
+
+        // Renewal: the node's own certificate is the credential; another node's is not.
+        let renewed = try await p.join(JoinRequest(token: "", node: "n1", csrPEM: try WorkloadKey().csrPEM(for: id)),
+                                       authenticatedNode: "n1", address: nil)
+        XCTAssertEqual(renewed.identity, id.description)
+        do {
+            _ = try await p.join(JoinRequest(token: "", node: "n2", csrPEM: try WorkloadKey().csrPEM(for: id)), authenticatedNode: "n1", address: nil)
+            XCTFail("n1 must not obtain n2's certificate")
+        } catch { XCTAssertTrue("\(error)".contains("only its own"), "\(error)") }
+        // No token, bad token, bad name, a CSR for another identity.
+        for (request, expected) in [
+            (JoinRequest(token: "", node: "n3", csrPEM: try key.csrPEM(for: id)), "unknown join token"),
+            (JoinRequest(token: token.token, node: "Bad Name", csrPEM: try key.csrPEM(for: id)), "node name"),
+            (JoinRequest(token: token.token, node: "n3", csrPEM: try key.csrPEM(for: id)), "may only obtain"),
+            (JoinRequest(token: token.token, node: "n3", csrPEM: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"), "malformed CSR"),
+        ] {
+            do {
+                _ = try await p.join(request, authenticatedNode: nil, address: nil)
+                XCTFail("accepted \(request.node)")
+            } catch { XCTAssertTrue("\(error)".contains(expected), "\(error) should say \(expected)") }
+        }
+        // A bootstrap (self-signed) certificate names no node; a certificate from another CA fails.
+        let bootstrap = try Certificate(pemEncoded: try key.bootstrapCertificatePEM(commonName: "weft-join-n1"))
+        let none = try await p.node(of: [bootstrap])
+        XCTAssertNil(none)
+        let otherCA = try CertificateAuthority.loadOrCreate(directory: dir + "-other", trustDomain: "weft.local")
+        defer { try? FileManager.default.removeItem(atPath: dir + "-other") }
+        let foreign = try otherCA.sign(csrPEM: try key.csrPEM(for: id), as: id, lifetime: .seconds(3600))
+        do {
+            _ = try await p.node(of: try PEMFiles.certificates(pem: foreign.chainPEM.joined(separator: "\n"), what: "x"))
+            XCTFail("a node certificate from another CA was accepted")
+        } catch { XCTAssertTrue("\(error)".contains("not signed by a trusted root"), "\(error)") }
+        await p.shutdown()
+    }
+
+    func testSubscribersGetEverySnapshotAndAcksAreTracked() async throws {
+        let p = try plane()
+        let (id, stream) = await p.subscribe(node: "n1", address: "ipv4:10.0.0.1:1234")
+        var it = stream.makeAsyncIterator()
+        let first = await it.next()
+        XCTAssertEqual(first?.version, 0)
+        XCTAssertEqual(first?.documents, [])
+        let applied = await p.applyConfig([ConfigFile(name: "vs.yaml", content: Self.vs)])
+        XCTAssertFalse(applied.rejected, "\(applied.diagnostics)")
+        let second = await it.next()
+        XCTAssertEqual(second?.version, 1)
+        XCTAssertEqual(second?.documents.count, 1)
+        // A rejected apply publishes nothing and changes nothing.
+        let bad = await p.applyConfig([ConfigFile(name: "bad.yaml", content: "kind: VirtualService\nspec: [")])
+        XCTAssertTrue(bad.rejected)
+        let v = await p.snapshot.version
+        XCTAssertEqual(v, 1)
+
+        await p.received(AgentMessage(hello: .init(agentVersion: "0.1.0", appliedVersion: 0)), from: "n1")
+        await p.received(AgentMessage(nack: 1, reason: "cannot persist"), from: "n1")
+        var statuses = await p.agentStatuses()
+        var status = try XCTUnwrap(statuses.first)
+        XCTAssertEqual(status.nackedVersion, 1)
+        XCTAssertEqual(status.nackReason, "cannot persist")
+        XCTAssertFalse(status.inSync)
+        XCTAssertTrue(status.connected)
+        await p.received(AgentMessage(ack: 1), from: "n1")
+        statuses = await p.agentStatuses()
+        status = try XCTUnwrap(statuses.first)
+        XCTAssertTrue(status.inSync)
+        XCTAssertNil(status.nackedVersion, "an ACK of that version clears the NACK")
+        await p.unsubscribe(id)
+        statuses = await p.agentStatuses()
+        let afterwards = try XCTUnwrap(statuses.first)
+        XCTAssertFalse(afterwards.connected)
+
+        // A restart keeps the version and the store identity (agents never see them go back).
+        let store = await p.storeID
+        await p.shutdown()  // flushes the agent records (written at most once a second otherwise)
+        let again = try plane()
+        let againVersion = await again.snapshot.version, againStore = await again.storeID
+        let nodes = await again.agentStatuses().map(\.node)
+        XCTAssertEqual(againVersion, 1)
+        XCTAssertEqual(againStore, store)
+        XCTAssertEqual(nodes, ["n1"])
+    }
+}
+
+final class ChainVerifierTests: XCTestCase {
+    func testChainsAreCheckedToARootWithDates() throws {
+        let dir = NSTemporaryDirectory() + "weft-chain-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try CertificateAuthority.loadOrCreate(directory: dir, trustDomain: "weft.local")
+        let id = try SpiffeID.workload(trustDomain: "weft.local", namespace: "default", serviceAccount: "web")
+        let now = Date()
+        let issued = try ca.sign(csrPEM: try WorkloadKey().csrPEM(for: id), as: id, lifetime: .seconds(120), now: now)
+        let chain = try PEMFiles.certificates(pem: issued.chainPEM.joined(separator: "\n"), what: "chain")
+        XCTAssertEqual(try ChainVerifier.verify(chain, roots: ca.roots, now: now), id)
+        XCTAssertThrowsError(try ChainVerifier.verify(chain, roots: ca.roots, now: now.addingTimeInterval(600))) {
+            XCTAssertTrue("\($0)".contains("expired"))
+        }
+        XCTAssertThrowsError(try ChainVerifier.verify(chain, roots: ca.roots, now: now.addingTimeInterval(-600))) {
+            XCTAssertTrue("\($0)".contains("not valid yet"))
+        }
+        XCTAssertThrowsError(try ChainVerifier.verify(ca.roots, roots: ca.roots, now: now)) { XCTAssertTrue("\($0)".contains("CA certificate")) }
+        XCTAssertThrowsError(try ChainVerifier.verify([], roots: ca.roots))
+        XCTAssertFalse(ChainVerifier.isSelfSigned(chain[0]))
+        XCTAssertTrue(ChainVerifier.isSelfSigned(ca.roots[0]))
+        let pin = try ChainVerifier.pin(of: ca.roots[0])
+        XCTAssertTrue(pin.hasPrefix("sha256:") && pin.count == 7 + 64)
+    }
+}

@@ -17,10 +17,12 @@ if [ -z "$WEFT" ]; then
   swift build -c release --product weft >/dev/null
   WEFT=.build/release/weft
 fi
-swift build -c release --product weft-control-bench >/dev/null
 SIM=$(dirname "$WEFT")/weft-control-bench
-[ -x "$SIM" ] || SIM=.build/release/weft-control-bench
-ulimit -n 65536
+if [ ! -x "$SIM" ]; then
+  swift build -c release --product weft-control-bench >/dev/null
+  SIM=.build/release/weft-control-bench
+fi
+ulimit -n "$(ulimit -Hn)"  # 1,000 agents: 1,000 connections on each side
 
 work=$(mktemp -d /tmp/weft-benchp.XXXXXX)
 pid=""

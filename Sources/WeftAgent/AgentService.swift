@@ -42,7 +42,11 @@ public struct AgentService: Service {
             link = l
         }
         var identities: WorkloadIdentities?
-        if config.mtls {
+        if config.mtls, let link {
+            identities = WorkloadIdentities(control: link, trustDomain: try await link.meshTrustDomain(),
+                                            directory: config.stateDirectory + "/certs")
+            logger.info("workload certificates come from the control plane", metadata: ["control": "\(config.control?.address ?? "?")"])
+        } else if config.mtls {
             let ca = try WorkloadIdentities.loadCA(config)
             identities = WorkloadIdentities(ca: ca, lifetime: config.certificateLifetime)
             logger.info("certificate authority ready", metadata: ["trustDomain": "\(ca.trustDomain)", "roots": "\(ca.rootSerials.joined(separator: ","))",

@@ -55,6 +55,39 @@ public actor ControlLink {
     private var nodeDirectory: String { stateDirectory + "/node" }
     private var client: ControlClient { ControlClient(host: settings.host, port: settings.port, logger: logger) }
     public var currentStatus: ControlLinkStatus { status }
+
+    /// The roots the control plane's CA makes workloads trust (refreshed with each certificate).
+    public private(set) var bundlePEM = ""
+
+    /// The trust domain of the mesh this node joined.
+    public func meshTrustDomain() throws -> String {
+        guard let credentials else { throw WeftError(.system, "not joined") }
+        return try trustDomain(credentials)
+    }
+
+    // MARK: - workloads
+
+    /// Tells the control plane every workload now attached here (the only ones it will sign
+    /// certificates for).
+    public func register(_ specs: [WorkloadSpec]) async throws {
+        guard let creds = credentials else { throw WeftError(.system, "not joined") }
+        let _: RegisterReply = try await client.unary(ControlAPI.register, RegisterRequest(workloads: specs), chain: creds.chainPEM,
+                                                      keyPEM: creds.keyPEM, trust: .init(roots: creds.roots, trustDomain: try trustDomain(creds)))
+    }
+
+    /// A workload certificate from the control plane's CA.
+    public func sign(workload: String, csrPEM: String) async throws -> SignReply {
+        guard let creds = credentials else { throw WeftError(.system, "not joined") }
+        do {
+            let reply: SignReply = try await client.unary(ControlAPI.sign, SignRequest(workload: workload, csrPEM: csrPEM), chain: creds.chainPEM,
+                                                          keyPEM: creds.keyPEM, trust: .init(roots: creds.roots, trustDomain: try trustDomain(creds)))
+            bundlePEM = reply.bundlePEM
+            return reply
+        } catch let error as WeftError where error.code == .agentUnavailable {
+            throw WeftError(.agentUnavailable, "no certificate for workload \(workload): \(error.message)",
+                            hint: "workload certificates come from the control plane at \(settings.address); it must be reachable to attach or renew")
+        }
+    }
     /// The version of the config restored from the state directory, if it came from here.
     public var restoredVersion: Int? { followed?.version }
 
@@ -65,6 +98,7 @@ public actor ControlLink {
     public func bootstrap() async throws {
         if let stored = try loadCredentials() {
             credentials = stored
+            bundlePEM = stored.bundlePEM
             return
         }
         guard let token = settings.token, let pin = settings.caPin else {
@@ -75,6 +109,7 @@ public actor ControlLink {
         let (_, reply) = try await client.join(node: settings.node, token: token, pin: pin, key: key)
         let stored = try save(key: key, keyPEM: try key.privateKeyPEM(), reply: reply)
         credentials = stored
+        bundlePEM = reply.bundlePEM
         logger.info("joined the control plane", metadata: ["control": "\(settings.address)", "node": "\(settings.node)",
                                                            "identity": "\(reply.identity)", "notAfter": "\(stored.notAfter)"])
     }
@@ -173,6 +208,8 @@ public actor ControlLink {
 
     private func follow(registry: WorkloadRegistry) async throws {
         guard let creds = credentials else { throw WeftError(.system, "not joined") }
+        // The control plane may have restarted (or never heard of this node's workloads).
+        try await register(await registry.specs())
         let (outbound, continuation) = AsyncStream.makeStream(of: AgentMessage.self)
         defer { continuation.finish() }
         continuation.yield(AgentMessage(hello: .init(agentVersion: WeftVersion.current, appliedVersion: status.appliedVersion ?? 0)))

@@ -255,7 +255,16 @@ public actor WorkloadRegistry {
         var tls: WorkloadTLS?
         var issued: IssuedCertificate?
         if let identities {
-            let (credentials, certificate) = try identities.issue(for: spec)
+            if case .control(let link, _) = identities.signer {
+                // The control plane signs only workloads this node has registered. Unreachable,
+                // it is skipped: a stored certificate may still do (`issue` decides).
+                do {
+                    try await link.register(attached.values.map(\.proxy.spec).filter { $0.netns != spec.netns } + [spec])
+                } catch let error as WeftError where error.code == .agentUnavailable {
+                    logger.notice("cannot register \(spec.name) with the control plane: \(error.message)")
+                }
+            }
+            let (credentials, certificate) = try await identities.issue(for: spec)
             tls = WorkloadTLS()
             try tls?.update(credentials)
             issued = certificate
@@ -288,10 +297,12 @@ public actor WorkloadRegistry {
         }
         attached[netns] = nil
         issuedCertificates[netns] = nil
+        identities?.forget(netns: netns.rawValue)
         await entry.proxy.stop()
         pool.release(netns)
         republish()
         persist()
+        await registerWithControlPlane()
         logger.info("detached workload", metadata: ["workload": "\(entry.proxy.spec.name)", "netns": "\(netns)"])
     }
 
@@ -307,18 +318,31 @@ public actor WorkloadRegistry {
             pool.release(name)
             republish()
             persist()
+            await registerWithControlPlane()
             logger.notice("netns \(name) disappeared; detached workload \(entry.proxy.spec.name)")
+        }
+    }
+
+    /// The specs of every attached workload.
+    public func specs() -> [WorkloadSpec] { attached.values.map(\.proxy.spec) }
+
+    /// After a detach: the control plane stops signing for what left (best effort; the next
+    /// subscription registers the full list again).
+    private func registerWithControlPlane() async {
+        guard case .control(let link, _)? = identities?.signer else { return }
+        do { try await link.register(specs()) } catch {
+            logger.notice("cannot update the control plane's list of this node's workloads: \(error)")
         }
     }
 
     /// Renews every certificate past its half life (a fresh key each time). Established
     /// connections keep the certificate they started with; new ones use the new one.
-    public func renewDueCertificates(now: Date = Date(), all: Bool = false) {
+    public func renewDueCertificates(now: Date = Date(), all: Bool = false) async {
         guard let identities else { return }
         for (netns, (current, count)) in issuedCertificates where all || now >= current.renewAt {
             guard let entry = attached[netns], let tls = entry.proxy.tls else { continue }
             do {
-                let (credentials, issued) = try identities.issue(for: entry.proxy.spec, now: now)
+                let (credentials, issued) = try await identities.issue(for: entry.proxy.spec, now: now)
                 try tls.update(credentials)
                 issuedCertificates[netns] = (issued, count + 1)
                 logger.info("renewed certificate", metadata: ["workload": "\(entry.proxy.spec.name)", "identity": "\(issued.identity)",
@@ -334,8 +358,9 @@ public actor WorkloadRegistry {
     /// keeps trusting the old one; `finish == true` stops trusting the old ones. Either way
     /// the CA is reloaded and every workload gets a new certificate and bundle at once;
     /// established connections keep theirs (TLS does not re-verify a running session).
-    public func rotateCA(finish: Bool) throws -> CertificatesReply {
+    public func rotateCA(finish: Bool) async throws -> CertificatesReply {
         guard identities != nil else { throw WeftError(.notFound, "this agent runs without workload identities (--no-mtls)") }
+        try checkOwnCA()
         guard config.caCertPath == nil else {
             throw WeftError(.invalidArgument, "the CA is the operator's (--ca-cert): replace its files, then run `weft ca reload`")
         }
@@ -345,20 +370,28 @@ public actor WorkloadRegistry {
         } else {
             _ = try CertificateAuthority.beginRotation(directory: directory, trustDomain: config.trustDomain)
         }
-        return try reloadCA()
+        return try await reloadCA()
+    }
+
+    private func checkOwnCA() throws {
+        if let control = config.control {
+            throw WeftError(.invalidArgument, "workload certificates come from the control plane at \(control.address); its CA is not this agent's to rotate")
+        }
     }
 
     /// Re-reads the CA (and its bundle) and re-issues every workload's certificate.
-    public func reloadCA() throws -> CertificatesReply {
+    public func reloadCA() async throws -> CertificatesReply {
         guard let current = identities else { throw WeftError(.notFound, "this agent runs without workload identities (--no-mtls)") }
+        try checkOwnCA()
+        guard case .local(_, let lifetime) = current.signer else { throw WeftError(.system, "no local CA") }
         let ca = try WorkloadIdentities.loadCA(config)
-        identities = WorkloadIdentities(ca: ca, lifetime: current.lifetime)
+        identities = WorkloadIdentities(ca: ca, lifetime: lifetime)
         logger.notice("certificate authority reloaded", metadata: ["roots": "\(ca.rootSerials.joined(separator: ","))"])
-        renewDueCertificates(all: true)
-        return try certificates()
+        await renewDueCertificates(all: true)
+        return try await certificates()
     }
 
-    public func certificates() throws -> CertificatesReply {
+    public func certificates() async throws -> CertificatesReply {
         guard let identities else {
             throw WeftError(.notFound, "this agent runs without workload identities (--no-mtls)")
         }
@@ -369,7 +402,7 @@ public actor WorkloadRegistry {
                                      serial: c.serial, notBefore: c.notBefore, notAfter: c.notAfter, renewAt: c.renewAt,
                                      issued: count, chainPEM: c.chainPEM)
         }.sorted { $0.workload < $1.workload }
-        return CertificatesReply(trustDomain: identities.trustDomain, bundlePEM: identities.ca.bundlePEM, workloads: list)
+        return CertificatesReply(trustDomain: identities.trustDomain, bundlePEM: await identities.bundlePEM, workloads: list)
     }
 
     public func list() async -> [WorkloadStatus] {

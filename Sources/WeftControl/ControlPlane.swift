@@ -36,10 +36,15 @@ public actor ControlPlane {
     }
 
     private var agents: [String: Agent] = [:]
+    /// What each node says is attached to it: the only workloads it may get certificates for.
+    private var workloads: [String: [WorkloadSpec]] = [:]
+    /// Lifetime of workload certificates (agents renew at half life).
+    public let workloadCertificateLifetime: Duration
     private var subscribers: [UUID: (node: String, continuation: AsyncStream<ConfigSnapshot>.Continuation)] = [:]
 
     public init(stateDirectory: String, trustDomain: String, nodeCertificateLifetime: Duration = .seconds(7 * 24 * 3600),
-                logger: Logger) throws {
+                workloadCertificateLifetime: Duration = .seconds(24 * 3600), logger: Logger) throws {
+        self.workloadCertificateLifetime = workloadCertificateLifetime
         self.stateDirectory = stateDirectory
         self.trustDomain = trustDomain
         self.logger = logger
@@ -51,6 +56,10 @@ public actor ControlPlane {
         if let data = FileManager.default.contents(atPath: stateDirectory + "/agents.json"),
            let list = try? JSONDecoder.iso.decode([Agent].self, from: data) {
             agents = Dictionary(list.map { ($0.node, $0) }, uniquingKeysWith: { a, _ in a })
+        }
+        if let data = FileManager.default.contents(atPath: stateDirectory + "/workloads.json"),
+           let saved = try? JSONDecoder.iso.decode([String: [WorkloadSpec]].self, from: data) {
+            workloads = saved
         }
         if let saved = ConfigStore.load(from: stateDirectory) {
             let version = (FileManager.default.contents(atPath: stateDirectory + "/config-version.json"))
@@ -140,6 +149,35 @@ public actor ControlPlane {
             throw WeftError(.permissionDenied, "\(id) is not a node identity of trust domain \(trustDomain)")
         }
         return id.segments[2]
+    }
+
+    // MARK: - workloads
+
+    /// The calling node's complete list of attached workloads.
+    public func register(_ list: [WorkloadSpec], node: String, now: Date = Date()) -> RegisterReply {
+        workloads[node] = list
+        agents[node]?.lastSeen = now
+        saveAgents()
+        logger.info("workloads registered", metadata: ["node": "\(node)", "count": "\(list.count)"])
+        return RegisterReply(registered: list.count)
+    }
+
+    public func registeredWorkloads(node: String) -> [WorkloadSpec] { workloads[node] ?? [] }
+
+    /// A certificate for a workload of the calling node, as the identity its registration
+    /// gives it; any other workload (unregistered, or another node's) is refused.
+    public func sign(_ request: SignRequest, node: String, now: Date = Date()) throws -> SignReply {
+        guard let spec = workloads[node]?.first(where: { $0.netns.rawValue == request.workload }) else {
+            let elsewhere = workloads.first { $0.key != node && $0.value.contains { $0.netns.rawValue == request.workload } }?.key
+            throw WeftError(.permissionDenied, elsewhere.map { "workload \(request.workload) is attached to node \($0), not to \(node)" }
+                            ?? "node \(node) has not registered a workload \(request.workload)")
+        }
+        let id = try SpiffeID.workload(trustDomain: trustDomain, namespace: spec.namespace.rawValue,
+                                       serviceAccount: spec.serviceAccount ?? spec.service.rawValue)
+        let issued = try ca.sign(csrPEM: request.csrPEM, as: id, lifetime: workloadCertificateLifetime, now: now)
+        logger.info("workload certificate issued", metadata: ["node": "\(node)", "workload": "\(request.workload)",
+                                                             "identity": "\(id)", "serial": "\(issued.serial)"])
+        return SignReply(certificate: issued, bundlePEM: ca.bundlePEM)
     }
 
     public func createToken(ttl: TimeInterval) throws -> JoinTokenReply {
@@ -253,13 +291,14 @@ public actor ControlPlane {
         flushScheduled = true
         Task {
             try? await Task.sleep(for: .seconds(1))
-            self.flushAgents()
+            if self.flushScheduled { self.flushAgents() }  // not already flushed by shutdown()
         }
     }
 
     private func flushAgents() {
         flushScheduled = false
         do {
+            try SecretFile.write(String(decoding: try JSONEncoder.iso.encode(workloads), as: UTF8.self), to: stateDirectory + "/workloads.json")
             let list = agents.values.sorted { $0.node < $1.node }
             try SecretFile.write(String(decoding: try JSONEncoder.iso.encode(list), as: UTF8.self), to: stateDirectory + "/agents.json")
         } catch {

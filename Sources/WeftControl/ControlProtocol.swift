@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import WeftCore
+import WeftIdentity
 
 /// The control plane's gRPC service, `weft.control.v1.Control` on port 15012 (TLS).
 /// Messages are JSON (content-type application/grpc), the same Codable values the rest of
@@ -11,11 +12,16 @@ import WeftCore
 /// - `Join` (unary): a join token and a CSR for the node's key → the node certificate
 /// - `Subscribe` (bidirectional, node certificate required): the agent says hello and then
 ///   ACKs or NACKs every config snapshot the control plane streams to it
+/// - `Register` (unary, node certificate): the complete list of workloads attached to the node
+/// - `Sign` (unary, node certificate): a workload's CSR → its certificate, only for a
+///   workload that node registered
 public enum ControlAPI {
     public static let service = "weft.control.v1.Control"
     public static let bundle = MethodDescriptor(fullyQualifiedService: service, method: "Bundle")
     public static let join = MethodDescriptor(fullyQualifiedService: service, method: "Join")
     public static let subscribe = MethodDescriptor(fullyQualifiedService: service, method: "Subscribe")
+    public static let register = MethodDescriptor(fullyQualifiedService: service, method: "Register")
+    public static let sign = MethodDescriptor(fullyQualifiedService: service, method: "Sign")
     public static let defaultPort = 15012
     /// Largest message either side accepts (a config snapshot is the big one).
     public static let maxMessageBytes = 16 * 1024 * 1024
@@ -124,5 +130,43 @@ public struct JSONCoder<Message: Codable & Sendable>: MessageSerializer, Message
         } catch {
             throw RPCError(code: .invalidArgument, message: "malformed \(Message.self): \(error)")
         }
+    }
+}
+
+public struct RegisterRequest: Codable, Sendable, Equatable {
+    /// Every workload attached to the calling node (replaces what it registered before).
+    public var workloads: [WorkloadSpec]
+
+    public init(workloads: [WorkloadSpec]) {
+        self.workloads = workloads
+    }
+}
+
+public struct RegisterReply: Codable, Sendable, Equatable {
+    public var registered: Int
+
+    public init(registered: Int) {
+        self.registered = registered
+    }
+}
+
+public struct SignRequest: Codable, Sendable, Equatable {
+    /// The netns name of a workload the calling node registered.
+    public var workload: String
+    public var csrPEM: String
+
+    public init(workload: String, csrPEM: String) {
+        self.workload = workload
+        self.csrPEM = csrPEM
+    }
+}
+
+public struct SignReply: Codable, Sendable, Equatable {
+    public var certificate: IssuedCertificate
+    public var bundlePEM: String
+
+    public init(certificate: IssuedCertificate, bundlePEM: String) {
+        self.certificate = certificate
+        self.bundlePEM = bundlePEM
     }
 }

@@ -18,6 +18,7 @@ public struct ControlConfiguration: Sendable {
     public var socketPath = WeftDefaults.controlSocket
     public var trustDomain = "weft.local"
     public var nodeCertificateLifetime: Duration = .seconds(7 * 24 * 3600)
+    public var workloadCertificateLifetime: Duration = .seconds(24 * 3600)
 
     public init() {}
 }
@@ -36,7 +37,8 @@ public struct ControlServer: Service {
 
     public func run() async throws {
         let plane = try ControlPlane(stateDirectory: config.stateDirectory, trustDomain: config.trustDomain,
-                                     nodeCertificateLifetime: config.nodeCertificateLifetime, logger: logger)
+                                     nodeCertificateLifetime: config.nodeCertificateLifetime,
+                                     workloadCertificateLifetime: config.workloadCertificateLifetime, logger: logger)
         let key = WorkloadKey()
         let serving = try await plane.issueServingCertificate(key: key)
         let roots = await plane.roots

@@ -36,6 +36,29 @@ struct ControlService: RegistrableRPCService {
             }
             return StreamingServerResponse(single: ServerResponse(message: reply))
         }
+        router.registerHandler(forMethod: ControlAPI.register, deserializer: JSONCoder<RegisterRequest>(),
+                               serializer: JSONCoder<RegisterReply>()) { request, context in
+            let message = try await ServerRequest(stream: request).message
+            let reply = try await Self.mapped {
+                let node = try await Self.requireNode(context, plane: plane)
+                return await plane.register(message.workloads, node: node)
+            }
+            return StreamingServerResponse(single: ServerResponse(message: reply))
+        }
+        router.registerHandler(forMethod: ControlAPI.sign, deserializer: JSONCoder<SignRequest>(),
+                               serializer: JSONCoder<SignReply>()) { request, context in
+            let message = try await ServerRequest(stream: request).message
+            let reply = try await Self.mapped {
+                let node = try await Self.requireNode(context, plane: plane)
+                do {
+                    return try await plane.sign(message, node: node)
+                } catch {
+                    logger.notice("certificate refused", metadata: ["node": "\(node)", "workload": "\(message.workload)", "reason": "\(error)"])
+                    throw error
+                }
+            }
+            return StreamingServerResponse(single: ServerResponse(message: reply))
+        }
         router.registerHandler(forMethod: ControlAPI.subscribe, deserializer: JSONCoder<AgentMessage>(),
                                serializer: JSONCoder<ConfigSnapshot>()) { request, context in
             let node: String
@@ -73,6 +96,13 @@ struct ControlService: RegistrableRPCService {
         guard let transport = context.transportSpecific as? HTTP2ServerTransport.Posix.Context,
               let chain = transport.peerCertificateChain else { return nil }
         return try await plane.node(of: Array(chain))
+    }
+
+    static func requireNode(_ context: ServerContext, plane: ControlPlane) async throws -> String {
+        guard let node = try await node(of: context, plane: plane) else {
+            throw WeftError(.permissionDenied, "this call needs a node certificate (join first)")
+        }
+        return node
     }
 
     /// Runs `body`, turning Weft errors into gRPC statuses with the same message.

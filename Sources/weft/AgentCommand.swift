@@ -161,6 +161,10 @@ struct AgentCommand: AsyncParsableCommand {
                 guard configDir == nil else {
                     throw WeftError(.invalidArgument, "--config-dir and --control exclude each other: with a control plane, config is applied there")
                 }
+                guard caCert == nil, caBundle == nil, certLifetime == "24h", trustDomain == "weft.local" else {
+                    throw WeftError(.invalidArgument, "--ca-cert, --ca-key, --ca-bundle, --cert-lifetime and --trust-domain are the control plane's with --control",
+                                    hint: "set them on `weft control` (its CA signs every workload of the mesh)")
+                }
                 let (host, port) = try Self.parseControl(control)
                 if let caPin {
                     let hex = caPin.lowercased().hasPrefix("sha256:") ? String(caPin.dropFirst(7)) : ""

@@ -33,6 +33,7 @@ struct ControlServe: AsyncParsableCommand {
     @Option(help: "State directory (config, CA, token hashes, agents).") var stateDir: String = WeftDefaults.controlStateDirectory
     @Option(help: "SPIFFE trust domain.") var trustDomain: String = "weft.local"
     @Option(help: "Lifetime of node certificates (agents renew at half life), e.g. 168h.") var nodeCertLifetime: String = "168h"
+    @Option(help: "Lifetime of workload certificates (agents renew at half life), 1m to 90 days.") var certLifetime: String = "24h"
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() async throws {
@@ -52,6 +53,10 @@ struct ControlServe: AsyncParsableCommand {
                 throw WeftError(.invalidArgument, "--node-cert-lifetime \(nodeCertLifetime): expected a duration from 1m to 90 days")
             }
             config.nodeCertificateLifetime = lifetime
+            guard let workloadLifetime = IstioDuration.parse(certLifetime), workloadLifetime >= .seconds(60), workloadLifetime <= .seconds(90 * 86400) else {
+                throw WeftError(.invalidArgument, "--cert-lifetime \(certLifetime): expected a duration from 1m to 90 days (e.g. 2m, 24h)")
+            }
+            config.workloadCertificateLifetime = workloadLifetime
             try await runService(label: "weft.control", level: level) { ControlServer(config: config, logger: $0) }
         } catch {
             fail(error)

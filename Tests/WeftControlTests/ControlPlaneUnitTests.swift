@@ -215,3 +215,41 @@ final class ChainVerifierTests: XCTestCase {
         XCTAssertTrue(pin.hasPrefix("sha256:") && pin.count == 7 + 64)
     }
 }
+
+final class WorkloadSigningTests: XCTestCase {
+    func testNodesGetCertificatesOnlyForTheirOwnRegisteredWorkloads() async throws {
+        let dir = NSTemporaryDirectory() + "weft-sign-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try ControlPlane(stateDirectory: dir, trustDomain: "weft.local", workloadCertificateLifetime: .seconds(600), logger: Logger(label: "t"))
+        var web = WorkloadSpec(name: "web-1", netns: try NetnsName("web-1"), service: try ServiceName("web"), ports: [], labels: [:], podIP: nil)
+        web.serviceAccount = "frontend"
+        _ = await p.register([web], node: "n1")
+        let id = try SpiffeID.workload(trustDomain: "weft.local", namespace: "default", serviceAccount: "frontend")
+        let now = Date()
+        let reply = try await p.sign(SignRequest(workload: "web-1", csrPEM: try WorkloadKey().csrPEM(for: id)), node: "n1", now: now)
+        XCTAssertEqual(reply.certificate.identity, id)
+        XCTAssertEqual(reply.certificate.notAfter.timeIntervalSince(now), 600, accuracy: 1, "the control plane's lifetime")
+        let roots = await p.roots
+        XCTAssertEqual(try ChainVerifier.verify(try PEMFiles.certificates(pem: reply.certificate.chainPEM.joined(separator: "\n"), what: "c"), roots: roots), id)
+
+        for (node, workload, expected) in [("n2", "web-1", "attached to node n1, not to n2"), ("n1", "db-1", "has not registered a workload db-1")] {
+            do {
+                _ = try await p.sign(SignRequest(workload: workload, csrPEM: try WorkloadKey().csrPEM(for: id)), node: node)
+                XCTFail("\(node) got a certificate for \(workload)")
+            } catch { XCTAssertTrue("\(error)".contains(expected), "\(error)") }
+        }
+        // A CSR asking for another identity than the registration gives is refused.
+        let other = try SpiffeID.workload(trustDomain: "weft.local", namespace: "default", serviceAccount: "admin")
+        do {
+            _ = try await p.sign(SignRequest(workload: "web-1", csrPEM: try WorkloadKey().csrPEM(for: other)), node: "n1")
+            XCTFail("signed a CSR for another identity")
+        } catch { XCTAssertTrue("\(error)".contains("may only obtain"), "\(error)") }
+        // Registration replaces: once web-1 is gone from n1's list, no more certificates for it.
+        _ = await p.register([], node: "n1")
+        do {
+            _ = try await p.sign(SignRequest(workload: "web-1", csrPEM: try WorkloadKey().csrPEM(for: id)), node: "n1")
+            XCTFail("signed for a deregistered workload")
+        } catch { XCTAssertTrue("\(error)".contains("has not registered"), "\(error)") }
+        await p.shutdown()
+    }
+}

@@ -120,6 +120,20 @@ final class ControlPlaneTests: XCTestCase {
         try mesh.waitUntil("agent subscribed and in sync", timeout: 20) {
             try self.agents().contains { $0.node == self.mesh.id && $0.connected && $0.inSync }
         }
+        // Workload certificates come from the control plane's CA: the bundle is its root, the
+        // tunnel between the two workloads uses them, and they are kept for restarts.
+        let bundle = mesh.weft(["get", "certs", "--bundle"]).stdout
+        let controlRoot = try String(contentsOfFile: mesh.controlState + "/ca/root-cert.pem", encoding: .utf8)
+        func body(_ pem: String) -> String { pem.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined() }
+        XCTAssertFalse(body(controlRoot).isEmpty)
+        XCTAssertTrue(body(bundle).contains(body(controlRoot)), "agent trusts the control plane's root: \(bundle)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: mesh.dir + "/state/ca/root-key.pem"), "no CA of the agent's own with --control")
+        let certs = mesh.weft(["get", "certs"]).stdout
+        XCTAssertTrue(certs.contains("spiffe://weft.local/ns/default/sa/web") && certs.contains("spiffe://weft.local/ns/default/sa/client"), certs)
+        XCTAssertTrue(mesh.controlLog.contains("workload certificate issued"), mesh.controlLog.suffix(2000).description)
+        let stored = mesh.dir + "/state/certs/\(mesh.name("web")).json"
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: stored)[.posixPermissions] as? Int, 0o600)
+
         // Local config changes are refused: the control plane is the source.
         let local = mesh.weft(["apply", "-f", "/dev/null"])
         XCTAssertNotEqual(local.status, 0)
@@ -150,8 +164,10 @@ final class ControlPlaneTests: XCTestCase {
         let sent = Int(traffic.stdout.split(separator: " ")[1]) ?? 0
         XCTAssertGreaterThan(sent, 500, traffic.stdout)
 
-        // An agent restarted while the control plane is down recovers from its state directory.
+        // An agent restarted while the control plane is down recovers from its state directory
+        // (config, workloads and their stored certificates: the tunnel works again).
         try mesh.restartAgent(signal: SIGTERM)
+        XCTAssertEqual(Set(try mesh.workloads().map(\.spec.name)), [mesh.name("web"), client], "re-attached without the control plane")
         XCTAssertEqual(agentConfigVersion(), 1, "restarted agent serves the config it had acknowledged")
         var restored = curl(client, "/")
         for _ in 0..<20 where !restored.stdout.lowercased().contains("x-config: v1") { usleep(100_000); restored = curl(client, "/") }

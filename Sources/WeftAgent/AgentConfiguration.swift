@@ -70,6 +70,9 @@ public struct ControlLinkConfiguration: Sendable {
     public var token: String?
     public var caPin: String?
     public var node: String
+    /// This host's address other hosts route this node's pod block through (nil: pods here
+    /// are not reachable from other hosts).
+    public var nodeAddress: IPAddress?
 
     public init(host: String, port: Int, token: String?, caPin: String?, node: String) {
         self.host = host

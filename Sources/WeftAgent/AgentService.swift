@@ -34,7 +34,7 @@ public struct AgentService: Service {
         // changes nothing on the host.
         var link: ControlLink?
         if let settings = config.control {
-            let l = ControlLink(settings: settings, stateDirectory: config.stateDirectory, logger: logger)
+            let l = ControlLink(settings: settings, stateDirectory: config.stateDirectory, podCIDR: config.podCIDR, logger: logger)
             do { try await l.bootstrap() } catch {
                 try? await group.shutdownGracefully()
                 throw error
@@ -60,6 +60,7 @@ public struct AgentService: Service {
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
         if let link {
             await registry.restoreConfig(version: await link.restoredVersion)
+            await registry.applyRemote(await link.savedRegistry)
         } else {
             await registry.restoreConfig()
         }

@@ -41,8 +41,12 @@ public actor ControlLink {
         var version: Int
     }
 
-    public init(settings: ControlLinkConfiguration, stateDirectory: String, logger: Logger) {
+    /// How other hosts reach this node's pods (registered with the workloads).
+    let route: NodeRoute?
+
+    public init(settings: ControlLinkConfiguration, stateDirectory: String, podCIDR: CIDR, logger: Logger) {
         self.settings = settings
+        route = settings.nodeAddress.map { NodeRoute(address: $0, podCIDR: podCIDR) }
         self.stateDirectory = stateDirectory
         self.logger = logger
         status = ControlLinkStatus(address: settings.address, node: settings.node, connected: false, appliedVersion: nil,
@@ -71,7 +75,7 @@ public actor ControlLink {
     /// certificates for).
     public func register(_ specs: [WorkloadSpec]) async throws {
         guard let creds = credentials else { throw WeftError(.system, "not joined") }
-        let _: RegisterReply = try await client.unary(ControlAPI.register, RegisterRequest(workloads: specs), chain: creds.chainPEM,
+        let _: RegisterReply = try await client.unary(ControlAPI.register, RegisterRequest(workloads: specs, route: route), chain: creds.chainPEM,
                                                       keyPEM: creds.keyPEM, trust: .init(roots: creds.roots, trustDomain: try trustDomain(creds)))
     }
 
@@ -237,8 +241,24 @@ public actor ControlLink {
         }
     }
 
+    /// The other nodes' part of the registry, as last received (kept for restarts).
+    public var savedRegistry: [NodeWorkloads] {
+        (FileManager.default.contents(atPath: nodeDirectory + "/registry.json"))
+            .flatMap { try? JSONDecoder().decode([NodeWorkloads].self, from: $0) } ?? []
+    }
+
     /// Applies one snapshot (or refuses it) and says which.
     func handle(_ snapshot: ConfigSnapshot, registry: WorkloadRegistry) async -> AgentMessage {
+        if let nodes = snapshot.nodes {
+            let others = nodes.filter { $0.node != settings.node }
+            await registry.applyRemote(others)
+            do {
+                try SecretFile.makeDirectory(nodeDirectory)
+                try SecretFile.write(String(decoding: try JSONEncoder().encode(others), as: UTF8.self), to: nodeDirectory + "/registry.json")
+            } catch {
+                logger.error("cannot keep the mesh registry in \(nodeDirectory): \(error)")
+            }
+        }
         if case .refuse(let reason) = SnapshotPolicy.decide(followedStore: followed?.store, currentResources: await registry.configResourceCount,
                                                             snapshot: snapshot) {
             logger.warning("refused config version \(snapshot.version): \(reason)")

@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import Logging
 import WeftConfig
+import WeftControl
 import WeftCore
 import WeftIdentity
 import WeftNetns
@@ -85,6 +86,39 @@ public actor WorkloadRegistry {
     }
 
     /// Recomputes services and endpoints from the attached workloads and publishes them.
+    /// Other nodes' workloads (from the control plane): endpoints of their services, reached
+    /// through their tunnel port with the identity the control plane gives them.
+    private var remoteWorkloads: [WorkloadSpec] = []
+    private var remoteRoutes = RemoteRoutes()
+    private var warnedForwarding = false
+
+    /// The other nodes' part of the mesh-wide registry: their workloads become endpoints
+    /// here, and their pod blocks get host routes through their node address.
+    public func applyRemote(_ nodes: [NodeWorkloads]) {
+        var wanted: [CIDR: IPAddress] = [:]
+        for node in nodes {
+            guard let route = node.route else { continue }
+            if config.podCIDR.contains(route.podCIDR.address) || route.podCIDR.contains(config.podCIDR.address) {
+                logger.error("node \(node.node)'s pod block \(route.podCIDR) overlaps this node's \(config.podCIDR); its pods are not routed")
+                continue
+            }
+            wanted[route.podCIDR] = route.address
+        }
+        // Workloads of a node that other hosts cannot reach are left out (no route to them).
+        let reachable = nodes.filter { $0.route != nil && wanted[$0.route!.podCIDR] != nil }
+        let remote = reachable.flatMap(\.workloads)
+        for problem in remoteRoutes.apply(wanted) { logger.error("cross-host \(problem)") }
+        if !wanted.isEmpty, !warnedForwarding, !RemoteRoutes.forwardingEnabled {
+            warnedForwarding = true
+            logger.warning("IPv4 forwarding is off on this host: pods on other hosts cannot reach this node's pods",
+                           metadata: ["fix": "sysctl -w net.ipv4.ip_forward=1"])
+        }
+        guard remote != remoteWorkloads else { return }
+        remoteWorkloads = remote
+        logger.info("mesh registry: \(remote.count) workload(s) on \(reachable.count) other node(s)")
+        republish()
+    }
+
     private func republish() {
         var peers: [IPAddress: ServiceDirectory.Peer] = [:]
         for entry in attached.values {
@@ -93,9 +127,20 @@ public actor WorkloadRegistry {
             let peer = ServiceDirectory.Peer(identity: id, namespace: spec.namespace.rawValue, labels: spec.labels)
             for ip in [spec.podIP, spec.podIPv6].compactMap({ $0 }) { peers[ip] = peer }
         }
+        if let identities {
+            for spec in remoteWorkloads {
+                guard let id = try? identities.identity(of: spec) else { continue }
+                let peer = ServiceDirectory.Peer(identity: id, namespace: spec.namespace.rawValue, labels: spec.labels)
+                for ip in [spec.podIP].compactMap({ $0 }) where peers[ip] == nil { peers[ip] = peer }
+            }
+        }
         directory.publish(peers: peers)
         do {
-            try catalog.rebuild(from: attached.values.map(\.proxy.spec))
+            try catalog.rebuild(from: attached.values.map(\.proxy.spec) + remoteWorkloads.map { remote in
+                var spec = remote
+                spec.podIPv6 = nil  // cross-host routes are IPv4 only
+                return spec
+            })
         } catch {
             logger.error("service registry: \(error)")
         }

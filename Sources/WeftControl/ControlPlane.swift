@@ -38,6 +38,8 @@ public actor ControlPlane {
     private var agents: [String: Agent] = [:]
     /// What each node says is attached to it: the only workloads it may get certificates for.
     private var workloads: [String: [WorkloadSpec]] = [:]
+    /// How each node's pods are reached from other hosts.
+    private var routes: [String: NodeRoute] = [:]
     /// Lifetime of workload certificates (agents renew at half life).
     public let workloadCertificateLifetime: Duration
     private var subscribers: [UUID: (node: String, continuation: AsyncStream<ConfigSnapshot>.Continuation)] = [:]
@@ -58,8 +60,11 @@ public actor ControlPlane {
             agents = Dictionary(list.map { ($0.node, $0) }, uniquingKeysWith: { a, _ in a })
         }
         if let data = FileManager.default.contents(atPath: stateDirectory + "/workloads.json"),
-           let saved = try? JSONDecoder.iso.decode([String: [WorkloadSpec]].self, from: data) {
-            workloads = saved
+           let saved = try? JSONDecoder.iso.decode([NodeWorkloads].self, from: data) {
+            for n in saved {
+                workloads[n.node] = n.workloads
+                routes[n.node] = n.route
+            }
         }
         if let saved = ConfigStore.load(from: stateDirectory) {
             let version = (FileManager.default.contents(atPath: stateDirectory + "/config-version.json"))
@@ -154,12 +159,37 @@ public actor ControlPlane {
     // MARK: - workloads
 
     /// The calling node's complete list of attached workloads.
-    public func register(_ list: [WorkloadSpec], node: String, now: Date = Date()) -> RegisterReply {
+    public func register(_ list: [WorkloadSpec], route: NodeRoute? = nil, node: String, now: Date = Date()) throws -> RegisterReply {
+        if let route {
+            for (other, r) in routes where other != node && (r.podCIDR.contains(route.podCIDR.address) || route.podCIDR.contains(r.podCIDR.address)) {
+                throw WeftError(.invalidArgument, "node \(node)'s pod block \(route.podCIDR) overlaps node \(other)'s \(r.podCIDR)",
+                                hint: "give every node its own --pod-cidr")
+            }
+        }
+        if let route {
+            // A node speaks only for its own pod block: a workload claiming an address outside
+            // it (another node's pod) would make other agents expect the wrong identity there.
+            let outside = list.filter { $0.podIP.map { !route.podCIDR.contains($0) } ?? false }
+            guard outside.isEmpty else {
+                throw WeftError(.permissionDenied, "node \(node) registered workload(s) outside its pod block \(route.podCIDR): "
+                                + outside.map { "\($0.name) at \($0.podIP!)" }.joined(separator: ", "))
+            }
+        }
+        let changed = workloads[node] != list || routes[node] != route
         workloads[node] = list
+        routes[node] = route
         agents[node]?.lastSeen = now
         saveAgents()
-        logger.info("workloads registered", metadata: ["node": "\(node)", "count": "\(list.count)"])
+        if changed {
+            logger.info("workloads registered", metadata: ["node": "\(node)", "count": "\(list.count)", "route": "\(route.map { "\($0.podCIDR) via \($0.address)" } ?? "none")"])
+            publish()
+        }
         return RegisterReply(registered: list.count)
+    }
+
+    /// The mesh-wide registry, as agents get it.
+    public var registry: [NodeWorkloads] {
+        Set(workloads.keys).union(routes.keys).sorted().map { NodeWorkloads(node: $0, route: routes[$0], workloads: workloads[$0] ?? []) }
     }
 
     public func registeredWorkloads(node: String) -> [WorkloadSpec] { workloads[node] ?? [] }
@@ -190,7 +220,7 @@ public actor ControlPlane {
     // MARK: - config
 
     public var snapshot: ConfigSnapshot {
-        ConfigSnapshot(version: store.version, documents: store.documents, store: storeID)
+        ConfigSnapshot(version: store.version, documents: store.documents, store: storeID, nodes: registry)
     }
 
     public func applyConfig(_ files: [ConfigFile]) -> ConfigReply {
@@ -216,10 +246,14 @@ public actor ControlPlane {
         } catch {
             logger.error("cannot persist config version \(store.version): \(error)")
         }
-        let snapshot = self.snapshot
-        for (_, s) in subscribers { s.continuation.yield(snapshot) }
+        publish()
         logger.info("config version \(store.version) published", metadata: ["subscribers": "\(subscribers.count)"])
         return reply
+    }
+
+    private func publish() {
+        let snapshot = self.snapshot
+        for (_, s) in subscribers { s.continuation.yield(snapshot) }
     }
 
     // MARK: - subscriptions
@@ -298,7 +332,7 @@ public actor ControlPlane {
     private func flushAgents() {
         flushScheduled = false
         do {
-            try SecretFile.write(String(decoding: try JSONEncoder.iso.encode(workloads), as: UTF8.self), to: stateDirectory + "/workloads.json")
+            try SecretFile.write(String(decoding: try JSONEncoder.iso.encode(registry), as: UTF8.self), to: stateDirectory + "/workloads.json")
             let list = agents.values.sorted { $0.node < $1.node }
             try SecretFile.write(String(decoding: try JSONEncoder.iso.encode(list), as: UTF8.self), to: stateDirectory + "/agents.json")
         } catch {

@@ -97,17 +97,21 @@ public struct AgentMessage: Codable, Sendable, Equatable {
     }
 }
 
-/// Control plane → agent: the whole config at one version (documents as YAML).
+/// Control plane → agent: the whole config at one version (documents as YAML), and the
+/// mesh-wide registry (every node's workloads and pod route; sent again whenever it changes,
+/// at the same config version).
 public struct ConfigSnapshot: Codable, Sendable, Equatable {
     public var version: Int
     public var documents: [String]
     /// The identity of the control plane's store: versions compare only within one store.
     public var store: String
+    public var nodes: [NodeWorkloads]?
 
-    public init(version: Int, documents: [String], store: String) {
+    public init(version: Int, documents: [String], store: String, nodes: [NodeWorkloads]? = nil) {
         self.version = version
         self.documents = documents
         self.store = store
+        self.nodes = nodes
     }
 }
 
@@ -136,8 +140,35 @@ public struct JSONCoder<Message: Codable & Sendable>: MessageSerializer, Message
 public struct RegisterRequest: Codable, Sendable, Equatable {
     /// Every workload attached to the calling node (replaces what it registered before).
     public var workloads: [WorkloadSpec]
+    /// How other hosts reach this node's pods (nil: they cannot).
+    public var route: NodeRoute?
 
-    public init(workloads: [WorkloadSpec]) {
+    public init(workloads: [WorkloadSpec], route: NodeRoute? = nil) {
+        self.workloads = workloads
+        self.route = route
+    }
+}
+
+/// A node's pod block and the host address it is routed through.
+public struct NodeRoute: Codable, Sendable, Equatable {
+    public var address: IPAddress
+    public var podCIDR: CIDR
+
+    public init(address: IPAddress, podCIDR: CIDR) {
+        self.address = address
+        self.podCIDR = podCIDR
+    }
+}
+
+/// One node's part of the mesh-wide registry, as streamed to every agent.
+public struct NodeWorkloads: Codable, Sendable, Equatable {
+    public var node: String
+    public var route: NodeRoute?
+    public var workloads: [WorkloadSpec]
+
+    public init(node: String, route: NodeRoute?, workloads: [WorkloadSpec]) {
+        self.node = node
+        self.route = route
         self.workloads = workloads
     }
 }

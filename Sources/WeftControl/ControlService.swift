@@ -41,7 +41,7 @@ struct ControlService: RegistrableRPCService {
             let message = try await ServerRequest(stream: request).message
             let reply = try await Self.mapped {
                 let node = try await Self.requireNode(context, plane: plane)
-                return await plane.register(message.workloads, node: node)
+                return try await plane.register(message.workloads, route: message.route, node: node)
             }
             return StreamingServerResponse(single: ServerResponse(message: reply))
         }

@@ -52,6 +52,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "sha256:HEX of the control plane's root certificate, checked before the token is sent.")
     var caPin: String?
     @Option(help: "This node's name in the mesh (default: the host name).") var nodeName: String?
+    @Option(help: "With --control: this host's address that other hosts route this node's pod block through (IPv4).")
+    var nodeAddress: String?
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     /// "host", "host:port", "[v6]:port", "v6" → (host, port).
@@ -180,8 +182,14 @@ struct AgentCommand: AsyncParsableCommand {
                 let node = (nodeName ?? String(cString: hostname)).lowercased()
                 try ControlPlane.checkNodeName(node)
                 config.control = ControlLinkConfiguration(host: host, port: port, token: token, caPin: caPin?.lowercased(), node: node)
-            } else if token != nil || caPin != nil || nodeName != nil {
-                throw WeftError(.invalidArgument, "--token, --ca-pin and --node-name are for joining a control plane: add --control HOST[:PORT]")
+                if let nodeAddress {
+                    guard let ip = IPAddress(nodeAddress), ip.family == .v4 else {
+                        throw WeftError(.invalidArgument, "--node-address \(nodeAddress): expected this host's IPv4 address")
+                    }
+                    config.control?.nodeAddress = ip
+                }
+            } else if token != nil || caPin != nil || nodeName != nil || nodeAddress != nil {
+                throw WeftError(.invalidArgument, "--token, --ca-pin, --node-name and --node-address are for joining a control plane: add --control HOST[:PORT]")
             }
             config.retryBudget = .init(ratio: retryBudgetRatio, minPerSecond: retryBudgetMinPerSecond, enabled: !noRetryBudget)
             try await runService(label: "weft.agent", level: level) { AgentService(config: config, logger: $0) }

@@ -223,7 +223,7 @@ final class WorkloadSigningTests: XCTestCase {
         let p = try ControlPlane(stateDirectory: dir, trustDomain: "weft.local", workloadCertificateLifetime: .seconds(600), logger: Logger(label: "t"))
         var web = WorkloadSpec(name: "web-1", netns: try NetnsName("web-1"), service: try ServiceName("web"), ports: [], labels: [:], podIP: nil)
         web.serviceAccount = "frontend"
-        _ = await p.register([web], node: "n1")
+        _ = try await p.register([web], node: "n1")
         let id = try SpiffeID.workload(trustDomain: "weft.local", namespace: "default", serviceAccount: "frontend")
         let now = Date()
         let reply = try await p.sign(SignRequest(workload: "web-1", csrPEM: try WorkloadKey().csrPEM(for: id)), node: "n1", now: now)
@@ -245,11 +245,50 @@ final class WorkloadSigningTests: XCTestCase {
             XCTFail("signed a CSR for another identity")
         } catch { XCTAssertTrue("\(error)".contains("may only obtain"), "\(error)") }
         // Registration replaces: once web-1 is gone from n1's list, no more certificates for it.
-        _ = await p.register([], node: "n1")
+        _ = try await p.register([], node: "n1")
         do {
             _ = try await p.sign(SignRequest(workload: "web-1", csrPEM: try WorkloadKey().csrPEM(for: id)), node: "n1")
             XCTFail("signed for a deregistered workload")
         } catch { XCTAssertTrue("\(error)".contains("has not registered"), "\(error)") }
         await p.shutdown()
+    }
+}
+
+final class RegistryTests: XCTestCase {
+    func testRegistrationsAreStreamedAndPodBlocksMustNotOverlap() async throws {
+        let dir = NSTemporaryDirectory() + "weft-reg-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try ControlPlane(stateDirectory: dir, trustDomain: "weft.local", logger: Logger(label: "t"))
+        let (_, stream) = await p.subscribe(node: "n2", address: nil)
+        var it = stream.makeAsyncIterator()
+        let first = await it.next()
+        XCTAssertEqual(first?.nodes, [])
+        let web = WorkloadSpec(name: "web-1", netns: try NetnsName("web-1"), service: try ServiceName("web"), ports: [], labels: [:],
+                               podIP: IPAddress("10.1.1.2"))
+        let route = NodeRoute(address: IPAddress("192.168.0.1")!, podCIDR: CIDR("10.1.1.0/24")!)
+        _ = try await p.register([web], route: route, node: "n1")
+        let second = await it.next()
+        XCTAssertEqual(second?.version, 0, "the registry travels at the same config version")
+        XCTAssertEqual(second?.nodes, [NodeWorkloads(node: "n1", route: route, workloads: [web])])
+        // Another node claiming an overlapping pod block is refused; the registry is unchanged.
+        do {
+            _ = try await p.register([], route: NodeRoute(address: IPAddress("192.168.0.2")!, podCIDR: CIDR("10.1.0.0/16")!), node: "n3")
+            XCTFail("overlapping pod block accepted")
+        } catch { XCTAssertTrue("\(error)".contains("overlaps node n1's 10.1.1.0/24"), "\(error)") }
+        // A node claiming an address outside its own block (another node's pod) is refused.
+        var impostor = web
+        impostor.name = "fake"
+        do {
+            _ = try await p.register([impostor], route: NodeRoute(address: IPAddress("192.168.0.2")!, podCIDR: CIDR("10.2.0.0/24")!), node: "n2")
+            XCTFail("a pod address outside the node's block was accepted")
+        } catch { XCTAssertTrue("\(error)".contains("outside its pod block 10.2.0.0/24: fake at 10.1.1.2"), "\(error)") }
+        let registry = await p.registry
+        XCTAssertEqual(registry.map(\.node), ["n1"])
+        // The registry survives a restart of the control plane.
+        await p.shutdown()
+        let again = try ControlPlane(stateDirectory: dir, trustDomain: "weft.local", logger: Logger(label: "t"))
+        let restored = await again.registry
+        XCTAssertEqual(restored, registry)
+        await again.shutdown()
     }
 }

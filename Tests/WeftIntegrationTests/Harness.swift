@@ -56,7 +56,9 @@ final class MeshHarness {
     /// `withControlPlane`: a `weft control` is started first (127.0.0.1, a free port, its
     /// own socket and state) and the agent joins it with a fresh token instead of watching
     /// a config directory.
-    static func start(podPrefix: Int = 24, agentArgs: [String] = [], withControlPlane: Bool = false,
+    /// `hosts`: with a control plane, an underlay bridge is made first and the control plane
+    /// listens on it, so `addHost` can start agents in simulated hosts (network namespaces).
+    static func start(podPrefix: Int = 24, agentArgs: [String] = [], withControlPlane: Bool = false, hosts: Bool = false,
                       file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
         guard geteuid() == 0 else {
             throw XCTSkip("SKIPPED: needs root and network namespaces (CI runs these as root): sudo swift test")
@@ -69,6 +71,12 @@ final class MeshHarness {
         let extra = ProcessInfo.processInfo.environment["WEFT_TEST_AGENT_ARGS"].map { $0.split(separator: " ").map(String.init) } ?? []
         h.agentArgs = agentArgs + extra
         if withControlPlane {
+            if hosts {
+                do { try h.makeUnderlay() } catch {
+                    h.shutdown()
+                    throw error
+                }
+            }
             try h.startControl()
             let token = h.weft(["control", "token", "create", "--ttl", "10m", "-o", "json", "--control-socket", h.controlSocket])
             guard token.status == 0, let object = try JSONSerialization.jsonObject(with: Data(token.stdout.utf8)) as? [String: Any],
@@ -77,7 +85,8 @@ final class MeshHarness {
                 throw HarnessError("weft control token create failed: \(token.output)")
             }
             h.controlPin = pin
-            h.agentArgs += ["--control", "127.0.0.1:\(h.controlPort)", "--token", secret, "--ca-pin", pin, "--node-name", h.id]
+            h.controlToken = secret
+            h.agentArgs += ["--control", "\(h.controlHost):\(h.controlPort)", "--token", secret, "--ca-pin", pin, "--node-name", h.id]
         }
         do { try h.startAgent() } catch {
             h.shutdown()
@@ -167,6 +176,83 @@ final class MeshHarness {
     private(set) var control: Process?
     private(set) var controlPort = 0
     private(set) var controlPin = ""
+    private(set) var controlToken = ""
+    /// Where the control plane listens: loopback, or the underlay bridge when there are hosts.
+    private(set) var controlHost = "127.0.0.1"
+
+    // MARK: simulated hosts
+
+    /// A host: a network namespace on the underlay bridge with its own agent (own pod bridge,
+    /// pod block, socket and state), joined to the control plane.
+    struct Host {
+        let netns: String
+        let address: String
+        let podCIDR: String
+        let socket: String
+        let process: Process
+        var node: String { netns }
+    }
+
+    private(set) var hosts: [Host] = []
+    private var third: Int { Int(podCIDR.split(separator: ".")[2])! }
+    var underlayBridge: String { "wu" + id.dropFirst() }
+
+    /// 10.233.T.1/24 on a bridge in the test's own range; hosts get .11, .12, ...
+    private func makeUnderlay() throws {
+        let r = run(["ip", "link", "add", underlayBridge, "type", "bridge"])
+        guard r.status == 0 else { throw HarnessError("ip link add \(underlayBridge): \(r.output)") }
+        underlayMade = true
+        _ = run(["ip", "addr", "add", "10.233.\(third).1/24", "dev", underlayBridge])
+        _ = run(["ip", "link", "set", underlayBridge, "up"])
+        controlHost = "10.233.\(third).1"
+    }
+
+    private var underlayMade = false
+
+    /// Starts host `index` (1, 2, ...): its netns, underlay link, forwarding on, and an agent
+    /// joined to the control plane with its own pod block 10.232.T.(64·index)/26.
+    func addHost(_ index: Int) throws -> Host {
+        let ns = name("h\(index)")
+        let address = "10.233.\(third).\(10 + index)"
+        let veth = "wh\(id.dropFirst())\(index)"
+        for cmd in [["ip", "netns", "add", ns],
+                    ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
+                    ["ip", "link", "set", veth, "master", underlayBridge, "up"],
+                    ["ip", "-n", ns, "addr", "add", "\(address)/24", "dev", "eth0"],
+                    ["ip", "-n", ns, "link", "set", "eth0", "up"],
+                    ["ip", "-n", ns, "link", "set", "lo", "up"],
+                    ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]] {
+            let r = run(cmd)
+            guard r.status == 0 else { throw HarnessError("\(cmd.joined(separator: " ")): \(r.output)") }
+        }
+        let podBlock = "10.232.\(third).\(64 * index)/26"
+        let socket = dir + "/h\(index).sock"
+        let log = touch(dir + "/h\(index).err")
+        let p = Process()
+        // nsenter, not `ip netns exec`: only the network namespace changes (ip netns exec also
+        // makes a private mount namespace, where the /run/netns mounts of `weft run` stay).
+        p.executableURL = URL(fileURLWithPath: HostTool.find("nsenter") ?? "/usr/bin/nsenter")
+        p.arguments = ["--net=/run/netns/\(ns)", "--", Self.weftBinary, "agent", "--socket", socket, "--bridge", "wp\(id.dropFirst())\(index)",
+                       "--pod-cidr", podBlock, "--pod-cidr6", "none", "--dns-upstream", "none", "--state-dir", dir + "/h\(index)-state",
+                       "--control", "\(controlHost):\(controlPort)", "--token", controlToken, "--ca-pin", controlPin,
+                       "--node-name", ns, "--node-address", address, "--log-level", "debug"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle(forWritingAtPath: log)
+        try p.run()
+        let host = Host(netns: ns, address: address, podCIDR: podBlock, socket: socket, process: p)
+        hosts.append(host)
+        try waitUntil("agent of host \(index) serving", timeout: 20) {
+            self.weft(["get", "workloads", "--agent-socket", socket]).status == 0
+        }
+        return host
+    }
+
+    func hostLog(_ index: Int) -> String { (try? String(contentsOfFile: dir + "/h\(index).err", encoding: .utf8)) ?? "" }
+
+    /// `weft ARGS` run inside a host (its agent's socket), in the background.
+    func startWeft(in host: Host, _ args: [String]) throws -> Background {
+        try startProcess(["nsenter", "--net=/run/netns/\(host.netns)", "--", Self.weftBinary] + args, env: ["WEFT_AGENT_SOCKET": host.socket])
+    }
     var controlSocket: String { dir + "/control.sock" }
     var controlState: String { dir + "/control-state" }
     var controlLog: String { (try? String(contentsOfFile: dir + "/control.err", encoding: .utf8)) ?? "" }
@@ -176,7 +262,7 @@ final class MeshHarness {
         if controlPort == 0 { controlPort = Int.random(in: 20000...29999) }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
-        p.arguments = ["control", "--listen", "127.0.0.1:\(controlPort)", "--socket", controlSocket, "--state-dir", controlState,
+        p.arguments = ["control", "--listen", "\(controlHost):\(controlPort)", "--socket", controlSocket, "--state-dir", controlState,
                        "--log-level", "debug"]
         let log = dir + "/control.err"
         if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
@@ -276,12 +362,13 @@ final class MeshHarness {
     }
 
     /// Starts any command in the background (stopped at teardown if still running).
-    func startProcess(_ argv: [String]) throws -> Background {
+    func startProcess(_ argv: [String], env: [String: String] = [:]) throws -> Background {
         let tag = UUID().uuidString.prefix(8)
         let out = touch("\(dir)/bg-\(tag).out"), err = touch("\(dir)/bg-\(tag).err")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : (HostTool.find(argv[0]) ?? argv[0]))
         p.arguments = Array(argv.dropFirst())
+        if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 } }
         p.standardOutput = FileHandle(forWritingAtPath: out)
         p.standardError = FileHandle(forWritingAtPath: err)
         p.standardInput = FileHandle.nullDevice
@@ -371,6 +458,12 @@ final class MeshHarness {
             while agent.isRunning && Date() < deadline { usleep(20_000) }
             if agent.isRunning { kill(agent.processIdentifier, SIGKILL) }
         }
+        for host in hosts where host.process.isRunning {
+            kill(host.process.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(10)
+            while host.process.isRunning && Date() < deadline { usleep(20_000) }
+            if host.process.isRunning { kill(host.process.processIdentifier, SIGKILL) }
+        }
         stopControl(signal: SIGTERM)
         if let control, control.isRunning { kill(control.processIdentifier, SIGKILL) }
         for ns in Set(ourNetns() + extraNetns) {
@@ -381,6 +474,7 @@ final class MeshHarness {
             if let n = try? NetnsName(ns) { _ = run(["ip", "link", "del", PodNetworking.hostVethName(for: n)]) }
         }
         _ = run(["ip", "link", "del", bridge])
+        if underlayMade { _ = run(["ip", "link", "del", underlayBridge]) }
         if let dnsStub, dnsStub.isRunning { dnsStub.terminate(); dnsStub.waitUntilExit() }
         try? FileManager.default.removeItem(atPath: dir)
     }

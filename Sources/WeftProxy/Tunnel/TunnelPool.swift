@@ -80,6 +80,7 @@ final class TunnelPool {
                 let sync = channel.pipeline.syncOperations
                 try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
                 try sync.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: nil))
+                try sync.addHandler(TunnelWriteCoalescer())
                 try sync.addHandler(SecureNamingCheck(expected: key.peer, trustDomain: trustDomain, verified: verified))
             }
         }.whenComplete { result in

@@ -41,6 +41,7 @@ enum TunnelServer {
             // A peer's close_notify ends the connection (no half-open tunnels lingering).
             try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
             try sync.addHandler(NIOSSLServerHandler(context: tls))
+            try sync.addHandler(TunnelWriteCoalescer())
             try sync.addHandler(TunnelServerGate(workload: context, trustDomain: trustDomain, listener: listener))
             try channel.syncOptions?.setOption(.autoRead, value: true)
         } catch {

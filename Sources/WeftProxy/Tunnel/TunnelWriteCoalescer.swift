@@ -1,0 +1,66 @@
+import NIOCore
+
+/// Between HTTP/2 and TLS on a tunnel connection: joins the small writes of one flush into one
+/// buffer, so TLS seals one record where it would seal one per write. HTTP/2 writes every DATA
+/// frame as two buffers (its 9-byte header, then the payload), and NIOSSL makes a TLS record
+/// of each write: without this, a request costs twice the records, AEAD seals and TLS
+/// overhead bytes. Writes larger than one record pass through untouched (no copy), in order.
+final class TunnelWriteCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    /// What fits in one TLS record, with room for its overhead.
+    static let limit = 16 * 1024 - 256
+
+    private var pending: ByteBuffer?
+    private var promises: [EventLoopPromise<Void>] = []
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard case .byteBuffer(let buffer) = unwrapOutboundIn(data), buffer.readableBytes <= Self.limit else {
+            drain(context)
+            context.write(data, promise: promise)
+            return
+        }
+        if let current = pending?.readableBytes, current + buffer.readableBytes > Self.limit { drain(context) }
+        if pending == nil {
+            var fresh = context.channel.allocator.buffer(capacity: max(1024, min(Self.limit, buffer.readableBytes * 4)))
+            fresh.writeImmutableBuffer(buffer)
+            pending = fresh
+        } else {
+            pending!.writeImmutableBuffer(buffer)
+        }
+        if let promise { promises.append(promise) }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        drain(context)
+        context.flush()
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        drain(context)
+        context.close(mode: mode, promise: promise)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        drain(context)
+    }
+
+    /// Passes the joined buffer down, its promise completing every joined write's.
+    private func drain(_ context: ChannelHandlerContext) {
+        guard let buffer = pending else { return }
+        pending = nil
+        let waiting = promises
+        promises.removeAll(keepingCapacity: true)
+        let promise: EventLoopPromise<Void>?
+        switch waiting.count {
+        case 0: promise = nil
+        case 1: promise = waiting[0]
+        default:
+            let joined = context.eventLoop.makePromise(of: Void.self)
+            for p in waiting { joined.futureResult.cascade(to: p) }
+            promise = joined
+        }
+        context.write(wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
+    }
+}

@@ -261,32 +261,36 @@ extension MTLSTests {
 }
 
 extension MTLSTests {
+    /// Mints a certificate with the mesh CA in DIR (root-cert.pem, root-key.pem) for URI,
+    /// valid from START to END seconds from now: `mint.py DIR URI START END OUT` → OUT.pem, OUT.key.
+    static let mintScript = """
+    import sys, datetime
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    ca_dir, uri, start, end, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    ca_key = serialization.load_pem_private_key(open(ca_dir + "/root-key.pem", "rb").read(), None)
+    ca = x509.load_pem_x509_certificate(open(ca_dir + "/root-cert.pem", "rb").read())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.utcnow()
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test")]))
+        .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(seconds=start)).not_valid_after(now + datetime.timedelta(seconds=end))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256()))
+    open(out + ".pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+    open(out + ".key", "wb").write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    """
+
     /// Certificates signed by the mesh's own CA but wrong: expired, not yet valid, another
     /// trust domain. Each is refused with its reason; a right one is accepted.
     func testExpiredNotYetValidAndForeignTrustDomainCertificatesAreRefused() throws {
         _ = try startServer()
         let ip = try XCTUnwrap(try mesh.workload(mesh.name("srv"))?.spec.podIP)
         let mint = mesh.dir + "/mint.py"
-        try """
-            import sys, datetime
-            from cryptography import x509
-            from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
-            from cryptography.hazmat.primitives import hashes, serialization
-            from cryptography.hazmat.primitives.asymmetric import ec
-            ca_dir, uri, start, end, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-            ca_key = serialization.load_pem_private_key(open(ca_dir + "/root-key.pem", "rb").read(), None)
-            ca = x509.load_pem_x509_certificate(open(ca_dir + "/root-cert.pem", "rb").read())
-            key = ec.generate_private_key(ec.SECP256R1())
-            now = datetime.datetime.utcnow()
-            cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test")]))
-                .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now + datetime.timedelta(seconds=start)).not_valid_after(now + datetime.timedelta(seconds=end))
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-            open(out + ".pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
-            open(out + ".key", "wb").write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-            """.write(toFile: mint, atomically: true, encoding: .utf8)
+        try Self.mintScript.write(toFile: mint, atomically: true, encoding: .utf8)
         let ca = mesh.dir + "/state/ca"
         let good = "spiffe://weft.local/ns/shop/sa/client"
         let cases: [(String, String, Int, Int)] = [

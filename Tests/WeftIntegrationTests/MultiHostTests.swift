@@ -26,6 +26,7 @@ final class MultiHostTests: XCTestCase {
             throw HarnessError("\(error)\n--- weft run ---\n\(server.stderr)\n--- host 1 ---\n\(mesh.hostLog(1).suffix(3000))")
         }
         _ = try mesh.startWeft(in: h2, ["run", "--name", client, "--service", "client", "--", "sleep", "300"])
+        try waitAttached(client, on: h2)
 
         // Host 2's agent learns host 1's workload from the control plane.
         func services(_ host: MeshHarness.Host) throws -> [ServiceStatus] {
@@ -71,5 +72,73 @@ final class MultiHostTests: XCTestCase {
             let agents = (try? JSONDecoder().decode([AgentSyncStatus].self, from: Data(r.stdout.utf8))) ?? []
             return Set(agents.filter(\.connected).map(\.node)).isSuperset(of: [h1.node, h2.node])
         }
+    }
+
+    /// Until `weft run` has attached `workload` (its capture rules and DNS are in place).
+    func waitAttached(_ workload: String, on host: MeshHarness.Host) throws {
+        try mesh.waitUntil("\(workload) attached on \(host.netns)", timeout: 20) {
+            self.mesh.weft(["get", "workloads", "--agent-socket", host.socket]).stdout.contains(workload)
+        }
+    }
+
+    /// Secure naming across hosts: someone on host 2's network answers for web's pod address
+    /// on 15008 with a valid certificate of the mesh (same CA) but another identity. A client
+    /// that opens a new tunnel gets nothing through (the mesh's 503), the refusal names both
+    /// identities, and once the route is back the real web answers.
+    func testAServerWithTheWrongIdentityIsRefused() throws {
+        let h1 = try mesh.addHost(1), h2 = try mesh.addHost(2)
+        let script = mesh.dir + "/app.py", mint = mesh.dir + "/mint.py"
+        try ControlPlaneTests.app.write(toFile: script, atomically: true, encoding: .utf8)
+        try MTLSTests.mintScript.write(toFile: mint, atomically: true, encoding: .utf8)
+        let web = mesh.name("web"), client = mesh.name("cli")
+        _ = try mesh.startWeft(in: h1, ["run", "--name", web, "--service", "web", "--port", "8000/http", "--", "/usr/bin/python3", script, "8000"])
+        try mesh.waitForListener(netns: web, port: 8000)
+        let webIP = try XCTUnwrap(mesh.run(["ip", "-n", web, "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
+            .split(separator: " ").first { $0.contains("/") }.map { String($0.split(separator: "/")[0]) })
+
+        // The impostor: a netns on host 2 holding web's address, routed there by host 2,
+        // serving TLS 1.3 on 15008 with a certificate the mesh CA signed for "impostor".
+        let rogue = try mesh.makeNetns("rogue")
+        let link = "rg" + mesh.id.dropFirst()
+        for cmd in [["ip", "-n", h2.netns, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", rogue],
+                    ["ip", "-n", h2.netns, "link", "set", link, "up"],
+                    ["ip", "netns", "exec", h2.netns, "sysctl", "-qw", "net.ipv4.conf.\(link).proxy_arp=1"],
+                    ["ip", "-n", rogue, "addr", "add", "\(webIP)/32", "dev", "eth0"],
+                    ["ip", "-n", rogue, "link", "set", "eth0", "up"],
+                    ["ip", "-n", rogue, "route", "add", "default", "dev", "eth0"],
+                    ["ip", "-n", h2.netns, "route", "add", "\(webIP)/32", "dev", link]] {
+            let r = mesh.run(cmd)
+            XCTAssertEqual(r.status, 0, "\(cmd.joined(separator: " ")): \(r.output)")
+        }
+        let made = mesh.run(["/usr/bin/python3", mint, mesh.controlState + "/ca", "spiffe://weft.local/ns/default/sa/impostor", "-60", "3600",
+                             mesh.dir + "/impostor"])
+        XCTAssertEqual(made.status, 0, made.output)
+        _ = try mesh.startProcess(["ip", "netns", "exec", rogue, "openssl", "s_server", "-accept", "15008", "-tls1_3", "-quiet",
+                                   "-cert", mesh.dir + "/impostor.pem", "-key", mesh.dir + "/impostor.key",
+                                   "-CAfile", mesh.controlState + "/ca/root-cert.pem", "-Verify", "1"])
+        try mesh.waitForListener(netns: rogue, port: 15008)
+
+        _ = try mesh.startWeft(in: h2, ["run", "--name", client, "--service", "client", "--", "sleep", "300"])
+        try mesh.waitUntil("host 2 knows web", timeout: 30) {
+            self.mesh.weft(["get", "services", "--agent-socket", h2.socket]).stdout.contains(webIP)
+        }
+        try waitAttached(client, on: h2)
+        func call() -> MeshHarness.Result {
+            mesh.run(["ip", "netns", "exec", client, "curl", "-sS", "-m", "5", "-w", "\n%{http_code}", "http://web:8000/"], timeout: 20)
+        }
+        let hijacked = call()
+        XCTAssertFalse(hijacked.stdout.hasPrefix("ok"), "nothing from the impostor reaches the client: \(hijacked.output)")
+        XCTAssertTrue(hijacked.stdout.hasSuffix("503"), "status \(hijacked.status): \(hijacked.output)\n--- host 2 ---\n\(mesh.hostLog(2).suffix(2500))")
+        try mesh.waitUntil("the refusal is logged", timeout: 10) {
+            self.mesh.hostLog(2).contains("secure naming") && self.mesh.hostLog(2).contains("sa/impostor")
+        }
+        XCTAssertTrue(mesh.hostLog(2).contains("expected spiffe://weft.local/ns/default/sa/web"), mesh.hostLog(2).suffix(3000).description)
+
+        // The route back to host 1: the real web answers.
+        XCTAssertEqual(mesh.run(["ip", "-n", h2.netns, "route", "del", "\(webIP)/32", "dev", link]).status, 0)
+        var fixed = call()
+        for _ in 0..<20 where !fixed.stdout.hasPrefix("ok") { usleep(200_000); fixed = call() }
+        XCTAssertTrue(fixed.stdout.hasPrefix("ok\n"), fixed.output)
+        _ = h1
     }
 }

@@ -45,8 +45,10 @@ public actor ControlPlane {
     private var subscribers: [UUID: (node: String, continuation: AsyncStream<ConfigSnapshot>.Continuation)] = [:]
 
     public init(stateDirectory: String, trustDomain: String, nodeCertificateLifetime: Duration = .seconds(7 * 24 * 3600),
-                workloadCertificateLifetime: Duration = .seconds(24 * 3600), logger: Logger) throws {
+                workloadCertificateLifetime: Duration = .seconds(24 * 3600),
+                maxConfigBytes: Int = ControlAPI.maxMessageBytes * 3 / 4, logger: Logger) throws {
         self.workloadCertificateLifetime = workloadCertificateLifetime
+        self.maxConfigBytes = maxConfigBytes
         self.stateDirectory = stateDirectory
         self.trustDomain = trustDomain
         self.logger = logger
@@ -223,8 +225,24 @@ public actor ControlPlane {
         ConfigSnapshot(version: store.version, documents: store.documents, store: storeID, nodes: registry)
     }
 
+    /// Snapshots must reach agents in one gRPC message: the config may use at most this much
+    /// of it (the rest is left to the registry).
+    public let maxConfigBytes: Int
+
     public func applyConfig(_ files: [ConfigFile]) -> ConfigReply {
-        commit(store.apply(files))
+        var candidate = store
+        var reply = candidate.apply(files)
+        guard !reply.rejected else { return reply }
+        let size = (try? JSONEncoder().encode(candidate.documents).count) ?? Int.max
+        guard size <= maxConfigBytes else {
+            reply.rejected = true
+            reply.changes = []
+            reply.version = store.version
+            reply.diagnostics.append("error: the config would be \(size / 1024) KiB, more than the \(maxConfigBytes / 1024) KiB a snapshot may carry to agents; nothing was applied")
+            return reply
+        }
+        store = candidate
+        return commit(reply)
     }
 
     public func deleteConfig(_ files: [ConfigFile]) -> ConfigReply {

@@ -143,6 +143,20 @@ final class ControlPlaneStateTests: XCTestCase {
         await p.shutdown()
     }
 
+    func testAConfigTooLargeForOneSnapshotIsRefusedWhole() async throws {
+        let p = try ControlPlane(stateDirectory: dir, trustDomain: "weft.local", maxConfigBytes: 2048, logger: Logger(label: "test"))
+        let many = (0..<20).map { Self.vs.replacingOccurrences(of: "name: pay", with: "name: pay\($0)")
+                                    .replacingOccurrences(of: "payments", with: "payments\($0)") }.joined(separator: "\n---\n")
+        let reply = await p.applyConfig([ConfigFile(name: "many.yaml", content: many)])
+        XCTAssertTrue(reply.rejected)
+        XCTAssertTrue(reply.diagnostics.joined().contains("KiB a snapshot may carry to agents; nothing was applied"), "\(reply.diagnostics)")
+        let version = await p.snapshot.version
+        XCTAssertEqual(version, 0)
+        let small = await p.applyConfig([ConfigFile(name: "vs.yaml", content: Self.vs)])
+        XCTAssertFalse(small.rejected)
+        await p.shutdown()
+    }
+
     func testSubscribersGetEverySnapshotAndAcksAreTracked() async throws {
         let p = try plane()
         let (id, stream) = await p.subscribe(node: "n1", address: "ipv4:10.0.0.1:1234")

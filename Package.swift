@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.0"),
         .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.0"),
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.27.0"),
     ],
     targets: [
         // Linux glue that Swift's Glibc module does not expose: setns, SO_ORIGINAL_DST,
@@ -75,6 +76,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -111,7 +114,9 @@ let package = Package(
         .testTarget(name: "WeftNetnsTests", dependencies: ["WeftNetns", "WeftCore"]),
         .testTarget(name: "WeftConfigTests", dependencies: ["WeftConfig", "WeftCore"]),
         .testTarget(name: "WeftIdentityTests", dependencies: ["WeftIdentity", "WeftCore"]),
-        .testTarget(name: "WeftControlTests", dependencies: ["WeftControl", "WeftConfig", "WeftIdentity", "WeftCore"]),
+        .testTarget(name: "WeftControlTests", dependencies: [
+            "WeftControl", "WeftConfig", "WeftIdentity", "WeftCore", .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
         .testTarget(
             name: "WeftProxyTests",
             dependencies: [

@@ -7,10 +7,16 @@ import WeftCore
 public struct AgentClient: Sendable {
     public let socketPath: String
     public var timeoutSeconds: Int = 30
+    /// Whose socket it is, for the errors: the agent's or the control plane's.
+    public let isControlPlane: Bool
 
-    public init(socketPath: String) {
+    public init(socketPath: String, controlPlane: Bool = false) {
         self.socketPath = socketPath
+        self.isControlPlane = controlPlane
     }
+
+    /// A client of the control plane's local API.
+    public static func control(_ socketPath: String) -> AgentClient { AgentClient(socketPath: socketPath, controlPlane: true) }
 
     public func send(_ request: AgentRequest) throws -> AgentResponse {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -34,6 +40,9 @@ public struct AgentClient: Sendable {
         if rc != 0 {
             let e = errno
             switch e {
+            case ENOENT where isControlPlane, ECONNREFUSED where isControlPlane:
+                throw WeftError(.agentUnavailable, "the Weft control plane is not running (nothing listening on \(socketPath))",
+                                hint: "start it with `systemctl start weft-control` or `sudo weft control`, or pass --control-socket")
             case ENOENT, ECONNREFUSED:
                 throw WeftError(.agentUnavailable, "the Weft agent is not running (nothing listening on \(socketPath))",
                                 hint: "start it with `systemctl start weft-agent` or `sudo weft agent`")

@@ -116,10 +116,10 @@ public actor ControlPlane {
                     controlIdentity: try Self.controlIdentity(trustDomain: trustDomain).description)
     }
 
-    /// The control plane's own serving certificate (issued at start).
-    public func issueServingCertificate(key: WorkloadKey) throws -> IssuedCertificate {
+    /// The control plane's own serving certificate (issued at start, renewed at half life).
+    public func issueServingCertificate(key: WorkloadKey, lifetime: Duration) throws -> IssuedCertificate {
         let id = try Self.controlIdentity(trustDomain: trustDomain)
-        return try ca.sign(csrPEM: try key.csrPEM(for: id), as: id, lifetime: CertificateAuthority.maximumLifetime)
+        return try ca.sign(csrPEM: try key.csrPEM(for: id), as: id, lifetime: lifetime)
     }
 
     /// A node certificate for `request.node`: with a valid join token, or (renewal) when the
@@ -161,7 +161,13 @@ public actor ControlPlane {
     // MARK: - workloads
 
     /// The calling node's complete list of attached workloads.
+    /// The most workloads one node may register (every agent receives the whole registry).
+    public static let maxWorkloadsPerNode = 10_000
+
     public func register(_ list: [WorkloadSpec], route: NodeRoute? = nil, node: String, now: Date = Date()) throws -> RegisterReply {
+        guard list.count <= Self.maxWorkloadsPerNode else {
+            throw WeftError(.invalidArgument, "node \(node) registered \(list.count) workloads; at most \(Self.maxWorkloadsPerNode) per node")
+        }
         if let route {
             for (other, r) in routes where other != node && (r.podCIDR.contains(route.podCIDR.address) || route.podCIDR.contains(r.podCIDR.address)) {
                 throw WeftError(.invalidArgument, "node \(node)'s pod block \(route.podCIDR) overlaps node \(other)'s \(r.podCIDR)",

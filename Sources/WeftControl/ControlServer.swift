@@ -19,6 +19,8 @@ public struct ControlConfiguration: Sendable {
     public var trustDomain = "weft.local"
     public var nodeCertificateLifetime: Duration = .seconds(7 * 24 * 3600)
     public var workloadCertificateLifetime: Duration = .seconds(24 * 3600)
+    /// Lifetime of the control plane's own serving certificate; renewed at half life.
+    public var servingCertificateLifetime: Duration = .seconds(24 * 3600)
 
     public init() {}
 }
@@ -40,7 +42,8 @@ public struct ControlServer: Service {
                                      nodeCertificateLifetime: config.nodeCertificateLifetime,
                                      workloadCertificateLifetime: config.workloadCertificateLifetime, logger: logger)
         let key = WorkloadKey()
-        let serving = try await plane.issueServingCertificate(key: key)
+        let serving = try await plane.issueServingCertificate(key: key, lifetime: config.servingCertificateLifetime)
+        let reloader = try ServingCertificate(issued: serving, keyPEM: try key.privateKeyPEM())
         let roots = await plane.roots
         let bundle = try await plane.bundle()
         let address: GRPCNIOTransportCore.SocketAddress = config.listenHost.contains(":")
@@ -53,6 +56,7 @@ public struct ControlServer: Service {
                 tls.clientCertificateVerification = .noHostnameVerification
                 tls.trustRoots = .certificates([.bytes(Array(bundle.bundlePEM.utf8), format: .pem)])
                 tls.customVerificationCallback = ControlTLS.clientVerifier(roots: roots, logger: logger)
+                tls.certificateReloader = reloader
             },
             config: .defaults { c in
                 c.rpc.maxRequestPayloadSize = ControlAPI.maxMessageBytes
@@ -86,11 +90,27 @@ public struct ControlServer: Service {
                                                      "trustDomain": "\(config.trustDomain)", "caPin": "\(pin)",
                                                      "configVersion": "\(version)"])
         SystemdNotify.send("READY=1\nSTATUS=serving \(listening)")
+        let lifetime = config.servingCertificateLifetime
+        let renewer = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(5))
+                guard ServingCertificate.due(reloader.issued, now: Date()) else { continue }
+                do {
+                    let key = WorkloadKey()
+                    let issued = try await plane.issueServingCertificate(key: key, lifetime: lifetime)
+                    try reloader.replace(with: issued, keyPEM: try key.privateKeyPEM())
+                    logger.info("serving certificate renewed", metadata: ["serial": "\(issued.serial)", "notAfter": "\(issued.notAfter)"])
+                } catch {
+                    logger.error("cannot renew the serving certificate (expires \(reloader.issued.notAfter)): \(error)")
+                }
+            }
+        }
 
         try? await gracefulShutdown()
 
         SystemdNotify.send("STOPPING=1")
         logger.info("weft control stopping")
+        renewer.cancel()
         await plane.shutdown()
         server.beginGracefulShutdown()
         _ = try? await serving_.value

@@ -52,7 +52,7 @@ struct ConfigTargetOption: ParsableArguments {
     @Option(name: .customLong("control-socket"), help: "Send to the control plane's local API instead (e.g. \(WeftDefaults.controlSocket)).")
     var controlSocket: String? = ProcessInfo.processInfo.environment["WEFT_CONTROL_SOCKET"]
 
-    var client: AgentClient { AgentClient(socketPath: controlSocket ?? agentSocket) }
+    var client: AgentClient { controlSocket.map(AgentClient.control) ?? AgentClient(socketPath: agentSocket) }
 }
 
 struct ApplyCommand: ParsableCommand {

@@ -34,6 +34,8 @@ struct ControlServe: AsyncParsableCommand {
     @Option(help: "SPIFFE trust domain.") var trustDomain: String = "weft.local"
     @Option(help: "Lifetime of node certificates (agents renew at half life), e.g. 168h.") var nodeCertLifetime: String = "168h"
     @Option(help: "Lifetime of workload certificates (agents renew at half life), 1m to 90 days.") var certLifetime: String = "24h"
+    @Option(help: "Lifetime of the control plane's own serving certificate (renewed at half life while running).")
+    var servingCertLifetime: String = "24h"
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() async throws {
@@ -57,6 +59,10 @@ struct ControlServe: AsyncParsableCommand {
                 throw WeftError(.invalidArgument, "--cert-lifetime \(certLifetime): expected a duration from 1m to 90 days (e.g. 2m, 24h)")
             }
             config.workloadCertificateLifetime = workloadLifetime
+            guard let servingLifetime = IstioDuration.parse(servingCertLifetime), servingLifetime >= .seconds(60), servingLifetime <= .seconds(90 * 86400) else {
+                throw WeftError(.invalidArgument, "--serving-cert-lifetime \(servingCertLifetime): expected a duration from 1m to 90 days")
+            }
+            config.servingCertificateLifetime = servingLifetime
             try await runService(label: "weft.control", level: level) { ControlServer(config: config, logger: $0) }
         } catch {
             fail(error)
@@ -82,7 +88,7 @@ struct ControlTokenCreate: ParsableCommand {
             guard let d = IstioDuration.parse(ttl), d >= .seconds(1) else {
                 throw WeftError(.invalidArgument, "--ttl \(ttl): expected a duration such as 1h or 30m")
             }
-            let reply = try AgentClient(socketPath: control.path).call(.createToken(ttlSeconds: Int(d.components.seconds)))
+            let reply = try AgentClient.control(control.path).call(.createToken(ttlSeconds: Int(d.components.seconds)))
             guard let token = reply.token else { throw WeftError(.protocolError, "the control plane sent no token") }
             if output != .table { return try output.emit(token) }
             print("token:   \(token.token)")
@@ -104,20 +110,45 @@ struct GetAgents: ParsableCommand {
     @OptionGroup var control: ControlSocketOption
 
     func run() throws {
+        let f = ISO8601DateFormatter()
+        AgentTable.show(control: control, output: output,
+                        header: ["NODE", "CONNECTED", "ADDRESS", "VERSION", "ACKED", "SYNC", "NACKED", "LAST SEEN"]) { a in
+            [a.node, a.connected ? "yes" : "no", a.address ?? "-", a.agentVersion ?? "-", a.ackedVersion.map(String.init) ?? "-",
+             a.inSync ? "SYNCED" : "STALE (control at \(a.currentVersion))",
+             a.nackedVersion.map { "\($0): \(a.nackReason ?? "")" } ?? "-", f.string(from: a.lastSeen)]
+        }
+    }
+}
+
+/// Istio's name for the same view: which config version each agent (proxy) runs and whether it
+/// is in sync with the control plane.
+struct ProxyStatus: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proxy-status", abstract: "Each agent's config sync with the control plane (as `istioctl proxy-status`).")
+
+    @Option(name: .shortAndLong, help: "table, json or yaml.") var output: OutputFormat = .table
+    @OptionGroup var control: ControlSocketOption
+
+    func run() throws {
+        AgentTable.show(control: control, output: output,
+                        header: ["NAME", "CLUSTER", "CDS/LDS/RDS", "VERSION", "CONTROL VERSION", "AGENT", "LAST NACK"]) { a in
+            let sync = !a.connected ? "DISCONNECTED" : a.inSync ? "SYNCED" : (a.nackedVersion == a.currentVersion ? "NACKED" : "STALE")
+            return [a.node, "weft", sync, a.ackedVersion.map(String.init) ?? "-", String(a.currentVersion), a.agentVersion ?? "-",
+                    a.nackedVersion.map { "v\($0): \(a.nackReason ?? "")" } ?? "-"]
+        }
+    }
+}
+
+/// The control plane's agents as a table (or JSON/YAML).
+enum AgentTable {
+    static func show(control: ControlSocketOption, output: OutputFormat, header: [String], row: (AgentSyncStatus) -> [String]) {
         do {
-            let agents = try AgentClient(socketPath: control.path).call(.listAgents).agents ?? []
+            let agents = try AgentClient.control(control.path).call(.listAgents).agents ?? []
             if output != .table { return try output.emit(agents) }
-            var rows = [["NODE", "CONNECTED", "ADDRESS", "VERSION", "ACKED", "SYNC", "NACKED", "LAST SEEN"]]
-            let f = ISO8601DateFormatter()
-            for a in agents {
-                rows.append([a.node, a.connected ? "yes" : "no", a.address ?? "-", a.agentVersion ?? "-",
-                             a.ackedVersion.map(String.init) ?? "-",
-                             a.inSync ? "SYNCED" : "STALE (control at \(a.currentVersion))",
-                             a.nackedVersion.map { "\($0): \(a.nackReason ?? "")" } ?? "-", f.string(from: a.lastSeen)])
-            }
-            print(TextTable.render(rows), terminator: "")
+            print(TextTable.render([header] + agents.map(row)), terminator: "")
         } catch {
             fail(error)
         }
     }
+
 }

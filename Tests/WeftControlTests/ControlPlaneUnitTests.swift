@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOSSL
 import WeftConfig
 import WeftCore
 import WeftIdentity
@@ -298,11 +299,42 @@ final class RegistryTests: XCTestCase {
         } catch { XCTAssertTrue("\(error)".contains("outside its pod block 10.2.0.0/24: fake at 10.1.1.2"), "\(error)") }
         let registry = await p.registry
         XCTAssertEqual(registry.map(\.node), ["n1"])
+        // An oversized registration is refused whole.
+        let flood = try (0...ControlPlane.maxWorkloadsPerNode).map {
+            WorkloadSpec(name: "w\($0)", netns: try NetnsName("w\($0)"), service: try ServiceName("flood"), ports: [], labels: [:], podIP: nil)
+        }
+        do {
+            _ = try await p.register(flood, node: "n4")
+            XCTFail("an oversized registration was accepted")
+        } catch { XCTAssertTrue("\(error)".contains("at most 10000 per node"), "\(error)") }
         // The registry survives a restart of the control plane.
         await p.shutdown()
         let again = try ControlPlane(stateDirectory: dir, trustDomain: "weft.local", logger: Logger(label: "t"))
         let restored = await again.registry
         XCTAssertEqual(restored, registry)
         await again.shutdown()
+    }
+}
+
+final class ServingCertificateTests: XCTestCase {
+    func testAReplacedCertificateIsWhatTheNextHandshakeGets() async throws {
+        let dir = NSTemporaryDirectory() + "weft-serving-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try ControlPlane(stateDirectory: dir, trustDomain: "weft.local", logger: Logger(label: "t"))
+        let k1 = WorkloadKey(), k2 = WorkloadKey()
+        let first = try await p.issueServingCertificate(key: k1, lifetime: .seconds(120))
+        let reloader = try ServingCertificate(issued: first, keyPEM: try k1.privateKeyPEM())
+        XCTAssertFalse(ServingCertificate.due(first, now: Date()))
+        XCTAssertTrue(ServingCertificate.due(first, now: Date().addingTimeInterval(61)), "renewed at half life")
+        let second = try await p.issueServingCertificate(key: k2, lifetime: .seconds(120))
+        try reloader.replace(with: second, keyPEM: try k2.privateKeyPEM())
+        XCTAssertEqual(reloader.issued.serial, second.serial)
+        guard case .certificate(let leaf)? = reloader.sslContextConfigurationOverride.certificateChain?.first else {
+            return XCTFail("no chain in the override")
+        }
+        let served = try Certificate(derEncoded: try leaf.toDERBytes())
+        XCTAssertEqual(try SVID.identity(of: served).description, "spiffe://weft.local/weft-system/control")
+        XCTAssertEqual(served.publicKey, try Certificate(pemEncoded: second.chainPEM[0]).publicKey)
+        await p.shutdown()
     }
 }

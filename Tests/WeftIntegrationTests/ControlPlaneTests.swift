@@ -199,6 +199,8 @@ final class ControlPlaneTests: XCTestCase {
         XCTAssertTrue(status.nackReason?.contains("is empty and is not the store this agent followed") == true, "\(status)")
         XCTAssertFalse(status.inSync)
         XCTAssertTrue(mesh.weft(["get", "agents", "--control-socket", mesh.controlSocket]).stdout.contains("STALE"))
+        let proxyStatus = mesh.weft(["proxy-status", "--control-socket", mesh.controlSocket]).stdout
+        XCTAssertTrue(proxyStatus.contains("NACKED") && proxyStatus.contains("is empty"), proxyStatus)
         XCTAssertTrue(curl(client, "/").stdout.lowercased().contains("x-config: v2"), "traffic unaffected by the NACKed snapshot")
         XCTAssertTrue(curl(client, "/teapot").stdout.hasSuffix("418\n"))
         // Re-applying the config to the new store is accepted.
@@ -249,8 +251,31 @@ final class ControlPlaneTests: XCTestCase {
         // Nothing was changed on the host by the refused joins.
         XCTAssertNotEqual(mesh.run(["ip", "link", "show", "wj" + mesh.id]).status, 0, "a refused join creates no bridge")
         XCTAssertTrue(mesh.controlLog.contains("join refused"), mesh.controlLog.suffix(2000).description)
+        // A missing control plane is named as such (not as a missing agent).
+        let missing = mesh.weft(["proxy-status", "--control-socket", mesh.dir + "/nothing.sock"])
+        XCTAssertTrue(missing.stderr.contains("the Weft control plane is not running"), missing.output)
         // The control plane's socket refuses workload requests with a pointer to the agent.
         let wrong = mesh.weft(["get", "workloads", "--agent-socket", mesh.controlSocket])
         XCTAssertTrue(wrong.stderr.contains("control plane's socket"), wrong.output)
+    }
+}
+
+/// The control plane's own certificate is short-lived and replaced while it runs: after a
+/// renewal, agents connecting anew (here: after a restart) still verify it and follow it.
+final class ControlPlaneCertificateTests: XCTestCase {
+    func testServingCertificateIsRenewedWhileRunning() throws {
+        let mesh = try MeshHarness.start(withControlPlane: true, controlArgs: ["--serving-cert-lifetime", "1m"])
+        defer {
+            mesh.shutdown()
+            XCTAssertEqual(mesh.ourNetns(), [])
+        }
+        try mesh.waitUntil("the serving certificate renewed at half life", timeout: 60) {
+            mesh.controlLog.contains("serving certificate renewed")
+        }
+        try mesh.restartAgent(signal: SIGTERM)
+        try mesh.waitUntil("the agent follows the control plane again", timeout: 30) {
+            mesh.weft(["get", "config"]).stdout.contains("connected since")
+        }
+        XCTAssertFalse(mesh.agentLog.contains("control plane certificate refused"), mesh.agentLog.suffix(2000).description)
     }
 }

@@ -59,7 +59,7 @@ final class MeshHarness {
     /// `hosts`: with a control plane, an underlay bridge is made first and the control plane
     /// listens on it, so `addHost` can start agents in simulated hosts (network namespaces).
     static func start(podPrefix: Int = 24, agentArgs: [String] = [], withControlPlane: Bool = false, hosts: Bool = false,
-                      file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
+                      controlArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
         guard geteuid() == 0 else {
             throw XCTSkip("SKIPPED: needs root and network namespaces (CI runs these as root): sudo swift test")
         }
@@ -70,6 +70,7 @@ final class MeshHarness {
         // WEFT_TEST_AGENT_ARGS: extra agent flags for a whole run (e.g. --no-mtls to compare).
         let extra = ProcessInfo.processInfo.environment["WEFT_TEST_AGENT_ARGS"].map { $0.split(separator: " ").map(String.init) } ?? []
         h.agentArgs = agentArgs + extra
+        h.controlArgs = controlArgs
         if withControlPlane {
             if hosts {
                 do { try h.makeUnderlay() } catch {
@@ -177,6 +178,8 @@ final class MeshHarness {
     private(set) var controlPort = 0
     private(set) var controlPin = ""
     private(set) var controlToken = ""
+    /// Extra `weft control` flags of this harness.
+    private var controlArgs: [String] = []
     /// Where the control plane listens: loopback, or the underlay bridge when there are hosts.
     private(set) var controlHost = "127.0.0.1"
 
@@ -263,7 +266,7 @@ final class MeshHarness {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
         p.arguments = ["control", "--listen", "\(controlHost):\(controlPort)", "--socket", controlSocket, "--state-dir", controlState,
-                       "--log-level", "debug"]
+                       "--log-level", "debug"] + controlArgs
         let log = dir + "/control.err"
         if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
         let handle = FileHandle(forWritingAtPath: log)

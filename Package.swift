@@ -77,6 +77,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Logging", package: "swift-log"),
@@ -116,6 +117,7 @@ let package = Package(
         .testTarget(name: "WeftIdentityTests", dependencies: ["WeftIdentity", "WeftCore"]),
         .testTarget(name: "WeftControlTests", dependencies: [
             "WeftControl", "WeftConfig", "WeftIdentity", "WeftCore", .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(
             name: "WeftProxyTests",

@@ -36,6 +36,8 @@ public actor ControlPlane {
     }
 
     private var agents: [String: Agent] = [:]
+    /// etcd, when the store is there (`--store etcd://…`); nil: the state directory alone.
+    private let mirror: EtcdMirror?
     /// What each node says is attached to it: the only workloads it may get certificates for.
     private var workloads: [String: [WorkloadSpec]] = [:]
     /// How each node's pods are reached from other hosts.
@@ -46,7 +48,8 @@ public actor ControlPlane {
 
     public init(stateDirectory: String, trustDomain: String, nodeCertificateLifetime: Duration = .seconds(7 * 24 * 3600),
                 workloadCertificateLifetime: Duration = .seconds(24 * 3600),
-                maxConfigBytes: Int = ControlAPI.maxMessageBytes * 3 / 4, logger: Logger) throws {
+                maxConfigBytes: Int = ControlAPI.maxMessageBytes * 3 / 4, mirror: EtcdMirror? = nil, logger: Logger) throws {
+        self.mirror = mirror
         self.workloadCertificateLifetime = workloadCertificateLifetime
         self.maxConfigBytes = maxConfigBytes
         self.stateDirectory = stateDirectory
@@ -218,9 +221,15 @@ public actor ControlPlane {
         return SignReply(certificate: issued, bundlePEM: ca.bundlePEM)
     }
 
-    public func createToken(ttl: TimeInterval) throws -> JoinTokenReply {
-        let (token, expires) = try tokens.create(ttl: ttl)
-        try tokens.save(to: stateDirectory + "/tokens.json")
+    public func createToken(ttl: TimeInterval) async throws -> JoinTokenReply {
+        var next = tokens
+        let (token, expires) = try next.create(ttl: ttl)
+        try next.save(to: stateDirectory + "/tokens.json")
+        do { try await mirror?.store(["tokens.json"], from: stateDirectory) } catch {
+            try? tokens.save(to: stateDirectory + "/tokens.json")
+            throw WeftError(.agentUnavailable, "no token created: \(error)")
+        }
+        tokens = next
         logger.info("join token created", metadata: ["expires": "\(expires)"])
         return JoinTokenReply(token: token, expires: expires, caPin: caPin)
     }
@@ -235,7 +244,7 @@ public actor ControlPlane {
     /// of it (the rest is left to the registry).
     public let maxConfigBytes: Int
 
-    public func applyConfig(_ files: [ConfigFile]) -> ConfigReply {
+    public func applyConfig(_ files: [ConfigFile]) async -> ConfigReply {
         var candidate = store
         var reply = candidate.apply(files)
         guard !reply.rejected else { return reply }
@@ -247,12 +256,13 @@ public actor ControlPlane {
             reply.diagnostics.append("error: the config would be \(size / 1024) KiB, more than the \(maxConfigBytes / 1024) KiB a snapshot may carry to agents; nothing was applied")
             return reply
         }
-        store = candidate
-        return commit(reply)
+        return await commit(reply, candidate: candidate)
     }
 
-    public func deleteConfig(_ files: [ConfigFile]) -> ConfigReply {
-        commit(store.delete(files))
+    public func deleteConfig(_ files: [ConfigFile]) async -> ConfigReply {
+        var candidate = store
+        let reply = candidate.delete(files)
+        return await commit(reply, candidate: candidate)
     }
 
     public func currentConfig() -> ConfigReply {
@@ -262,13 +272,27 @@ public actor ControlPlane {
         return reply
     }
 
-    private func commit(_ reply: ConfigReply) -> ConfigReply {
+    /// Makes `candidate` the config: persisted (state directory, then etcd when the store is
+    /// there; if etcd refuses, nothing changes) and published.
+    private func commit(_ reply: ConfigReply, candidate: ConfigStore) async -> ConfigReply {
         guard !reply.rejected, reply.changes.contains(where: { !$0.hasSuffix("unchanged") && !$0.hasSuffix("not found") }) else { return reply }
+        let previous = store
+        store = candidate
         do {
             try store.save(to: stateDirectory)
             try SecretFile.write("\(store.version)\n", to: stateDirectory + "/config-version.json")
+            try await mirror?.store(["config.yaml", "config-version.json", "config-directory.json"], from: stateDirectory)
         } catch {
-            logger.error("cannot persist config version \(store.version): \(error)")
+            store = previous
+            try? store.save(to: stateDirectory)
+            try? SecretFile.write("\(store.version)\n", to: stateDirectory + "/config-version.json")
+            var refused = reply
+            refused.rejected = true
+            refused.changes = []
+            refused.version = store.version
+            refused.diagnostics.append("error: the config store did not take the change, nothing was applied: \(error)")
+            logger.error("config change refused: the store did not take it: \(error)")
+            return refused
         }
         publish()
         logger.info("config version \(store.version) published", metadata: ["subscribers": "\(subscribers.count)"])
@@ -357,6 +381,14 @@ public actor ControlPlane {
         flushScheduled = false
         do {
             try SecretFile.write(String(decoding: try JSONEncoder.iso.encode(registry), as: UTF8.self), to: stateDirectory + "/workloads.json")
+            if let mirror {
+                let dir = stateDirectory, logger = self.logger
+                Task {
+                    do { try await mirror.store(["workloads.json"], from: dir) } catch {
+                        logger.error("cannot keep the registry in etcd: \(error)")
+                    }
+                }
+            }
             let list = agents.values.sorted { $0.node < $1.node }
             try SecretFile.write(String(decoding: try JSONEncoder.iso.encode(list), as: UTF8.self), to: stateDirectory + "/agents.json")
         } catch {

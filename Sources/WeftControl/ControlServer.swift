@@ -21,6 +21,8 @@ public struct ControlConfiguration: Sendable {
     public var workloadCertificateLifetime: Duration = .seconds(24 * 3600)
     /// Lifetime of the control plane's own serving certificate; renewed at half life.
     public var servingCertificateLifetime: Duration = .seconds(24 * 3600)
+    /// etcd endpoints holding the store (empty: the state directory alone).
+    public var etcd: [EtcdClient.Endpoint] = []
 
     public init() {}
 }
@@ -38,9 +40,18 @@ public struct ControlServer: Service {
     }
 
     public func run() async throws {
+        var mirror: EtcdMirror?
+        if !config.etcd.isEmpty {
+            let m = EtcdMirror(client: EtcdClient(endpoints: config.etcd, group: MultiThreadedEventLoopGroup.singleton))
+            try SecretFile.makeDirectory(config.stateDirectory)
+            let restored = try await m.hydrate(into: config.stateDirectory)
+            logger.info("store in etcd", metadata: ["endpoints": "\(config.etcd.map(\.description).joined(separator: ","))", "keys": "\(restored)"])
+            mirror = m
+        }
         let plane = try ControlPlane(stateDirectory: config.stateDirectory, trustDomain: config.trustDomain,
                                      nodeCertificateLifetime: config.nodeCertificateLifetime,
-                                     workloadCertificateLifetime: config.workloadCertificateLifetime, logger: logger)
+                                     workloadCertificateLifetime: config.workloadCertificateLifetime, mirror: mirror, logger: logger)
+        try await mirror?.seed(from: config.stateDirectory)
         let key = WorkloadKey()
         let serving = try await plane.issueServingCertificate(key: key, lifetime: config.servingCertificateLifetime)
         let reloader = try ServingCertificate(issued: serving, keyPEM: try key.privateKeyPEM())

@@ -31,6 +31,8 @@ struct ControlServe: AsyncParsableCommand {
     @Option(help: "gRPC listen address for agents, HOST:PORT (TLS).") var listen: String = "0.0.0.0:\(ControlAPI.defaultPort)"
     @Option(help: "Local API socket (root only).") var socket: String = WeftDefaults.controlSocket
     @Option(help: "State directory (config, CA, token hashes, agents).") var stateDir: String = WeftDefaults.controlStateDirectory
+    @Option(help: "Keep the store in etcd as well: etcd://HOST[:PORT][,HOST[:PORT]...] (default: the state directory alone).")
+    var store: String?
     @Option(help: "SPIFFE trust domain.") var trustDomain: String = "weft.local"
     @Option(help: "Lifetime of node certificates (agents renew at half life), e.g. 168h.") var nodeCertLifetime: String = "168h"
     @Option(help: "Lifetime of workload certificates (agents renew at half life), 1m to 90 days.") var certLifetime: String = "24h"
@@ -50,6 +52,7 @@ struct ControlServe: AsyncParsableCommand {
             config.listenPort = port
             config.socketPath = socket
             config.stateDirectory = stateDir
+            if let store { config.etcd = try EtcdClient.parse(store) }
             config.trustDomain = trustDomain
             guard let lifetime = IstioDuration.parse(nodeCertLifetime), lifetime >= .seconds(60), lifetime <= .seconds(90 * 86400) else {
                 throw WeftError(.invalidArgument, "--node-cert-lifetime \(nodeCertLifetime): expected a duration from 1m to 90 days")

@@ -48,7 +48,7 @@ final class ControlPlaneTests: XCTestCase {
     print("ok %d failed %d %s" % (ok, failed, "; ".join(errors)))
     """#
 
-    func config(_ version: String) -> String {
+    static func config(_ version: String) -> String {
         """
         apiVersion: networking.istio.io/v1
         kind: VirtualService
@@ -137,12 +137,12 @@ final class ControlPlaneTests: XCTestCase {
         // Local config changes are refused: the control plane is the source.
         let local = mesh.weft(["apply", "-f", "/dev/null"])
         XCTAssertNotEqual(local.status, 0)
-        try config("v1").write(toFile: mesh.dir + "/local.yaml", atomically: true, encoding: .utf8)
+        try Self.config("v1").write(toFile: mesh.dir + "/local.yaml", atomically: true, encoding: .utf8)
         let refused = mesh.weft(["apply", "-f", mesh.dir + "/local.yaml"])
         XCTAssertTrue(refused.stderr.contains("takes its config from the control plane at 127.0.0.1:\(mesh.controlPort)"), refused.output)
 
         // Applied to the control plane → ACKed by the agent → in its data path.
-        try applyToControl(config("v1"))
+        try applyToControl(Self.config("v1"))
         try mesh.waitUntil("agent acked version 1", timeout: 20) {
             try self.agents().first { $0.node == self.mesh.id }?.ackedVersion == 1
         }
@@ -179,7 +179,7 @@ final class ControlPlaneTests: XCTestCase {
         try mesh.waitUntil("agent reconnected", timeout: 30) {
             try self.agents().contains { $0.node == self.mesh.id && $0.connected && $0.ackedVersion == 1 }
         }
-        try applyToControl(config("v2"))
+        try applyToControl(Self.config("v2"))
         try mesh.waitUntil("agent acked version 2", timeout: 20) {
             try self.agents().first { $0.node == self.mesh.id }?.ackedVersion == 2
         }
@@ -204,7 +204,7 @@ final class ControlPlaneTests: XCTestCase {
         XCTAssertTrue(curl(client, "/").stdout.lowercased().contains("x-config: v2"), "traffic unaffected by the NACKed snapshot")
         XCTAssertTrue(curl(client, "/teapot").stdout.hasSuffix("418\n"))
         // Re-applying the config to the new store is accepted.
-        try applyToControl(config("v3"))
+        try applyToControl(Self.config("v3"))
         try mesh.waitUntil("agent acked the new store's version 1", timeout: 20) {
             let a = try self.agents().first { $0.node == self.mesh.id }
             return a?.ackedVersion == 1 && a?.nackedVersion == nil

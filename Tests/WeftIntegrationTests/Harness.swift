@@ -59,7 +59,7 @@ final class MeshHarness {
     /// `hosts`: with a control plane, an underlay bridge is made first and the control plane
     /// listens on it, so `addHost` can start agents in simulated hosts (network namespaces).
     static func start(podPrefix: Int = 24, agentArgs: [String] = [], withControlPlane: Bool = false, hosts: Bool = false,
-                      controlArgs: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
+                      controlArgs: [String] = [], etcd: Bool = false, file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
         guard geteuid() == 0 else {
             throw XCTSkip("SKIPPED: needs root and network namespaces (CI runs these as root): sudo swift test")
         }
@@ -71,6 +71,13 @@ final class MeshHarness {
         let extra = ProcessInfo.processInfo.environment["WEFT_TEST_AGENT_ARGS"].map { $0.split(separator: " ").map(String.init) } ?? []
         h.agentArgs = agentArgs + extra
         h.controlArgs = controlArgs
+        if etcd {
+            do { try h.startEtcd() } catch {
+                h.shutdown()
+                throw error
+            }
+            h.controlArgs += ["--store", "etcd://127.0.0.1:\(h.etcdPort)"]
+        }
         if withControlPlane {
             if hosts {
                 do { try h.makeUnderlay() } catch {
@@ -182,6 +189,38 @@ final class MeshHarness {
     private var controlArgs: [String] = []
     /// Where the control plane listens: loopback, or the underlay bridge when there are hosts.
     private(set) var controlHost = "127.0.0.1"
+
+    // MARK: etcd
+
+    private(set) var etcd: Process?
+    private(set) var etcdPort = 0
+
+    /// One etcd member on loopback with its own data directory (XCTSkip when etcd is missing).
+    func startEtcd() throws {
+        guard let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"].first(where: FileManager.default.isExecutableFile) else {
+            throw XCTSkip("SKIPPED: etcd is not installed; run scripts/setup-deps")
+        }
+        if etcdPort == 0 { etcdPort = Int.random(in: 30000...39999) }
+        let peer = etcdPort + 10000
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["--name", id, "--data-dir", dir + "/etcd", "--listen-client-urls", "http://127.0.0.1:\(etcdPort)",
+                       "--advertise-client-urls", "http://127.0.0.1:\(etcdPort)", "--listen-peer-urls", "http://127.0.0.1:\(peer)",
+                       "--initial-advertise-peer-urls", "http://127.0.0.1:\(peer)", "--initial-cluster", "\(id)=http://127.0.0.1:\(peer)"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle(forWritingAtPath: touch(dir + "/etcd.err"))
+        try p.run()
+        etcd = p
+        try waitUntil("etcd serving on \(etcdPort)", timeout: 20) {
+            self.run(["curl", "-sf", "-m", "1", "-X", "POST", "http://127.0.0.1:\(self.etcdPort)/v3/kv/range", "-d", "{\"key\":\"AA==\"}"]).status == 0
+        }
+    }
+
+    func stopEtcd() {
+        guard let etcd, etcd.isRunning else { return }
+        etcd.terminate()
+        etcd.waitUntilExit()
+    }
 
     // MARK: simulated hosts
 
@@ -469,6 +508,7 @@ final class MeshHarness {
         }
         stopControl(signal: SIGTERM)
         if let control, control.isRunning { kill(control.processIdentifier, SIGKILL) }
+        stopEtcd()
         for ns in Set(ourNetns() + extraNetns) {
             _ = run(["ip", "netns", "pids", ns]).stdout.split(separator: "\n").compactMap { Int32($0) }.map { kill($0, SIGKILL) }
             _ = run(["ip", "netns", "del", ns])

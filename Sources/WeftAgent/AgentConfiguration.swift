@@ -82,5 +82,11 @@ public struct ControlLinkConfiguration: Sendable {
         self.node = node
     }
 
-    public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    /// Further control planes serving the same store (`--control a,b`), tried in turn.
+    public var alternates: [(host: String, port: Int)] = []
+
+    /// Every control plane, the first one first.
+    public var endpoints: [(host: String, port: Int)] { [(host, port)] + alternates }
+
+    public var address: String { endpoints.map { $0.host.contains(":") ? "[\($0.host)]:\($0.port)" : "\($0.host):\($0.port)" }.joined(separator: ",") }
 }

@@ -57,7 +57,12 @@ public actor ControlLink {
     }
 
     private var nodeDirectory: String { stateDirectory + "/node" }
-    private var client: ControlClient { ControlClient(host: settings.host, port: settings.port, logger: logger) }
+    /// Which control plane is in use (`--control a,b`: another is tried after a failure).
+    private var current = 0
+    private var client: ControlClient {
+        let e = settings.endpoints[current % settings.endpoints.count]
+        return ControlClient(host: e.host, port: e.port, logger: logger)
+    }
     public var currentStatus: ControlLinkStatus { status }
 
     /// The roots the control plane's CA makes workloads trust (refreshed with each certificate).
@@ -110,7 +115,17 @@ public actor ControlLink {
                             hint: "pass --token and --ca-pin (from `weft control token create` on the control plane's host)")
         }
         let key = WorkloadKey()
-        let (_, reply) = try await client.join(node: settings.node, token: token, pin: pin, key: key)
+        var joined: JoinReply?
+        var lastError: Error?
+        for index in settings.endpoints.indices where joined == nil {
+            current = index
+            do {
+                joined = try await client.join(node: settings.node, token: token, pin: pin, key: key).1
+            } catch let error as WeftError where error.code == .agentUnavailable {
+                lastError = error  // unreachable: the next control plane
+            }
+        }
+        guard let reply = joined else { throw lastError ?? WeftError(.agentUnavailable, "no control plane reachable at \(settings.address)") }
         let stored = try save(key: key, keyPEM: try key.privateKeyPEM(), reply: reply)
         credentials = stored
         bundlePEM = reply.bundlePEM
@@ -195,6 +210,11 @@ public actor ControlLink {
             } catch {
                 setDisconnected(ControlClient.describe(error))
             }
+            // With several control planes, the next one is tried at once.
+            if settings.endpoints.count > 1 {
+                current = (current + 1) % settings.endpoints.count
+                if Date().timeIntervalSince(started) > 1 || current != 0 { continue }
+            }
             // A subscription that lasted a while resets the backoff.
             attempt = Date().timeIntervalSince(started) > 30 ? 0 : attempt + 1
             let delay = backoff.delay(attempt: attempt)
@@ -233,6 +253,8 @@ public actor ControlLink {
     }
 
     private func markConnected() {
+        let e = settings.endpoints[current % settings.endpoints.count]
+        status.address = e.host.contains(":") ? "[\(e.host)]:\(e.port)" : "\(e.host):\(e.port)"
         if !status.connected {
             status.connected = true
             status.since = Date()

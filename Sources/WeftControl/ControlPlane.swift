@@ -38,6 +38,10 @@ public actor ControlPlane {
     private var agents: [String: Agent] = [:]
     /// etcd, when the store is there (`--store etcd://…`); nil: the state directory alone.
     private let mirror: EtcdMirror?
+    /// The etcd revisions of the config and the tokens as this control plane last saw them
+    /// (another control plane on the same store changes them: `refresh` picks that up).
+    private var configRevision: Int64 = 0
+    private var tokensRevision: Int64 = 0
     /// What each node says is attached to it: the only workloads it may get certificates for.
     private var workloads: [String: [WorkloadSpec]] = [:]
     /// How each node's pods are reached from other hosts.
@@ -127,14 +131,17 @@ public actor ControlPlane {
 
     /// A node certificate for `request.node`: with a valid join token, or (renewal) when the
     /// caller already proved that very node identity (`authenticatedNode`).
-    public func join(_ request: JoinRequest, authenticatedNode: String?, address: String?, now: Date = Date()) throws -> JoinReply {
+    public func join(_ request: JoinRequest, authenticatedNode: String?, address: String?, now: Date = Date()) async throws -> JoinReply {
         try Self.checkNodeName(request.node)
         if let authenticatedNode {
             guard authenticatedNode == request.node else {
                 throw WeftError(.permissionDenied, "node \(authenticatedNode) may renew only its own certificate, not \(request.node)'s")
             }
         } else {
-            try tokens.check(request.token, now: now)
+            do { try tokens.check(request.token, now: now) } catch where mirror != nil {
+                await refresh()  // a token just made through another control plane on the same store
+                try tokens.check(request.token, now: now)
+            }
         }
         let id = try Self.nodeIdentity(trustDomain: trustDomain, node: request.node)
         let issued = try ca.sign(csrPEM: request.csrPEM, as: id, lifetime: nodeCertificateLifetime, now: now)
@@ -167,7 +174,7 @@ public actor ControlPlane {
     /// The most workloads one node may register (every agent receives the whole registry).
     public static let maxWorkloadsPerNode = 10_000
 
-    public func register(_ list: [WorkloadSpec], route: NodeRoute? = nil, node: String, now: Date = Date()) throws -> RegisterReply {
+    public func register(_ list: [WorkloadSpec], route: NodeRoute? = nil, node: String, now: Date = Date()) async throws -> RegisterReply {
         guard list.count <= Self.maxWorkloadsPerNode else {
             throw WeftError(.invalidArgument, "node \(node) registered \(list.count) workloads; at most \(Self.maxWorkloadsPerNode) per node")
         }
@@ -187,6 +194,11 @@ public actor ControlPlane {
             }
         }
         let changed = workloads[node] != list || routes[node] != route
+        if changed, let mirror {
+            do { try await mirror.putNode(NodeWorkloads(node: node, route: route, workloads: list)) } catch {
+                throw WeftError(.agentUnavailable, "the registry in etcd did not take node \(node)'s workloads: \(error)")
+            }
+        }
         workloads[node] = list
         routes[node] = route
         agents[node]?.lastSeen = now
@@ -225,9 +237,19 @@ public actor ControlPlane {
         var next = tokens
         let (token, expires) = try next.create(ttl: ttl)
         try next.save(to: stateDirectory + "/tokens.json")
-        do { try await mirror?.store(["tokens.json"], from: stateDirectory) } catch {
-            try? tokens.save(to: stateDirectory + "/tokens.json")
-            throw WeftError(.agentUnavailable, "no token created: \(error)")
+        if let mirror {
+            do {
+                guard let rev = try await mirror.commit(["tokens.json"], compare: "tokens.json", expected: tokensRevision, from: stateDirectory) else {
+                    await refresh()
+                    throw WeftError(.alreadyExists, "another control plane changed the tokens at the same moment; nothing was created",
+                                    hint: "run the command again")
+                }
+                tokensRevision = rev
+            } catch {
+                try? tokens.save(to: stateDirectory + "/tokens.json")
+                if let e = error as? WeftError, e.code == .alreadyExists { throw e }
+                throw WeftError(.agentUnavailable, "no token created: \(error)")
+            }
         }
         tokens = next
         logger.info("join token created", metadata: ["expires": "\(expires)"])
@@ -281,7 +303,13 @@ public actor ControlPlane {
         do {
             try store.save(to: stateDirectory)
             try SecretFile.write("\(store.version)\n", to: stateDirectory + "/config-version.json")
-            try await mirror?.store(["config.yaml", "config-version.json", "config-directory.json"], from: stateDirectory)
+            if let mirror {
+                guard let rev = try await mirror.commit(["config.yaml", "config-version.json"], compare: "config-version.json",
+                                                        expected: configRevision, from: stateDirectory) else {
+                    throw WeftError(.alreadyExists, "another control plane changed the config at the same moment; apply again")
+                }
+                configRevision = rev
+            }
         } catch {
             store = previous
             try? store.save(to: stateDirectory)
@@ -292,11 +320,74 @@ public actor ControlPlane {
             refused.version = store.version
             refused.diagnostics.append("error: the config store did not take the change, nothing was applied: \(error)")
             logger.error("config change refused: the store did not take it: \(error)")
+            if (error as? WeftError)?.code == .alreadyExists { await refresh() }
             return refused
         }
         publish()
         logger.info("config version \(store.version) published", metadata: ["subscribers": "\(subscribers.count)"])
         return reply
+    }
+
+    /// With the store in etcd: takes in what another control plane changed there (config,
+    /// tokens, registry) and publishes it to this one's agents. Called every 250 ms.
+    public func refresh() async {
+        guard let mirror else { return }
+        do {
+            let configRev = try await mirror.revision(of: "config-version.json")
+            var changed = false
+            if configRev != configRevision {
+                try await mirror.fetch(["config-version.json", "config.yaml"], into: stateDirectory)
+                if let saved = ConfigStore.load(from: stateDirectory) {
+                    let version = (FileManager.default.contents(atPath: stateDirectory + "/config-version.json"))
+                        .flatMap { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }.flatMap(Int.init) ?? store.version
+                    let documents = saved.content.components(separatedBy: "---\n").filter { !$0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }
+                    var candidate = ConfigStore()
+                    let reply = candidate.replaceAll(documents: documents, version: version)
+                    if reply.rejected {
+                        logger.error("config version \(version) in etcd does not validate here; keeping version \(store.version)",
+                                     metadata: ["why": "\(reply.diagnostics.joined(separator: "; "))"])
+                    } else {
+                        store = candidate
+                        changed = true
+                        logger.info("config version \(version) taken from etcd (changed through another control plane)")
+                    }
+                }
+                configRevision = configRev
+            }
+            let tokensRev = try await mirror.revision(of: "tokens.json")
+            if tokensRev != tokensRevision {
+                try await mirror.fetch(["tokens.json"], into: stateDirectory)
+                tokens = try JoinTokens.load(from: stateDirectory + "/tokens.json")
+                tokensRevision = tokensRev
+            }
+            var fromEtcd: [String: NodeWorkloads] = [:]
+            for n in try await mirror.nodes() { fromEtcd[n.node] = n }
+            for (node, n) in fromEtcd where workloads[node] != n.workloads || routes[node] != n.route {
+                workloads[node] = n.workloads
+                routes[node] = n.route
+                changed = true
+            }
+            if changed { publish() }
+        } catch {
+            if !refreshFailing { logger.error("cannot read the store in etcd: \(error)") }
+            refreshFailing = true
+            return
+        }
+        if refreshFailing { logger.notice("the store in etcd is reachable again") }
+        refreshFailing = false
+    }
+
+    private var refreshFailing = false
+
+    /// The revisions the state directory was filled with (right after start).
+    public func takeStoreRevisions() async throws {
+        guard let mirror else { return }
+        configRevision = try await mirror.revision(of: "config-version.json")
+        tokensRevision = try await mirror.revision(of: "tokens.json")
+        for n in try await mirror.nodes() where workloads[n.node] == nil {
+            workloads[n.node] = n.workloads
+            routes[n.node] = n.route
+        }
     }
 
     private func publish() {

@@ -52,6 +52,16 @@ public struct ControlServer: Service {
                                      nodeCertificateLifetime: config.nodeCertificateLifetime,
                                      workloadCertificateLifetime: config.workloadCertificateLifetime, mirror: mirror, logger: logger)
         try await mirror?.seed(from: config.stateDirectory)
+        try await plane.takeStoreRevisions()
+        // Other control planes on the same store: what they change reaches this one's agents.
+        let poller = mirror.map { _ in
+            Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    await plane.refresh()
+                }
+            }
+        }
         let key = WorkloadKey()
         let serving = try await plane.issueServingCertificate(key: key, lifetime: config.servingCertificateLifetime)
         let reloader = try ServingCertificate(issued: serving, keyPEM: try key.privateKeyPEM())
@@ -122,6 +132,7 @@ public struct ControlServer: Service {
         SystemdNotify.send("STOPPING=1")
         logger.info("weft control stopping")
         renewer.cancel()
+        poller?.cancel()
         await plane.shutdown()
         server.beginGracefulShutdown()
         _ = try? await serving_.value

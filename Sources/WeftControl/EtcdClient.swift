@@ -83,6 +83,19 @@ public final class EtcdClient: Sendable {
         return (reply["succeeded"] as? Bool) ?? false
     }
 
+    /// Writes every (key, value) at once if `compareKey` was last modified at
+    /// `expectedModRevision` (0: absent). Returns the revision of the write (the new
+    /// modification revision of each key), or nil when the comparison failed.
+    public func transaction(compareKey: String, expectedModRevision: Int64, puts: [(String, [UInt8])]) async throws -> Int64? {
+        let body: [String: Any] = [
+            "compare": [["key": Self.b64(compareKey), "result": "EQUAL", "target": "MOD", "mod_revision": String(expectedModRevision)]],
+            "success": puts.map { ["request_put": ["key": Self.b64($0.0), "value": Data($0.1).base64EncodedString()]] },
+        ]
+        let reply = try await call("/v3/kv/txn", body)
+        guard (reply["succeeded"] as? Bool) == true else { return nil }
+        return Int64((reply["header"] as? [String: Any])?["revision"] as? String ?? "0") ?? 0
+    }
+
     private func range(_ body: [String: Any]) async throws -> [KeyValue] {
         let reply = try await call("/v3/kv/range", body)
         let kvs = reply["kvs"] as? [[String: Any]] ?? []

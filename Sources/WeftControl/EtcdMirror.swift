@@ -54,4 +54,39 @@ public struct EtcdMirror: Sendable {
             try await client.put(Self.prefix + name, Array(data))
         }
     }
+
+    /// The modification revision of a stored file (0: not in etcd).
+    public func revision(of name: String) async throws -> Int64 {
+        try await client.get(Self.prefix + name)?.modRevision ?? 0
+    }
+
+    /// Stores the named files of `directory` in one transaction, only if `compare` is still at
+    /// `expected` (so two control planes changing the config at once cannot both win).
+    /// Returns the new revision, nil when another one changed it first.
+    public func commit(_ names: [String], compare: String, expected: Int64, from directory: String) async throws -> Int64? {
+        let puts = names.compactMap { name in
+            FileManager.default.contents(atPath: directory + "/" + name).map { (Self.prefix + name, Array($0)) }
+        }
+        return try await client.transaction(compareKey: Self.prefix + compare, expectedModRevision: expected, puts: puts)
+    }
+
+    /// Writes the named stored files into `directory`.
+    public func fetch(_ names: [String], into directory: String) async throws {
+        for name in names {
+            guard let kv = try await client.get(Self.prefix + name) else { continue }
+            try SecretFile.write(String(decoding: kv.value, as: UTF8.self), to: directory + "/" + name)
+        }
+    }
+
+    static let registryPrefix = "weft/registry/"
+
+    /// One node's part of the registry (each node's its own key: control planes serving
+    /// different nodes never overwrite each other).
+    public func putNode(_ node: NodeWorkloads) async throws {
+        try await client.put(Self.registryPrefix + node.node, Array(try JSONEncoder().encode(node)))
+    }
+
+    public func nodes() async throws -> [NodeWorkloads] {
+        try await client.getPrefix(Self.registryPrefix).compactMap { try? JSONDecoder().decode(NodeWorkloads.self, from: Data($0.value)) }
+    }
 }

@@ -45,7 +45,7 @@ struct AgentCommand: AsyncParsableCommand {
     var certLifetime: String = "24h"
     @Flag(help: "No workload identities and no mesh tunnel: meshed workloads talk in plaintext (for comparisons only).")
     var noMtls = false
-    @Option(help: "Take config from the control plane at HOST[:PORT] (default port 15012) instead of being its own.")
+    @Option(help: "Take config from the control plane at HOST[:PORT] (default port 15012) instead of being its own; several, comma-separated, are tried in turn.")
     var control: String?
     @Option(help: "Join token for --control (from `weft control token create`); needed only until the node has joined.")
     var token: String?
@@ -167,7 +167,8 @@ struct AgentCommand: AsyncParsableCommand {
                     throw WeftError(.invalidArgument, "--ca-cert, --ca-key, --ca-bundle, --cert-lifetime and --trust-domain are the control plane's with --control",
                                     hint: "set them on `weft control` (its CA signs every workload of the mesh)")
                 }
-                let (host, port) = try Self.parseControl(control)
+                let all = try control.split(separator: ",").map { try Self.parseControl(String($0)) }
+                guard let (host, port) = all.first else { throw WeftError(.invalidArgument, "--control: expected HOST[:PORT][,HOST[:PORT]...]") }
                 if let caPin {
                     let hex = caPin.lowercased().hasPrefix("sha256:") ? String(caPin.dropFirst(7)) : ""
                     guard hex.count == 64, hex.allSatisfy(\.isHexDigit) else {
@@ -182,6 +183,7 @@ struct AgentCommand: AsyncParsableCommand {
                 let node = (nodeName ?? String(cString: hostname)).lowercased()
                 try ControlPlane.checkNodeName(node)
                 config.control = ControlLinkConfiguration(host: host, port: port, token: token, caPin: caPin?.lowercased(), node: node)
+                config.control?.alternates = Array(all.dropFirst()).map { (host: $0.0, port: $0.1) }
                 if let nodeAddress {
                     guard let ip = IPAddress(nodeAddress), ip.family == .v4 else {
                         throw WeftError(.invalidArgument, "--node-address \(nodeAddress): expected this host's IPv4 address")

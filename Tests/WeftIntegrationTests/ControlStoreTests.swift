@@ -67,3 +67,65 @@ final class ControlStoreTests: XCTestCase {
         XCTAssertTrue(second.stderr.contains("etcd is unreachable (127.0.0.1:\(mesh.etcdPort)"), second.output)
     }
 }
+
+/// Two control planes on one etcd store serve the same mesh: a change applied through either
+/// reaches agents of both, and an agent whose control plane dies fails over to the other
+/// while its workloads keep talking.
+final class ControlReplicaTests: XCTestCase {
+    func testTwoControlPlanesServeOneMeshAndAgentsFailOver() throws {
+        let mesh = try MeshHarness.start(withControlPlane: true, etcd: true, replicas: true)
+        defer {
+            mesh.shutdown()
+            XCTAssertEqual(mesh.ourNetns(), [])
+        }
+        func agents(_ socket: String) throws -> [AgentSyncStatus] {
+            let r = mesh.weft(["get", "agents", "-o", "json", "--control-socket", socket])
+            guard r.status == 0 else { throw HarnessError("get agents: \(r.output)") }
+            return try JSONDecoder().decode([AgentSyncStatus].self, from: Data(r.stdout.utf8))
+        }
+        func agentVersion() -> Int? {
+            let r = mesh.weft(["get", "config", "-o", "json"])
+            return (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["version"] as? Int
+        }
+        try mesh.waitUntil("agent follows the first control plane", timeout: 20) {
+            try agents(mesh.controlSocket).contains { $0.node == mesh.id && $0.connected }
+        }
+        let script = mesh.dir + "/app.py", load = mesh.dir + "/load.py"
+        try ControlPlaneTests.app.write(toFile: script, atomically: true, encoding: .utf8)
+        try ControlPlaneTests.load.write(toFile: load, atomically: true, encoding: .utf8)
+        _ = try mesh.startWeft(["run", "--name", mesh.name("web"), "--service", "web", "--port", "8000/http", "--", "/usr/bin/python3", script, "8000"])
+        try mesh.waitForListener(netns: mesh.name("web"), port: 8000)
+        let client = mesh.name("cli")
+        _ = try mesh.startWeft(["run", "--name", client, "--service", "client", "--", "sleep", "300"])
+        try mesh.waitUntil("client attached", timeout: 20) { try mesh.workload(client) != nil }
+
+        // Applied through the replica, which this agent does not talk to: it arrives anyway.
+        let yaml = mesh.dir + "/vs.yaml"
+        try ControlPlaneTests.config("replica").write(toFile: yaml, atomically: true, encoding: .utf8)
+        let applied = mesh.weft(["apply", "-f", yaml, "--control-socket", mesh.replicaSocket])
+        XCTAssertEqual(applied.status, 0, applied.output)
+        try mesh.waitUntil("version 1 reaches the agent through the other control plane", timeout: 20) { agentVersion() == 1 }
+        var reply = mesh.run(["ip", "netns", "exec", client, "curl", "-sS", "-m", "3", "-D", "-", "http://web:8000/"], timeout: 20)
+        for _ in 0..<20 where !reply.stdout.lowercased().contains("x-config: replica") {
+            usleep(200_000)
+            reply = mesh.run(["ip", "netns", "exec", client, "curl", "-sS", "-m", "3", "-D", "-", "http://web:8000/"], timeout: 20)
+        }
+        XCTAssertTrue(reply.stdout.lowercased().contains("x-config: replica"), reply.output)
+
+        // The first control plane dies during steady traffic: the agent moves to the replica.
+        let traffic = try mesh.startProcess(["ip", "netns", "exec", client, "/usr/bin/python3", load, "http://web:8000/", "100", "6"])
+        usleep(1_500_000)
+        mesh.stopControl(signal: SIGKILL)
+        try mesh.waitUntil("agent follows the replica", timeout: 30) {
+            try agents(mesh.replicaSocket).contains { $0.node == mesh.id && $0.connected }
+        }
+        try ControlPlaneTests.config("after").write(toFile: yaml, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", yaml, "--control-socket", mesh.replicaSocket]).status, 0)
+        try mesh.waitUntil("version 2 acked through the replica", timeout: 20) {
+            try agents(mesh.replicaSocket).first { $0.node == mesh.id }?.ackedVersion == 2
+        }
+        XCTAssertNotNil(mesh.wait(traffic, timeout: 30))
+        XCTAssertTrue(traffic.stdout.hasPrefix("ok ") && traffic.stdout.contains(" failed 0"), "\(traffic.stdout)\(traffic.stderr)")
+        XCTAssertTrue(mesh.weft(["get", "config"]).stdout.contains("connected since"))
+    }
+}

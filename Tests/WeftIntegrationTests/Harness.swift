@@ -59,7 +59,8 @@ final class MeshHarness {
     /// `hosts`: with a control plane, an underlay bridge is made first and the control plane
     /// listens on it, so `addHost` can start agents in simulated hosts (network namespaces).
     static func start(podPrefix: Int = 24, agentArgs: [String] = [], withControlPlane: Bool = false, hosts: Bool = false,
-                      controlArgs: [String] = [], etcd: Bool = false, file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
+                      controlArgs: [String] = [], etcd: Bool = false, replicas: Bool = false,
+                      file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
         guard geteuid() == 0 else {
             throw XCTSkip("SKIPPED: needs root and network namespaces (CI runs these as root): sudo swift test")
         }
@@ -86,6 +87,7 @@ final class MeshHarness {
                 }
             }
             try h.startControl()
+            if replicas { try h.startReplica() }
             let token = h.weft(["control", "token", "create", "--ttl", "10m", "-o", "json", "--control-socket", h.controlSocket])
             guard token.status == 0, let object = try JSONSerialization.jsonObject(with: Data(token.stdout.utf8)) as? [String: Any],
                   let secret = object["token"] as? String, let pin = object["caPin"] as? String else {
@@ -94,7 +96,8 @@ final class MeshHarness {
             }
             h.controlPin = pin
             h.controlToken = secret
-            h.agentArgs += ["--control", "\(h.controlHost):\(h.controlPort)", "--token", secret, "--ca-pin", pin, "--node-name", h.id]
+            let controls = "\(h.controlHost):\(h.controlPort)" + (replicas ? ",\(h.controlHost):\(h.controlPort + 1)" : "")
+            h.agentArgs += ["--control", controls, "--token", secret, "--ca-pin", pin, "--node-name", h.id]
         }
         do { try h.startAgent() } catch {
             h.shutdown()
@@ -319,6 +322,29 @@ final class MeshHarness {
         }
     }
 
+    /// A second control plane on the same store (port + 1, its own socket and state directory).
+    private(set) var replica: Process?
+    var replicaSocket: String { dir + "/replica.sock" }
+    var replicaLog: String { (try? String(contentsOfFile: dir + "/replica.err", encoding: .utf8)) ?? "" }
+
+    func startReplica() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.weftBinary)
+        p.arguments = ["control", "--listen", "\(controlHost):\(controlPort + 1)", "--socket", replicaSocket, "--state-dir", dir + "/replica-state",
+                       "--log-level", "debug"] + controlArgs
+        let log = dir + "/replica.err"
+        if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
+        let handle = FileHandle(forWritingAtPath: log)
+        handle?.seekToEndOfFile()
+        p.standardError = handle
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        replica = p
+        try waitUntil("replica serving \(replicaSocket)", timeout: 20) {
+            self.weft(["get", "agents", "--control-socket", self.replicaSocket]).status == 0
+        }
+    }
+
     func stopControl(signal: Int32) {
         guard let control, control.isRunning else { return }
         kill(control.processIdentifier, signal)
@@ -508,6 +534,10 @@ final class MeshHarness {
         }
         stopControl(signal: SIGTERM)
         if let control, control.isRunning { kill(control.processIdentifier, SIGKILL) }
+        if let replica, replica.isRunning {
+            replica.terminate()
+            replica.waitUntilExit()
+        }
         stopEtcd()
         for ns in Set(ourNetns() + extraNetns) {
             _ = run(["ip", "netns", "pids", ns]).stdout.split(separator: "\n").compactMap { Int32($0) }.map { kill($0, SIGKILL) }

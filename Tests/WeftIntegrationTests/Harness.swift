@@ -59,7 +59,7 @@ final class MeshHarness {
     /// `hosts`: with a control plane, an underlay bridge is made first and the control plane
     /// listens on it, so `addHost` can start agents in simulated hosts (network namespaces).
     static func start(podPrefix: Int = 24, agentArgs: [String] = [], withControlPlane: Bool = false, hosts: Bool = false,
-                      controlArgs: [String] = [], etcd: Bool = false, replicas: Bool = false,
+                      controlArgs: [String] = [], etcd: Bool = false, etcdMembers: Int = 1, replicas: Bool = false,
                       file: StaticString = #filePath, line: UInt = #line) throws -> MeshHarness {
         guard geteuid() == 0 else {
             throw XCTSkip("SKIPPED: needs root and network namespaces (CI runs these as root): sudo swift test")
@@ -73,11 +73,11 @@ final class MeshHarness {
         h.agentArgs = agentArgs + extra
         h.controlArgs = controlArgs
         if etcd {
-            do { try h.startEtcd() } catch {
+            do { try h.startEtcd(members: etcdMembers) } catch {
                 h.shutdown()
                 throw error
             }
-            h.controlArgs += ["--store", "etcd://127.0.0.1:\(h.etcdPort)"]
+            h.controlArgs += ["--store", "etcd://" + h.etcdEndpoints]
         }
         if withControlPlane {
             if hosts {
@@ -96,8 +96,8 @@ final class MeshHarness {
             }
             h.controlPin = pin
             h.controlToken = secret
-            let controls = "\(h.controlHost):\(h.controlPort)" + (replicas ? ",\(h.controlHost):\(h.controlPort + 1)" : "")
-            h.agentArgs += ["--control", controls, "--token", secret, "--ca-pin", pin, "--node-name", h.id]
+            h.hasReplica = replicas
+            h.agentArgs += ["--control", h.controlEndpoints, "--token", secret, "--ca-pin", pin, "--node-name", h.id]
         }
         do { try h.startAgent() } catch {
             h.shutdown()
@@ -195,34 +195,43 @@ final class MeshHarness {
 
     // MARK: etcd
 
-    private(set) var etcd: Process?
+    private(set) var etcdMembers: [Process] = []
     private(set) var etcdPort = 0
+    /// Client ports of the members (etcdPort, etcdPort + 1, ...).
+    var etcdEndpoints: String { (0..<max(1, etcdMembers.count)).map { "127.0.0.1:\(etcdPort + $0)" }.joined(separator: ",") }
 
-    /// One etcd member on loopback with its own data directory (XCTSkip when etcd is missing).
-    func startEtcd() throws {
+    /// An etcd cluster of `members` on loopback, each with its own data directory (XCTSkip when
+    /// etcd is missing).
+    func startEtcd(members: Int = 1) throws {
         guard let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"].first(where: FileManager.default.isExecutableFile) else {
             throw XCTSkip("SKIPPED: etcd is not installed; run scripts/setup-deps")
         }
-        if etcdPort == 0 { etcdPort = Int.random(in: 30000...39999) }
-        let peer = etcdPort + 10000
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = ["--name", id, "--data-dir", dir + "/etcd", "--listen-client-urls", "http://127.0.0.1:\(etcdPort)",
-                       "--advertise-client-urls", "http://127.0.0.1:\(etcdPort)", "--listen-peer-urls", "http://127.0.0.1:\(peer)",
-                       "--initial-advertise-peer-urls", "http://127.0.0.1:\(peer)", "--initial-cluster", "\(id)=http://127.0.0.1:\(peer)"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle(forWritingAtPath: touch(dir + "/etcd.err"))
-        try p.run()
-        etcd = p
-        try waitUntil("etcd serving on \(etcdPort)", timeout: 20) {
+        if etcdPort == 0 { etcdPort = Int.random(in: 30000...39990) }
+        let cluster = (0..<members).map { "\(id)-\($0)=http://127.0.0.1:\(etcdPort + 10000 + $0)" }.joined(separator: ",")
+        for m in 0..<members {
+            let client = etcdPort + m, peer = etcdPort + 10000 + m
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = ["--name", "\(id)-\(m)", "--data-dir", dir + "/etcd-\(m)", "--listen-client-urls", "http://127.0.0.1:\(client)",
+                           "--advertise-client-urls", "http://127.0.0.1:\(client)", "--listen-peer-urls", "http://127.0.0.1:\(peer)",
+                           "--initial-advertise-peer-urls", "http://127.0.0.1:\(peer)", "--initial-cluster", cluster,
+                           "--initial-cluster-state", "new"]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle(forWritingAtPath: touch(dir + "/etcd-\(m).err"))
+            try p.run()
+            etcdMembers.append(p)
+        }
+        try waitUntil("etcd serving on \(etcdPort)", timeout: 30) {
             self.run(["curl", "-sf", "-m", "1", "-X", "POST", "http://127.0.0.1:\(self.etcdPort)/v3/kv/range", "-d", "{\"key\":\"AA==\"}"]).status == 0
         }
     }
 
-    func stopEtcd() {
-        guard let etcd, etcd.isRunning else { return }
-        etcd.terminate()
-        etcd.waitUntilExit()
+    /// Stops one member (all when nil).
+    func stopEtcd(member: Int? = nil) {
+        for (i, p) in etcdMembers.enumerated() where (member == nil || member == i) && p.isRunning {
+            p.terminate()
+            p.waitUntilExit()
+        }
     }
 
     // MARK: simulated hosts
@@ -279,7 +288,7 @@ final class MeshHarness {
         p.executableURL = URL(fileURLWithPath: HostTool.find("nsenter") ?? "/usr/bin/nsenter")
         p.arguments = ["--net=/run/netns/\(ns)", "--", Self.weftBinary, "agent", "--socket", socket, "--bridge", "wp\(id.dropFirst())\(index)",
                        "--pod-cidr", podBlock, "--pod-cidr6", "none", "--dns-upstream", "none", "--state-dir", dir + "/h\(index)-state",
-                       "--control", "\(controlHost):\(controlPort)", "--token", controlToken, "--ca-pin", controlPin,
+                       "--control", controlEndpoints, "--token", controlToken, "--ca-pin", controlPin,
                        "--node-name", ns, "--node-address", address, "--log-level", "debug"]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle(forWritingAtPath: log)
@@ -322,6 +331,10 @@ final class MeshHarness {
         }
     }
 
+    private var hasReplica = false
+    /// Every control plane agents may use ("host:port[,host:port+1]").
+    var controlEndpoints: String { "\(controlHost):\(controlPort)" + (hasReplica ? ",\(controlHost):\(controlPort + 1)" : "") }
+
     /// A second control plane on the same store (port + 1, its own socket and state directory).
     private(set) var replica: Process?
     var replicaSocket: String { dir + "/replica.sock" }
@@ -343,6 +356,13 @@ final class MeshHarness {
         try waitUntil("replica serving \(replicaSocket)", timeout: 20) {
             self.weft(["get", "agents", "--control-socket", self.replicaSocket]).status == 0
         }
+    }
+
+    func stopReplica(signal: Int32) {
+        guard let replica, replica.isRunning else { return }
+        kill(replica.processIdentifier, signal)
+        let deadline = Date().addingTimeInterval(10)
+        while replica.isRunning && Date() < deadline { usleep(20_000) }
     }
 
     func stopControl(signal: Int32) {

@@ -141,4 +141,54 @@ final class MultiHostTests: XCTestCase {
         XCTAssertTrue(fixed.stdout.hasPrefix("ok\n"), fixed.output)
         _ = h1
     }
+
+    /// The whole picture: two hosts, a 3-member etcd cluster, two control planes.
+    /// During 60 s of cross-host traffic at 200 requests/s, a control plane is killed (and
+    /// comes back), one etcd member is killed, and then the other control plane: not one
+    /// request fails, and a config change made after the restart reaches every agent.
+    func testTheMeshSurvivesLosingControlPlanesAndAnEtcdMember() throws {
+        mesh.shutdown()
+        mesh = try MeshHarness.start(withControlPlane: true, hosts: true, etcd: true, etcdMembers: 3, replicas: true)
+        let h1 = try mesh.addHost(1), h2 = try mesh.addHost(2)
+        let script = mesh.dir + "/app.py", load = mesh.dir + "/load.py"
+        try ControlPlaneTests.app.write(toFile: script, atomically: true, encoding: .utf8)
+        try ControlPlaneTests.load.write(toFile: load, atomically: true, encoding: .utf8)
+        let web = mesh.name("web"), client = mesh.name("cli")
+        _ = try mesh.startWeft(in: h1, ["run", "--name", web, "--service", "web", "--port", "8000/http", "--", "/usr/bin/python3", script, "8000"])
+        try mesh.waitForListener(netns: web, port: 8000)
+        _ = try mesh.startWeft(in: h2, ["run", "--name", client, "--service", "client", "--", "sleep", "300"])
+        try waitAttached(client, on: h2)
+        var first = mesh.run(["ip", "netns", "exec", client, "curl", "-sS", "-m", "5", "http://web:8000/"], timeout: 20)
+        for _ in 0..<30 where first.stdout != "ok\n" {
+            usleep(200_000)
+            first = mesh.run(["ip", "netns", "exec", client, "curl", "-sS", "-m", "5", "http://web:8000/"], timeout: 20)
+        }
+        XCTAssertEqual(first.stdout, "ok\n", first.output)
+
+        let traffic = try mesh.startProcess(["ip", "netns", "exec", client, "/usr/bin/python3", load, "http://web:8000/", "200", "60"])
+        sleep(5)
+        mesh.stopControl(signal: SIGKILL)       // the first control plane dies
+        sleep(8)
+        mesh.stopEtcd(member: 2)                // one etcd member dies
+        sleep(5)
+        try mesh.startControl()                 // the first control plane comes back
+        sleep(5)
+        // A config change after the restart reaches every agent (through either control plane).
+        let yaml = mesh.dir + "/vs.yaml"
+        try ControlPlaneTests.config("after-restart").write(toFile: yaml, atomically: true, encoding: .utf8)
+        let applied = mesh.weft(["apply", "-f", yaml, "--control-socket", mesh.controlSocket])
+        XCTAssertEqual(applied.status, 0, applied.output)
+        for host in [h1, h2] {
+            try mesh.waitUntil("\(host.netns) has the change", timeout: 20) {
+                self.mesh.weft(["get", "config", "--agent-socket", host.socket]).stdout.contains("config version 1")
+            }
+        }
+        mesh.stopReplica(signal: SIGKILL)       // then the other control plane dies
+        XCTAssertNotNil(mesh.wait(traffic, timeout: 90), "load generator finished")
+        XCTAssertTrue(traffic.stdout.hasPrefix("ok ") && traffic.stdout.contains(" failed 0"),
+                      "no request fails through control-plane, replica and etcd-member loss: \(traffic.stdout)\(traffic.stderr)")
+        XCTAssertGreaterThan(Int(traffic.stdout.split(separator: " ")[1]) ?? 0, 10_000, traffic.stdout)
+        let reply = mesh.run(["ip", "netns", "exec", client, "curl", "-sS", "-m", "5", "-D", "-", "http://web:8000/"], timeout: 20)
+        XCTAssertTrue(reply.stdout.lowercased().contains("x-config: after-restart"), reply.output)
+    }
 }

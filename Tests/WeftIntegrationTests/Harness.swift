@@ -314,21 +314,7 @@ final class MeshHarness {
     /// Starts `weft control` (again, on the same port and state after a stop).
     func startControl() throws {
         if controlPort == 0 { controlPort = Int.random(in: 20000...29999) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.weftBinary)
-        p.arguments = ["control", "--listen", "\(controlHost):\(controlPort)", "--socket", controlSocket, "--state-dir", controlState,
-                       "--log-level", "debug"] + controlArgs
-        let log = dir + "/control.err"
-        if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
-        let handle = FileHandle(forWritingAtPath: log)
-        handle?.seekToEndOfFile()
-        p.standardError = handle
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        control = p
-        try waitUntil("control plane serving \(controlSocket)", timeout: 20) {
-            self.weft(["get", "agents", "--control-socket", self.controlSocket]).status == 0
-        }
+        control = try launchControl(port: controlPort, socket: controlSocket, state: controlState, log: dir + "/control.err")
     }
 
     private var hasReplica = false
@@ -341,21 +327,31 @@ final class MeshHarness {
     var replicaLog: String { (try? String(contentsOfFile: dir + "/replica.err", encoding: .utf8)) ?? "" }
 
     func startReplica() throws {
+        replica = try launchControl(port: controlPort + 1, socket: replicaSocket, state: dir + "/replica-state", log: dir + "/replica.err")
+    }
+
+    /// One `weft control` with this harness's flags, appending to `log`; returns once its socket answers.
+    private func launchControl(port: Int, socket: String, state: String, log: String) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
-        p.arguments = ["control", "--listen", "\(controlHost):\(controlPort + 1)", "--socket", replicaSocket, "--state-dir", dir + "/replica-state",
+        p.arguments = ["control", "--listen", "\(controlHost):\(port)", "--socket", socket, "--state-dir", state,
                        "--log-level", "debug"] + controlArgs
-        let log = dir + "/replica.err"
         if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }
         let handle = FileHandle(forWritingAtPath: log)
         handle?.seekToEndOfFile()
         p.standardError = handle
         p.standardOutput = FileHandle.nullDevice
         try p.run()
-        replica = p
-        try waitUntil("replica serving \(replicaSocket)", timeout: 20) {
-            self.weft(["get", "agents", "--control-socket", self.replicaSocket]).status == 0
+        do {
+            try waitUntil("control plane serving \(socket)", timeout: 20) {
+                self.weft(["get", "agents", "--control-socket", socket]).status == 0
+            }
+        } catch {
+            p.terminate()  // never left behind when it did not come up
+            p.waitUntilExit()
+            throw error
         }
+        return p
     }
 
     func stopReplica(signal: Int32) {

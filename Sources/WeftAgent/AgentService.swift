@@ -59,6 +59,7 @@ public struct AgentService: Service {
             config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
         if let link {
+            registry.directory.globalLimits.connect(link)
             await registry.restoreConfig(version: await link.restoredVersion)
             await registry.applyRemote(await link.savedRegistry)
         } else {

@@ -5,6 +5,7 @@ import Logging
 import WeftControl
 import WeftCore
 import WeftIdentity
+import WeftProxy
 import X509
 
 /// The agent's side of the control plane: joins once (token + CA pin), then keeps one
@@ -15,7 +16,7 @@ import X509
 ///
 /// Node credentials live in `<state>/node/` (key 0600, directory 0700): the node key never
 /// leaves the agent; the certificate is renewed at half life over the same connection.
-public actor ControlLink {
+public actor ControlLink: RateLimitCoordinator {
     let settings: ControlLinkConfiguration
     let stateDirectory: String
     let logger: Logger
@@ -242,6 +243,8 @@ public actor ControlLink {
         }
         let trust = ControlClient.Trust(roots: creds.roots, trustDomain: try trustDomain(creds))
         try await client.withClient(chain: creds.chainPEM, keyPEM: creds.keyPEM, trust: trust) { client in
+            let generation = await self.setActive(client)
+            defer { Task { await self.clearActive(generation) } }
             try await client.bidirectionalStreaming(request: request, descriptor: ControlAPI.subscribe, serializer: JSONCoder<AgentMessage>(),
                                                     deserializer: JSONCoder<ConfigSnapshot>(), options: ControlClient.callOptions) { response in
                 for try await snapshot in response.messages {
@@ -250,6 +253,35 @@ public actor ControlLink {
                 }
             }
         }
+    }
+
+    /// The connection of the current subscription, shared by global rate-limit leases.
+    private var active: GRPCClient<HTTP2ClientTransport.Posix>?
+    private var activeGeneration = 0
+
+    private func setActive(_ client: GRPCClient<HTTP2ClientTransport.Posix>) -> Int {
+        active = client
+        activeGeneration += 1
+        return activeGeneration
+    }
+
+    /// The subscription `generation` ended (a newer one may already be in place).
+    private func clearActive(_ generation: Int) {
+        if generation == activeGeneration { active = nil }
+    }
+
+    /// Leases of global rate limits, over the subscription's connection (a lease that takes
+    /// longer than half a second is a failure: the agent then decides locally).
+    public func acquire(_ requests: [TokenLeaseRequest]) async throws -> [TokenLeaseGrant] {
+        guard let active, status.connected else {
+            throw WeftError(.agentUnavailable, "not connected to the control plane at \(settings.address)")
+        }
+        var options = ControlClient.callOptions
+        options.timeout = .milliseconds(500)
+        let reply = try await active.unary(request: ClientRequest(message: AcquireRequest(leases: requests)), descriptor: ControlAPI.acquire,
+                                           serializer: JSONCoder<AcquireRequest>(), deserializer: JSONCoder<AcquireReply>(),
+                                           options: options) { try $0.message }
+        return reply.grants
     }
 
     private func markConnected() {

@@ -95,6 +95,8 @@ public actor WorkloadRegistry {
     /// The other nodes' part of the mesh-wide registry: their workloads become endpoints
     /// here, and their pod blocks get host routes through their node address.
     public func applyRemote(_ nodes: [NodeWorkloads]) {
+        // Each node's share of a global rate limit while the coordinator is unreachable.
+        directory.globalLimits.setNodeCount(nodes.count + 1)
         var wanted: [CIDR: IPAddress] = [:]
         for node in nodes {
             guard let route = node.route else { continue }

@@ -54,6 +54,15 @@ public enum ConfigValidator {
         for case .virtualService(let vs) in resources {
             out += validateRoutes(vs, rulesByHost: rulesByHost)
         }
+        for case .rateLimitPolicy(let p) in resources {
+            let host = fqdn(p.host, namespace: p.metadata.namespace)
+            let names = Set(hostOwners[host]?.http.compactMap(\.name) ?? [])
+            for limit in p.limits {
+                guard let route = limit.route, !names.contains(route) else { continue }
+                out.append(Diagnostic(.warning, at: limit.location, "limit \(limit.name) of RateLimitPolicy \(p.metadata.name) names route '\(route)', which no VirtualService for \(p.host) has",
+                                      why: "a limit for a route that does not exist limits nothing"))
+            }
+        }
         return out
     }
 

@@ -191,11 +191,20 @@ public struct RateLimitPolicy: Sendable, Equatable {
         public var burst: Int
         /// Only requests matching one of these (empty: all).
         public var match: [HTTPMatchRequest]
+        /// Only requests a VirtualService sent through its HTTP route of this name (nil: any).
+        public var route: String? = nil
         public var location: SourceLocation
+    }
+
+    /// `local`: each agent keeps its own buckets. `global`: one bucket for the whole mesh,
+    /// kept by the control plane's coordinator (agents lease tokens from it).
+    public enum Mode: String, Sendable, Equatable {
+        case local, global
     }
 
     public var metadata: ObjectMeta
     public var host: String
+    public var mode: Mode = .local
     public var limits: [Limit]
     public var location: SourceLocation
 }

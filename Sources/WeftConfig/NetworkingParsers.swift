@@ -240,14 +240,18 @@ extension ConfigParser {
     }
 
     static func rateLimitPolicy(_ spec: Node, _ meta: ObjectMeta, _ r: NodeReader, at loc: SourceLocation) -> RateLimitPolicy? {
-        guard let f = r.fields(spec, "RateLimitPolicy.spec", allowed: ["host", "limits"],
-                               unsupported: ["mode": "only local (per agent) buckets exist today; the global mode arrives with the control plane"])
+        guard let f = r.fields(spec, "RateLimitPolicy.spec", allowed: ["host", "mode", "limits"])
         else { return nil }
         guard let h = f["host"], let host = r.string(h, "RateLimitPolicy.spec.host") else {
             r.error(spec, "RateLimitPolicy \(meta.name): spec.host is required")
             return nil
         }
         var policy = RateLimitPolicy(metadata: meta, host: host, limits: [], location: loc)
+        if let m = f["mode"], let text = r.string(m, "RateLimitPolicy.spec.mode") {
+            if let mode = RateLimitPolicy.Mode(rawValue: text) { policy.mode = mode } else {
+                r.error(m, "RateLimitPolicy \(meta.name): spec.mode '\(text)' is not one of local, global")
+            }
+        }
         guard let l = f["limits"], let list = r.list(l, "spec.limits"), !list.isEmpty else {
             r.error(spec, "RateLimitPolicy \(meta.name): spec.limits needs at least one limit")
             return nil
@@ -255,7 +259,7 @@ extension ConfigParser {
         let perUnit: [String: Double] = ["second": 1, "minute": 60, "hour": 3600]
         for (i, node) in list.enumerated() {
             let what = "limits[\(i)]"
-            guard let lf = r.fields(node, what, allowed: ["name", "key", "requestsPerUnit", "unit", "burst", "match"]) else { continue }
+            guard let lf = r.fields(node, what, allowed: ["name", "key", "requestsPerUnit", "unit", "burst", "match", "route"]) else { continue }
             var key = RateLimitPolicy.Limit.Key.sourceIP
             if let k = lf["key"] {
                 if let text = k.string {
@@ -285,7 +289,8 @@ extension ConfigParser {
             }
             let name = lf["name"].flatMap { r.string($0, "\(what).name") } ?? "limit-\(i)"
             policy.limits.append(.init(name: name, key: key, perSecond: Double(rate) / (perUnit[unit] ?? 1), requestsPerUnit: rate,
-                                       unit: unit, burst: burst, match: matches, location: r.location(node)))
+                                       unit: unit, burst: burst, match: matches,
+                                       route: lf["route"].flatMap { r.string($0, "\(what).route") }, location: r.location(node)))
         }
         return policy
     }

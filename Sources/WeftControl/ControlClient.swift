@@ -80,7 +80,7 @@ public struct ControlClient: Sendable {
         }
         let target: any ResolvableTarget
         if IPAddress(host) != nil {
-            target = host.contains(":") ? ResolvableTargets.IPv6.ipv6(host: host, port: port) : ResolvableTargets.IPv4.ipv4(host: host, port: port)
+            target = host.contains(":") ? ResolvableTargets.IPv6.ipv6(address: host, port: port) : ResolvableTargets.IPv4.ipv4(address: host, port: port)
         } else {
             target = ResolvableTargets.DNS(host: host, port: port)
         }

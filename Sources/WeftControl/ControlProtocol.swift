@@ -15,6 +15,7 @@ import WeftIdentity
 /// - `Register` (unary, node certificate): the complete list of workloads attached to the node
 /// - `Sign` (unary, node certificate): a workload's CSR → its certificate, only for a
 ///   workload that node registered
+/// - `Acquire` (unary, node certificate): leases of the global rate limits' buckets
 public enum ControlAPI {
     public static let service = "weft.control.v1.Control"
     public static let bundle = MethodDescriptor(fullyQualifiedService: service, method: "Bundle")
@@ -22,6 +23,9 @@ public enum ControlAPI {
     public static let subscribe = MethodDescriptor(fullyQualifiedService: service, method: "Subscribe")
     public static let register = MethodDescriptor(fullyQualifiedService: service, method: "Register")
     public static let sign = MethodDescriptor(fullyQualifiedService: service, method: "Sign")
+    public static let acquire = MethodDescriptor(fullyQualifiedService: service, method: "Acquire")
+    /// Most bucket leases one Acquire may ask for.
+    public static let maxLeasesPerCall = 256
     public static let defaultPort = 15012
     /// Largest message either side accepts (a config snapshot is the big one).
     public static let maxMessageBytes = 16 * 1024 * 1024
@@ -199,5 +203,21 @@ public struct SignReply: Codable, Sendable, Equatable {
     public init(certificate: IssuedCertificate, bundlePEM: String) {
         self.certificate = certificate
         self.bundlePEM = bundlePEM
+    }
+}
+
+public struct AcquireRequest: Codable, Sendable, Equatable {
+    public var leases: [TokenLeaseRequest]
+
+    public init(leases: [TokenLeaseRequest]) {
+        self.leases = leases
+    }
+}
+
+public struct AcquireReply: Codable, Sendable, Equatable {
+    public var grants: [TokenLeaseGrant]
+
+    public init(grants: [TokenLeaseGrant]) {
+        self.grants = grants
     }
 }

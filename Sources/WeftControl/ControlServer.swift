@@ -85,7 +85,16 @@ public struct ControlServer: Service {
                 c.connection.keepalive = .init(time: .seconds(15), timeout: .seconds(10),
                                                clientBehavior: .init(minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: true))
             })
-        let server = GRPCServer(transport: transport, services: [ControlService(plane: plane, logger: logger)])
+        let buckets = RateLimitBuckets(etcd: mirror?.client)
+        let sweeper = mirror.map { _ in
+            Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(60))
+                    do { try await buckets.sweep() } catch { logger.notice("cannot sweep idle rate-limit buckets in etcd: \(error)") }
+                }
+            }
+        }
+        let server = GRPCServer(transport: transport, services: [ControlService(plane: plane, buckets: buckets, logger: logger)])
         let serving_ = Task { try await server.serve() }
         let listening: GRPCNIOTransportCore.SocketAddress
         do {
@@ -133,6 +142,7 @@ public struct ControlServer: Service {
         logger.info("weft control stopping")
         renewer.cancel()
         poller?.cancel()
+        sweeper?.cancel()
         await plane.shutdown()
         server.beginGracefulShutdown()
         _ = try? await serving_.value

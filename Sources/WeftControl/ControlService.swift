@@ -12,6 +12,7 @@ import X509
 /// is a gRPC status with Weft's message (what and why), never a bare "internal".
 struct ControlService: RegistrableRPCService {
     let plane: ControlPlane
+    let buckets: RateLimitBuckets
     let logger: Logger
 
     func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
@@ -56,6 +57,16 @@ struct ControlService: RegistrableRPCService {
                     logger.notice("certificate refused", metadata: ["node": "\(node)", "workload": "\(message.workload)", "reason": "\(error)"])
                     throw error
                 }
+            }
+            return StreamingServerResponse(single: ServerResponse(message: reply))
+        }
+        let buckets = self.buckets
+        router.registerHandler(forMethod: ControlAPI.acquire, deserializer: JSONCoder<AcquireRequest>(),
+                               serializer: JSONCoder<AcquireReply>()) { request, context in
+            let message = try await ServerRequest(stream: request).message
+            let reply = try await Self.mapped {
+                _ = try await Self.requireNode(context, plane: plane)
+                return AcquireReply(grants: try await buckets.acquire(message.leases))
             }
             return StreamingServerResponse(single: ServerResponse(message: reply))
         }

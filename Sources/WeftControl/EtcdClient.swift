@@ -125,7 +125,7 @@ public final class EtcdClient: Sendable {
     // MARK: - transport
 
     /// POSTs `body` as JSON to each endpoint in turn until one answers 200.
-    private func call(_ path: String, _ body: [String: Any]) async throws -> [String: Any] {
+    func call(_ path: String, _ body: [String: Any]) async throws -> [String: Any] {
         let payload = try JSONSerialization.data(withJSONObject: body)
         let start = preferred.withLockedValue { $0 }
         var failures: [String] = []
@@ -219,5 +219,18 @@ private final class EtcdResponseCollector: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         promise.fail(WeftError(.system, "connection closed before the answer ended"))
+    }
+}
+
+extension EtcdClient {
+    /// Deletes `key` only if it was last modified at `expectedModRevision`.
+    public func compareAndDelete(_ key: String, expectedModRevision: Int64) async throws -> Bool {
+        let k = Self.b64(key)
+        let body: [String: Any] = [
+            "compare": [["key": k, "result": "EQUAL", "target": "MOD", "mod_revision": String(expectedModRevision)]],
+            "success": [["request_delete_range": ["key": k]]],
+        ]
+        let reply = try await call("/v3/kv/txn", body)
+        return (reply["succeeded"] as? Bool) ?? false
     }
 }

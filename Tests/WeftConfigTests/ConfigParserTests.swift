@@ -245,6 +245,42 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(p.limits[0].burst, 600)
         XCTAssertEqual(p.limits[1].name, "limit-1")
         XCTAssertEqual(p.limits[1].match.first?.uri, .prefix("/admin"))
+        XCTAssertEqual(p.mode, .local, "local buckets unless asked")
+        let global = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: RateLimitPolicy
+            metadata: {name: web}
+            spec: {host: web, mode: global, limits: [{key: service, requestsPerUnit: 5}]}
+            """, file: "g.yaml")
+        guard case .rateLimitPolicy(let g)? = global.resources.first else { return XCTFail("\(global.diagnostics)") }
+        XCTAssertEqual(g.mode, .global)
+        let badMode = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: RateLimitPolicy
+            metadata: {name: web}
+            spec: {host: web, mode: cluster, limits: [{key: service, requestsPerUnit: 5}]}
+            """, file: "m.yaml")
+        XCTAssertEqual(badMode.errors.map(\.message), ["RateLimitPolicy web: spec.mode 'cluster' is not one of local, global"])
+        let routed = ConfigParser.parse(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec: {hosts: [web], http: [{name: checkout, route: [{destination: {host: web}}]}]}
+            ---
+            apiVersion: weft.dev/v1alpha1
+            kind: RateLimitPolicy
+            metadata: {name: web}
+            spec:
+              host: web
+              limits:
+              - {name: ok, key: service, requestsPerUnit: 5, route: checkout}
+              - {name: typo, key: service, requestsPerUnit: 5, route: chekout}
+            """, file: "rt.yaml")
+        XCTAssertEqual(routed.errors, [])
+        guard case .rateLimitPolicy(let rp)? = routed.resources.last else { return XCTFail("\(routed.diagnostics)") }
+        XCTAssertEqual(rp.limits.map(\.route), ["checkout", "chekout"])
+        let warnings = ConfigValidator.validate(routed.resources)
+        XCTAssertEqual(warnings.map(\.message), ["limit typo of RateLimitPolicy web names route 'chekout', which no VirtualService for web has"])
         let bad = ConfigParser.parse(yaml: """
             apiVersion: weft.dev/v1alpha1
             kind: RateLimitPolicy

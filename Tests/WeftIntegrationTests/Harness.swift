@@ -141,10 +141,14 @@ final class MeshHarness {
         p.standardError = FileHandle(forWritingAtPath: touch(dir + "/dns-stub.err"))
         try p.run()
         dnsStub = p
-        try waitUntil("DNS stub", timeout: 10) {
-            self.dnsStubPort = Int((try? String(contentsOfFile: self.dir + "/dns-stub.port", encoding: .utf8))?
-                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
-            return self.dnsStubPort > 0
+        do {
+            try waitUntil("DNS stub", timeout: 10) {
+                self.dnsStubPort = Int((try? String(contentsOfFile: self.dir + "/dns-stub.port", encoding: .utf8))?
+                    .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+                return self.dnsStubPort > 0
+            }
+        } catch {
+            throw HarnessError("\(error): \((try? String(contentsOfFile: dir + "/dns-stub.err", encoding: .utf8)) ?? "")")
         }
     }
 
@@ -162,9 +166,16 @@ final class MeshHarness {
             ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 10]) if qtype == 1 else b""
             return q[:2] + struct.pack(">HHHHH", 0x8180, 1, 1 if ans else 0, 0, 0) + q[12:end] + ans
         return q[:2] + struct.pack(">HHHHH", 0x8183, 1, 0, 0, 0) + q[12:end]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
-    port = u.getsockname()[1]
-    t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(("127.0.0.1", port)); t.listen()
+    # UDP and TCP on one port: the UDP port the kernel picks may be taken for TCP (by any
+    # connection's ephemeral port), so pick again until both bind.
+    for attempt in range(100):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            t.bind(("127.0.0.1", port)); t.listen(); break
+        except OSError:
+            t.close(); u.close()
     def serve_tcp():
         while True:
             c, _ = t.accept()

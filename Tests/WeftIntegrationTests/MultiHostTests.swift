@@ -74,6 +74,110 @@ final class MultiHostTests: XCTestCase {
         }
     }
 
+    /// As fast as it can for `seconds` on one keep-alive connection; prints ok, limited and
+    /// its wall-clock start and end.
+    static let greedy = #"""
+    import sys, time, http.client
+    host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    ok = limited = other = 0
+    start = time.time()
+    while time.time() - start < seconds:
+        conn.request("GET", "/"); r = conn.getresponse(); r.read()
+        if r.status == 200: ok += 1
+        elif r.status == 429: limited += 1
+        else: other += 1
+    print("ok %d limited %d other %d start %.3f end %.3f" % (ok, limited, other, start, time.time()))
+    """#
+
+    /// RateLimitPolicy `mode: global`: callers on two hosts share one bucket kept by the
+    /// control plane — together they get the limit, not twice it. With the control plane
+    /// gone, each agent keeps its share (half, with two nodes), so the total still holds.
+    func testAGlobalRateLimitHoldsAcrossHosts() throws {
+        let h1 = try mesh.addHost(1), h2 = try mesh.addHost(2)
+        let script = mesh.dir + "/app.py", greedy = mesh.dir + "/greedy.py"
+        try ControlPlaneTests.app.write(toFile: script, atomically: true, encoding: .utf8)
+        try Self.greedy.write(toFile: greedy, atomically: true, encoding: .utf8)
+        let web = mesh.name("web"), c1 = mesh.name("c1"), c2 = mesh.name("c2")
+        _ = try mesh.startWeft(in: h1, ["run", "--name", web, "--service", "web", "--port", "8000/http", "--", "/usr/bin/python3", script, "8000"])
+        try mesh.waitForListener(netns: web, port: 8000)
+        _ = try mesh.startWeft(in: h1, ["run", "--name", c1, "--service", "client", "--", "sleep", "300"])
+        _ = try mesh.startWeft(in: h2, ["run", "--name", c2, "--service", "client", "--", "sleep", "300"])
+        try waitAttached(c1, on: h1)
+        try waitAttached(c2, on: h2)
+        let file = mesh.dir + "/global.yaml"
+        try """
+            apiVersion: weft.dev/v1alpha1
+            kind: RateLimitPolicy
+            metadata: {name: web-global}
+            spec:
+              host: web
+              mode: global
+              limits:
+              - {name: everyone, key: service, requestsPerUnit: 40, unit: second, burst: 10}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let applied = mesh.weft(["apply", "-f", file, "--control-socket", mesh.controlSocket])
+        XCTAssertEqual(applied.status, 0, applied.output)
+        for host in [h1, h2] {
+            try mesh.waitUntil("\(host.netns) has the policy and knows web", timeout: 30) {
+                self.mesh.weft(["get", "config", "-o", "yaml", "--agent-socket", host.socket]).stdout.contains("mode: global")
+                    && self.mesh.run(["ip", "netns", "exec", host.netns == h1.netns ? c1 : c2, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                      "-m", "5", "http://web:8000/"], timeout: 10).stdout != "000"
+            }
+        }
+        usleep(1_500_000)  // the probes above drew from the bucket: let it fill again
+
+        /// Both callers at once; returns (ok in total, the window in seconds, each line).
+        func burst(_ seconds: Int) throws -> (Int, Double, [String]) {
+            let runs = try [c1, c2].map { try mesh.startProcess(["ip", "netns", "exec", $0, "/usr/bin/python3", greedy, "web", "8000", "\(seconds)"]) }
+            var lines: [String] = []
+            var ok = 0, starts: [Double] = [], ends: [Double] = []
+            for run in runs {
+                XCTAssertEqual(mesh.wait(run, timeout: Double(seconds) + 30), 0, run.stderr)
+                let f = run.stdout.split(separator: " ").map(String.init)
+                guard f.count >= 10 else { throw HarnessError("greedy printed \(run.stdout) \(run.stderr)") }
+                lines.append(run.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+                ok += Int(f[1]) ?? 0
+                XCTAssertGreaterThan(Int(f[3]) ?? 0, 0, "each caller is limited: \(run.stdout)")
+                XCTAssertEqual(f[5], "0", "only 200s and 429s: \(run.stdout)")
+                starts.append(Double(f[7]) ?? 0)
+                ends.append(Double(f[9].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0)
+            }
+            return (ok, (ends.max() ?? 0) - (starts.min() ?? 0), lines)
+        }
+        let (ok, window, lines) = try burst(4)
+        let expected = 10 + 40 * window
+        // Leases strand at most a lease (4 tokens) per agent at the end; never more than the limit.
+        XCTAssertLessThanOrEqual(Double(ok), expected * 1.05, "one bucket for both hosts, not one each: \(lines)")
+        XCTAssertGreaterThanOrEqual(Double(ok), expected * 0.85, "the whole limit is usable: \(lines)")
+
+        // The coordinator is gone: each agent of the mesh keeps its share of the limit (the
+        // harness's own agent is a node too), and these two callers' agents get theirs.
+        let agents = mesh.weft(["get", "agents", "-o", "json", "--control-socket", mesh.controlSocket])
+        let nodes = Double(try JSONDecoder().decode([AgentSyncStatus].self, from: Data(agents.stdout.utf8)).count)
+        XCTAssertGreaterThanOrEqual(nodes, 2)
+        mesh.stopControl(signal: SIGKILL)
+        usleep(500_000)
+        let (okDown, windowDown, linesDown) = try burst(3)
+        let expectedDown = 2 * ((10 / nodes).rounded(.up) + 40 / nodes * windowDown)
+        XCTAssertLessThanOrEqual(Double(okDown), expectedDown * 1.1, "each node's share (\(nodes) nodes): \(linesDown)")
+        XCTAssertGreaterThanOrEqual(Double(okDown), expectedDown * 0.8, "traffic still flows at each node's share: \(linesDown)")
+        XCTAssertTrue(mesh.hostLog(1).contains("coordinator cannot be reached"), mesh.hostLog(1).suffix(2000).description)
+
+        // Back: the agents lease from it again (the limit is the mesh's, not each share's).
+        try mesh.startControl()
+        try mesh.waitUntil("both hosts reconnected", timeout: 30) {
+            let r = self.mesh.weft(["get", "agents", "-o", "json", "--control-socket", self.mesh.controlSocket])
+            let agents = (try? JSONDecoder().decode([AgentSyncStatus].self, from: Data(r.stdout.utf8))) ?? []
+            return Set(agents.filter(\.connected).map(\.node)).isSuperset(of: [h1.node, h2.node])
+        }
+        usleep(1_500_000)
+        let (okBack, windowBack, linesBack) = try burst(3)
+        let expectedBack = 10 + 40 * windowBack
+        XCTAssertLessThanOrEqual(Double(okBack), expectedBack * 1.05, "leased from the coordinator again: \(linesBack)")
+        XCTAssertGreaterThanOrEqual(Double(okBack), expectedBack * 0.85, linesBack.description)
+    }
+
     /// Until `weft run` has attached `workload` (its capture rules and DNS are in place).
     func waitAttached(_ workload: String, on host: MeshHarness.Host) throws {
         try mesh.waitUntil("\(workload) attached on \(host.netns)", timeout: 20) {

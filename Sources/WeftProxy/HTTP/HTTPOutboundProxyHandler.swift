@@ -221,11 +221,59 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 return fail(.serviceUnavailable, flags: "UO",
                             reason: "the circuit breaker of \(host) is open; probes resume in \(Int(wait.rounded(.up))) s", context: context)
             }
-            let verdict = workload.directory.checkRateLimits(host: host, facts: facts, client: client, now: context.eventLoop.now.uptimeNanoseconds)
+            let now = context.eventLoop.now.uptimeNanoseconds
+            facts.routeName = routed?.routeName
+            var (verdict, global) = workload.directory.checkRateLimits(host: host, facts: facts, client: client, now: now)
+            if verdict == .allow, !global.isEmpty {
+                switch workload.directory.globalLimits.check(global, now: now, on: context.eventLoop) {
+                case .done(let v):
+                    verdict = v
+                case .wait(let decided):
+                    // Waiting for a lease of the mesh-wide bucket: parts read meanwhile are held.
+                    let admission = Admission(request: request, routed: routed, facts: facts, budgetKey: budgetKey,
+                                              responseOps: responseOps, keepAlive: isHTTP2 || head.isKeepAlive, target: target, address: address)
+                    requestSequence &+= 1
+                    let sequence = requestSequence
+                    state = .connecting(request: request, buffered: [], keepAlive: admission.keepAlive, responseHeaders: responseOps)
+                    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+                    decided.whenSuccess { verdict in
+                        let handler = bound.value
+                        guard handler.requestSequence == sequence, case .connecting(_, let buffered, _, _) = handler.state,
+                              let context = handler.context else { return }
+                        if case .limited(let policy, let limit, let rate, let unit, let wait) = verdict {
+                            return handler.rateLimited(policy: policy, limit: limit, rate: rate, unit: unit, retryAfter: wait, context: context)
+                        }
+                        handler.admit(admission, buffered: buffered, context: context)
+                    }
+                    return
+                }
+            }
             if case .limited(let policy, let limit, let rate, let unit, let wait) = verdict {
                 return rateLimited(policy: policy, limit: limit, rate: rate, unit: unit, retryAfter: wait, context: context)
             }
         }
+        admit(Admission(request: request, routed: routed, facts: facts, budgetKey: budgetKey, responseOps: responseOps,
+                        keepAlive: isHTTP2 || head.isKeepAlive, target: target, address: address), buffered: [], context: context)
+    }
+
+    /// What `begin` decided about a request that the rate limits let through.
+    private struct Admission {
+        var request: HTTPRequestHead
+        let routed: RoutedDestination?
+        let facts: RequestFacts
+        let budgetKey: String?
+        let responseOps: [HeaderOperations]
+        let keepAlive: Bool
+        let target: OriginalDestination
+        let address: SocketAddress
+    }
+
+    /// Faults, deadline, retries and the host's concurrency limit; then the upstream.
+    /// `buffered`: parts read while a global rate limit's lease was awaited.
+    private func admit(_ admission: Admission, buffered: [HTTPServerRequestPart], context: ChannelHandlerContext) {
+        var request = admission.request
+        let routed = admission.routed, facts = admission.facts, budgetKey = admission.budgetKey
+        let responseOps = admission.responseOps, target = admission.target, address = admission.address
         let plan = FaultPlan.decide(routed?.fault, delayDraw: requestIDs.nextUnit(), abortDraw: requestIDs.nextUnit())
         if let status = plan.abortStatus {
             return fail(HTTPResponseStatus(statusCode: status), flags: "FI", reason: "fault injected by route \(routed?.routeName ?? "")", context: context)
@@ -240,7 +288,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                                   budgetKey: budgetKey ?? "\(original)",
                                   budget: lease.flatMap { workload.directory.retryBudgetPolicy(host: $0.host) })
         }
-        state = .connecting(request: request, buffered: [], keepAlive: isHTTP2 || head.isKeepAlive, responseHeaders: responseOps)
+        state = .connecting(request: request, buffered: buffered, keepAlive: admission.keepAlive, responseHeaders: responseOps)
+        for part in buffered { keepForReplay(part) }
         if let timeout { armTimeout(timeout, context: context) }
         limits = lease?.limits
         if let host = lease?.host, let limits = lease?.limits {
@@ -518,10 +567,14 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         headers.add(name: "ratelimit-remaining", value: "0")
         headers.add(name: "ratelimit-reset", value: "\(max(1, Int(retryAfter.rounded(.up))))")
         headers.add(name: "x-weft-response-flags", value: "RL")
-        state = .answered
+        // Refused after waiting for a global limit's lease: the request may have been read whole.
+        var ended = false
+        if case .connecting(_, let buffered, _, _) = state { ended = buffered.contains { if case .end = $0 { true } else { false } } }
+        state = ended ? .idle : .answered
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .tooManyRequests, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if ended { resumePipelined() }
     }
 
     // MARK: - retries

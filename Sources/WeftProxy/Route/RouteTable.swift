@@ -12,6 +12,8 @@ public struct RequestFacts: Sendable {
     public var sourceIP: IPAddress?
     /// The calling workload's SPIFFE ID (RateLimitPolicy key sourceIdentity).
     public var sourceIdentity: String?
+    /// The name of the VirtualService HTTP route that took the request (once routed).
+    public var routeName: String?
 
     public init(method: String, path: String, headers: [String: String], port: UInt16, sourceIP: IPAddress? = nil) {
         self.method = method

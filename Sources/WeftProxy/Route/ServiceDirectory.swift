@@ -77,15 +77,23 @@ public final class ServiceDirectory: Sendable {
         state.withLock { ($0.unhealthy[host] ?? []).sorted() }
     }
 
-    /// Local rate limits (RateLimitPolicy) of `host` for one request.
-    public func checkRateLimits(host: String, facts: RequestFacts, client: IPAddress?, now: UInt64) -> RateVerdict {
-        guard hasRateLimits.load(ordering: .relaxed) else { return .allow }
+    /// The rate limits (RateLimitPolicy) of `host` for one request: the verdict of the local
+    /// buckets, and the mesh-wide limits still to be taken from the coordinator (see
+    /// `globalLimits`; empty without one).
+    public func checkRateLimits(host: String, facts: RequestFacts, client: IPAddress?, now: UInt64) -> (RateVerdict, [GlobalLimit]) {
+        guard hasRateLimits.load(ordering: .relaxed) else { return (.allow, []) }
+        let coordinated = globalLimits.isCoordinated
         return state.withLock { state in
             let policies = state.routes.rateLimitPolicies(host: host)
-            guard !policies.isEmpty else { return .allow }
-            return state.rateLimiter.check(policies, facts: facts, client: client, now: now)
+            guard !policies.isEmpty else { return (.allow, []) }
+            let verdict = state.rateLimiter.check(policies, facts: facts, client: client, now: now, coordinated: coordinated)
+            guard verdict == .allow, coordinated else { return (verdict, []) }
+            return (verdict, RateLimiter.globalLimits(policies, facts: facts, client: client))
         }
     }
+
+    /// Leases of the mesh-wide buckets of `mode: global` rate limits.
+    public let globalLimits = GlobalRateLimiter()
 
     /// An answer from the endpoint a lease was taken for (`status` nil: connect failure or
     /// reset), for outlier detection when the host's DestinationRule asks for it.

@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.0"),
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.27.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.0"),
     ],
     targets: [
         // Linux glue that Swift's Glibc module does not expose: setns, SO_ORIGINAL_DST,
@@ -51,10 +52,16 @@ let package = Package(
             name: "WeftNetns",
             dependencies: ["WeftCore", "CWeftLinux"]
         ),
+        // Telemetry: Istio's standard metrics (swift-prometheus exposition) with bounded label
+        // sets, and Weft's own. No NIO.
+        .target(
+            name: "WeftTelemetry",
+            dependencies: ["WeftCore", .product(name: "Prometheus", package: "swift-prometheus")]
+        ),
         .target(
             name: "WeftProxy",
             dependencies: [
-                "WeftCore", "CWeftLinux", "WeftConfig", "WeftIdentity",
+                "WeftCore", "CWeftLinux", "WeftConfig", "WeftIdentity", "WeftTelemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -87,8 +94,9 @@ let package = Package(
         .target(
             name: "WeftAgent",
             dependencies: [
-                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux", "WeftConfig", "WeftIdentity", "WeftControl",
+                "WeftCore", "WeftNetns", "WeftProxy", "CWeftLinux", "WeftConfig", "WeftIdentity", "WeftControl", "WeftTelemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -132,6 +140,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
+        .testTarget(name: "WeftTelemetryTests", dependencies: ["WeftTelemetry", "WeftCore"]),
         // Root + network namespaces. Skipped loudly (XCTSkip with the reason) when not root.
         .testTarget(name: "WeftIntegrationTests", dependencies: ["weft", "WeftCore", "WeftNetns"]),
     ]

@@ -59,6 +59,11 @@ public struct AgentConfiguration: Sendable {
     /// The control plane this agent takes its config from (nil: the agent is its own).
     public var control: ControlLinkConfiguration?
 
+    /// Prometheus `/metrics` (Istio's port 15090, every interface so Prometheus can scrape
+    /// it; nil: off) and the admin endpoints (loopback only by default; nil: off).
+    public var metricsAddress: String? = "0.0.0.0:15090"
+    public var adminAddress: String? = "127.0.0.1:15000"
+
     public init() {}
 }
 

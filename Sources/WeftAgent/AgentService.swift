@@ -83,10 +83,39 @@ public struct AgentService: Service {
         }
         let following = link.map { link in Task { await link.run(registry: registry) } }
         let api = LocalAPI(registry: registry, capture: config.capture, logger: logger, control: link)
+        let admin = AdminAPI(registry: registry, metrics: AgentMetrics(metrics: registry.metrics), control: link)
+        var endpoints: [Channel] = []
+        do {
+            if let address = config.metricsAddress {
+                endpoints.append(try await HTTPEndpoint.bind(address, flag: "--metrics-address", group: group) { method, uri, _ in
+                    let path = uri.split(separator: "?").first.map(String.init) ?? uri
+                    guard method == .GET, path == "/metrics" || path == "/stats/prometheus" else {
+                        return HTTPReply(.notFound, "only GET /metrics here\n")
+                    }
+                    return await admin.prometheus()
+                })
+            }
+            if let address = config.adminAddress {
+                endpoints.append(try await HTTPEndpoint.bind(address, flag: "--admin-address", group: group) { method, uri, _ in
+                    await admin.respond(method: method, uri: uri)
+                })
+            }
+        } catch {
+            for e in endpoints { try? await e.close() }
+            watcher?.cancel()
+            checker.cancel()
+            renewer.cancel()
+            following?.cancel()
+            await registry.stopAll()
+            await forwarder?.close()
+            try? await group.shutdownGracefully()
+            throw error
+        }
         let server = try await api.bind(path: config.socketPath, group: group)
         logger.info("weft agent ready", metadata: ["socket": "\(config.socketPath)", "bridge": "\(config.bridge)",
                                                    "dns": "\(config.capture.dnsPort.map { "127.0.0.1:\($0) → \(config.dnsUpstream.map { "\($0)" } ?? "no upstream")" } ?? "off")",
-                                                   "podCIDR": "\(config.podCIDR)", "version": "\(WeftVersion.current)"])
+                                                   "podCIDR": "\(config.podCIDR)", "version": "\(WeftVersion.current)",
+                                                   "metrics": "\(config.metricsAddress ?? "off")", "admin": "\(config.adminAddress ?? "off")"])
         SystemdNotify.send("READY=1\nSTATUS=serving \(config.socketPath)")
 
         try? await gracefulShutdown()
@@ -98,6 +127,7 @@ public struct AgentService: Service {
         renewer.cancel()
         following?.cancel()
         try? await server.close()
+        for e in endpoints { try? await e.close() }
         try? FileManager.default.removeItem(atPath: config.socketPath)
         await registry.stopAll()
         await forwarder?.close()

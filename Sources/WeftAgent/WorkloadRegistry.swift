@@ -9,6 +9,7 @@ import WeftCore
 import WeftIdentity
 import WeftNetns
 import WeftProxy
+import WeftTelemetry
 
 /// The agent's record of meshed namespaces: address reservations and running proxies.
 /// An actor, so attach/detach from concurrent API calls are serialised per operation; a
@@ -28,6 +29,8 @@ public actor WorkloadRegistry {
     private var catalog: ServiceCatalog
     /// What the data path reads; republished after every change to the workloads.
     public nonisolated let directory = ServiceDirectory()
+    /// Istio's standard metrics of every workload proxy of this agent (served on 15090).
+    public nonisolated let metrics = MeshMetrics()
 
     private let dnsForwarder: DNSForwarder?
     /// Workload identities (nil with --no-mtls).
@@ -126,13 +129,15 @@ public actor WorkloadRegistry {
         for entry in attached.values {
             guard let id = entry.proxy.tls?.identity else { continue }
             let spec = entry.proxy.spec
-            let peer = ServiceDirectory.Peer(identity: id, namespace: spec.namespace.rawValue, labels: spec.labels)
+            let peer = ServiceDirectory.Peer(identity: id, namespace: spec.namespace.rawValue, labels: spec.labels,
+                                                 workload: spec.name, service: spec.service.rawValue)
             for ip in [spec.podIP, spec.podIPv6].compactMap({ $0 }) { peers[ip] = peer }
         }
         if let identities {
             for spec in remoteWorkloads {
                 guard let id = try? identities.identity(of: spec) else { continue }
-                let peer = ServiceDirectory.Peer(identity: id, namespace: spec.namespace.rawValue, labels: spec.labels)
+                let peer = ServiceDirectory.Peer(identity: id, namespace: spec.namespace.rawValue, labels: spec.labels,
+                                                 workload: spec.name, service: spec.service.rawValue)
                 for ip in [spec.podIP].compactMap({ $0 }) where peers[ip] == nil { peers[ip] = peer }
             }
         }
@@ -319,7 +324,7 @@ public actor WorkloadRegistry {
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
             directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, retryBudget: config.retryBudget,
-            tls: tls, logger: logger, now: Date().timeIntervalSince1970)
+            tls: tls, metrics: config.metricsAddress == nil ? nil : metrics, logger: logger, now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)
         if let issued {
             issuedCertificates[spec.netns] = (issued, 1)

@@ -2,6 +2,7 @@ import Glibc
 import NIOCore
 import WeftConfig
 import WeftCore
+import WeftTelemetry
 
 /// The inbound data path, top to bottom: a peer connected to this workload's address; the
 /// PREROUTING REDIRECT rule delivered it to the inbound listener on 15006.
@@ -50,7 +51,8 @@ enum Inbound {
                 return context.forward(downstream, to: target, direction: .inbound,
                                        downstreamBytes: context.counters.bytesInboundReceived,
                                        upstreamBytes: context.counters.bytesInboundSent,
-                                       fallback: CaptureDecisions.inboundFallback(after: target))
+                                       fallback: CaptureDecisions.inboundFallback(after: target),
+                                       tcp: context.inboundLabels(client: downstream.remoteAddress?.weftIP, principal: nil, requestProtocol: "tcp"))
             }
         }.flatMapError { error in
             context.refuse(downstream, direction: .inbound, reason: "no original destination: \(WorkloadContext.describe(error))")

@@ -1,6 +1,7 @@
 import Glibc
 import NIOCore
 import WeftCore
+import WeftTelemetry
 
 /// The outbound data path, top to bottom: an app in the workload netns called some address;
 /// the OUTPUT REDIRECT rule delivered the connection to 127.0.0.1:15001 (or [::1]:15001).
@@ -32,11 +33,14 @@ enum Outbound {
                     break
                 }
                 let target: OriginalDestination
+                var service: ServiceKey?, endpointWorkload: String?
                 switch context.directory.resolve(original) {
                 case .passthrough:
                     target = original
-                case .endpoint(let endpoint, _, _):
+                case .endpoint(let endpoint, let key, let name):
                     target = endpoint
+                    service = key
+                    endpointWorkload = name
                 case .noEndpoints(let service):
                     return context.refuse(downstream, direction: .outbound, reason: "service \(service) (\(original)) has no endpoints")
                 case .unknownPort(let service, let port):
@@ -49,7 +53,8 @@ enum Outbound {
                 ProtocolDetector.record(declared == .tls ? .tls : .opaque, by: "declared", downstream: downstream, workload: context, original: original)
                 return context.forward(downstream, to: target, direction: .outbound,
                                        downstreamBytes: context.counters.bytesOutboundSent,
-                                       upstreamBytes: context.counters.bytesOutboundReceived)
+                                       upstreamBytes: context.counters.bytesOutboundReceived,
+                                       tcp: context.outboundLabels(target: target, service: service, workload: endpointWorkload, requestProtocol: "tcp"))
             }
         }.flatMapError { error in
             context.refuse(downstream, direction: .outbound, reason: "no original destination: \(WorkloadContext.describe(error))")

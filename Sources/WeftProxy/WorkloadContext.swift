@@ -3,6 +3,7 @@ import Glibc
 import NIOCore
 import NIOPosix
 import WeftCore
+import WeftTelemetry
 
 /// What every connection handler of one workload needs. Immutable; shared across its loop.
 public struct WorkloadContext: Sendable {
@@ -29,6 +30,20 @@ public struct WorkloadContext: Sendable {
     let tunnels: NIOLoopBound<TunnelPool>
     /// This workload's SPIFFE ID (fixed for its life; renewals keep it), when it has one.
     let identity: String?
+    /// Where Istio's standard metrics go, and how this workload is labelled as their source.
+    let telemetry: WorkloadTelemetry?
+}
+
+/// The agent's metrics and one workload's labels in them.
+public struct WorkloadTelemetry: Sendable {
+    public let metrics: MeshMetrics
+    public let source: PeerLabels
+
+    public init(metrics: MeshMetrics, spec: WorkloadSpec, identity: String?) {
+        self.metrics = metrics
+        source = PeerLabels(workload: spec.name, namespace: spec.namespace.rawValue, principal: identity,
+                            app: spec.labels["app"] ?? spec.service.rawValue, version: spec.labels["version"])
+    }
 }
 
 enum Direction: String {
@@ -41,16 +56,17 @@ extension WorkloadContext {
     /// connection rather than an accepted one that then goes silent.
     func forward(_ downstream: Channel, to target: OriginalDestination, direction: Direction,
                  downstreamBytes: Counter, upstreamBytes: Counter,
-                 fallback: OriginalDestination? = nil) -> EventLoopFuture<Void> {
+                 fallback: OriginalDestination? = nil, tcp: MeshLabels? = nil) -> EventLoopFuture<Void> {
         let client = downstream.remoteAddress.map { "\($0)" } ?? "?"
         return dial(target, proto: "tcp") { _ in }.flatMapThrowing { upstream in
             try Splice.join(downstream: downstream, upstream: upstream,
-                            downstreamReceived: downstreamBytes, upstreamReceived: upstreamBytes)
+                            downstreamReceived: downstreamBytes, upstreamReceived: upstreamBytes,
+                            tcp: tcp.flatMap { labels in telemetry.map { $0.metrics.tcpOpened(labels) } })
             logger.debug("\(direction.rawValue) connection", metadata: ["client": "\(client)", "destination": "\(target)"])
         }.flatMapError { error in
             if let fallback, Self.isRefused(error) {
                 return self.forward(downstream, to: fallback, direction: direction,
-                                    downstreamBytes: downstreamBytes, upstreamBytes: upstreamBytes)
+                                    downstreamBytes: downstreamBytes, upstreamBytes: upstreamBytes, tcp: tcp)
             }
             return self.refuse(downstream, direction: direction, reason: "upstream \(target): \(Self.describe(error))")
         }
@@ -79,5 +95,52 @@ extension WorkloadContext {
         if case ChannelError.connectTimeout(let t) = error { return "connect timed out after \(t.nanoseconds / 1_000_000) ms" }
         if let e = error as? NIOConnectionError, let first = e.connectionErrors.first { return "\(first.error)" }
         return "\(error)"
+    }
+}
+
+// MARK: - metric labels
+
+extension WorkloadContext {
+    /// A connection or request this workload makes to `target` (reporter=source). nil
+    /// without telemetry.
+    func outboundLabels(target: OriginalDestination, service: ServiceKey?, host: String? = nil, workload name: String?,
+                        requestProtocol: String) -> MeshLabels? {
+        guard let telemetry else { return nil }
+        var labels = MeshLabels(reporter: .source, source: telemetry.source, destination: .unknown, service: .unknown,
+                                requestProtocol: requestProtocol, securityPolicy: "none")
+        let peer = directory.peer(at: target.ip)
+        if let service {
+            labels.service = ServiceLabels(host: host ?? service.fqdn, name: service.name.rawValue, namespace: service.namespace.rawValue)
+        } else {
+            labels.service = ServiceLabels(host: "\(target.ip)", name: "PassthroughCluster", namespace: "unknown")
+        }
+        if let peer {
+            labels.destination = PeerLabels(workload: name ?? peer.workload, namespace: peer.namespace, principal: peer.identity.description,
+                                            app: peer.labels["app"] ?? peer.service, version: peer.labels["version"])
+            if tls != nil, directory.tunnelPeer(target) != nil { labels.securityPolicy = "mutual_tls" }
+        } else if let name, let service {
+            labels.destination = PeerLabels(workload: name, namespace: service.namespace.rawValue, principal: nil,
+                                            app: service.name.rawValue, version: nil)
+        }
+        return labels
+    }
+
+    /// A connection to this workload from `client` (reporter=destination); `principal`: the
+    /// caller's verified identity when it came through the tunnel.
+    func inboundLabels(client: IPAddress?, principal: String?, requestProtocol: String) -> MeshLabels? {
+        guard let telemetry else { return nil }
+        let service = ServiceLabels(host: ServiceKey(name: spec.service, namespace: spec.namespace).fqdn, name: spec.service.rawValue,
+                                    namespace: spec.namespace.rawValue)
+        var labels = MeshLabels(reporter: .destination, source: .unknown, destination: telemetry.source, service: service,
+                                requestProtocol: requestProtocol, securityPolicy: principal == nil ? "none" : "mutual_tls")
+        if let client, let peer = directory.peer(at: client), principal == nil || principal == peer.identity.description {
+            labels.source = PeerLabels(workload: peer.workload, namespace: peer.namespace, principal: principal,
+                                       app: peer.labels["app"] ?? peer.service, version: peer.labels["version"])
+        } else if let principal {
+            var source = PeerLabels.unknown
+            source.principal = principal
+            labels.source = source
+        }
+        return labels
     }
 }

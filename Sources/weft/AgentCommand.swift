@@ -54,7 +54,11 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "This node's name in the mesh (default: the host name).") var nodeName: String?
     @Option(help: "With --control: this host's address that other hosts route this node's pod block through (IPv4).")
     var nodeAddress: String?
-    @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+    @Option(help: "trace, debug, info, notice, warning, error (changeable at run time: POST /logging?level=… on the admin port).")
+    var logLevel: String = "info"
+    @Option(help: "Prometheus /metrics, IP:PORT (\"none\": off).") var metricsAddress: String = "0.0.0.0:15090"
+    @Option(help: "Admin endpoints (/ready, /config_dump, /clusters, /certs, /stats, /logging), IP:PORT (\"none\": off).")
+    var adminAddress: String = "127.0.0.1:15000"
 
     /// "host", "host:port", "[v6]:port", "v6" → (host, port).
     static func parseControl(_ text: String) throws -> (String, Int) {
@@ -139,6 +143,11 @@ struct AgentCommand: AsyncParsableCommand {
             }
             config.socketPath = socket
             config.bridge = bridge
+            for (flag, value) in [("--metrics-address", metricsAddress), ("--admin-address", adminAddress)] where value != "none" {
+                _ = try HTTPEndpoint.parse(value, flag: flag)
+            }
+            config.metricsAddress = metricsAddress == "none" ? nil : metricsAddress
+            config.adminAddress = adminAddress == "none" ? nil : adminAddress
             config.podCIDR = cidr
             config.stateDirectory = stateDir
             config.configDirectory = configDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path }

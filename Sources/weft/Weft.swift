@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import ServiceLifecycle
+import WeftAgent
 import WeftCore
 
 @main
@@ -26,11 +27,8 @@ func fail(_ error: Error, exitCode: Int32 = 1) -> Never {
 /// Runs a long-lived service in the foreground: logs to stderr at `level`, stops gracefully
 /// on SIGTERM/SIGINT.
 func runService<S: Service>(label: String, level: Logger.Level, _ make: (Logger) -> S) async throws {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
+    RuntimeLogLevel.shared.level = level
+    LoggingSystem.bootstrap { label in RuntimeLevelLogHandler(label: label) }
     let logger = Logger(label: label)
     let group = ServiceGroup(configuration: .init(services: [.init(service: make(logger))],
                                                   gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

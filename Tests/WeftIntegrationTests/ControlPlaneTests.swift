@@ -224,7 +224,7 @@ final class ControlPlaneTests: XCTestCase {
             let state = mesh.dir + "/join-\(node)"
             return mesh.weft(["agent", "--socket", mesh.dir + "/\(node).sock", "--bridge", "wj" + mesh.id, "--pod-cidr", "10.235.0.0/24",
                               "--state-dir", state, "--dns-upstream", "none", "--control", "127.0.0.1:\(mesh.controlPort)",
-                              "--node-name", node] + extra, timeout: 30)
+                              "--node-name", node, "--metrics-address", "none", "--admin-address", "none"] + extra, timeout: 30)
         }
         let zeroPin = "sha256:" + String(repeating: "0", count: 64)
         let badPin = join(["--token", "weft-whatever", "--ca-pin", zeroPin], node: "n-pin")

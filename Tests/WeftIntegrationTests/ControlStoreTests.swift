@@ -43,7 +43,7 @@ final class ControlStoreTests: XCTestCase {
         let joiner = try mesh.startWeft(["agent", "--socket", mesh.dir + "/j.sock", "--bridge", "wj" + mesh.id.dropFirst(),
                                          "--pod-cidr", "10.235.\(Int.random(in: 0...255)).0/24", "--state-dir", mesh.dir + "/j-state",
                                          "--dns-upstream", "none", "--control", "127.0.0.1:\(mesh.controlPort)", "--token", secret,
-                                         "--ca-pin", pin, "--node-name", "joiner"])
+                                         "--ca-pin", pin, "--node-name", "joiner", "--metrics-address", "none", "--admin-address", "none"])
         try mesh.waitUntil("a node joins with the token created before the move", timeout: 30) {
             joiner.stderr.contains("joined the control plane")
         }

@@ -379,13 +379,19 @@ final class MeshHarness {
         while control.isRunning && Date() < deadline { usleep(20_000) }
     }
 
+    /// The harness agent's Prometheus and admin ports (loopback; admin = metrics + 1).
+    private(set) var metricsPort = 0
+    var adminPort: Int { metricsPort + 1 }
+
     private func startAgent() throws {
         if dnsStub == nil { try startDNSStub() }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
         let configSource = agentArgs.contains("--control") ? [] : ["--config-dir", configDir]
+        if metricsPort == 0 { metricsPort = Int.random(in: 41000...48999) }
         p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug",
-                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state"] + configSource + agentArgs
+                       "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state",
+                       "--metrics-address", "127.0.0.1:\(metricsPort)", "--admin-address", "127.0.0.1:\(adminPort)"] + configSource + agentArgs
         p.standardOutput = FileHandle(forWritingAtPath: touch(dir + "/agent.out"))
         let log = dir + "/agent.err"
         if !FileManager.default.fileExists(atPath: log) { _ = touch(log) }

@@ -214,6 +214,13 @@ final class OutlierTests: XCTestCase {
         XCTAssertEqual(r.stdout.lowercased().components(separatedBy: "x-weft-response-flags: uo").count - 1, 10, r.stdout)
         XCTAssertEqual(mesh.run(["curl", "-sS", "-m", "5", "http://\(ip):3300/served"]).stdout, "10", "failing fast: nothing more reached it")
         XCTAssertEqual(try breaker(), "open")
+        // Visible in the admin API and the metrics too.
+        let clusters = mesh.run(["curl", "-sS", "-m", "5", "http://127.0.0.1:\(mesh.adminPort)/clusters"]).stdout
+        XCTAssertTrue(clusters.contains("brk.default.svc.cluster.local::circuit_breaker::open"), clusters)
+        let metrics = mesh.run(["curl", "-sS", "-m", "5", "http://127.0.0.1:\(mesh.metricsPort)/metrics"]).stdout
+        XCTAssertTrue(metrics.contains(#"weft_circuit_breaker_state{destination_service="brk.default.svc.cluster.local",state="open"} 1"#),
+                      metrics.split(separator: "\n").filter { $0.contains("breaker") }.joined(separator: "\n"))
+        XCTAssertTrue(metrics.contains(#"response_flags="UO"} 10"#), "the fast failures are counted with their flag")
         // The service recovers; after openDuration two probes pass and the breaker closes.
         _ = mesh.run(["curl", "-sS", "-m", "5", "http://\(ip):3300/toggle"])
         usleep(2_200_000)

@@ -1,6 +1,7 @@
 import Glibc
 import NIOCore
 import NIOPosix
+import WeftTelemetry
 
 /// Joins two TCP channels into one byte pipe (the L4 path). Sits alone in each pipeline.
 ///
@@ -16,17 +17,23 @@ final class GlueHandler {
     /// Where bytes read on this side are counted (nil: not counted). A direct reference
     /// rather than a closure: this runs once per read on the hot path.
     private let received: Counter?
+    /// The connection's Istio TCP series: the downstream side's reads are the request
+    /// bytes (received), the upstream side's the response bytes (sent).
+    private let tally: TCPTally?
+    private let isDownstream: Bool
 
-    private init(received: Counter?) {
+    private init(received: Counter?, tally: TCPTally?, isDownstream: Bool) {
         self.received = received
+        self.tally = tally
+        self.isDownstream = isDownstream
     }
 
     /// A linked pair; the first goes in the downstream pipeline, the second upstream.
-    static func matchedPair(downstreamReceived: Counter?, upstreamReceived: Counter?)
+    static func matchedPair(downstreamReceived: Counter?, upstreamReceived: Counter?, tally: TCPTally? = nil)
         -> (GlueHandler, GlueHandler)
     {
-        let down = GlueHandler(received: downstreamReceived)
-        let up = GlueHandler(received: upstreamReceived)
+        let down = GlueHandler(received: downstreamReceived, tally: tally, isDownstream: true)
+        let up = GlueHandler(received: upstreamReceived, tally: tally, isDownstream: false)
         down.partner = up
         up.partner = down
         return (down, up)
@@ -92,7 +99,11 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        received?.add(unwrapInboundIn(data).readableBytes)
+        let bytes = unwrapInboundIn(data).readableBytes
+        received?.add(bytes)
+        if let tally {
+            if isDownstream { tally.series.add(sent: 0, received: bytes) } else { tally.series.add(sent: bytes, received: 0) }
+        }
         partner?.partnerWrite(data)
     }
 
@@ -101,6 +112,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        tally?.close()
         partner?.partnerClose(reset: false)
     }
 
@@ -141,5 +153,22 @@ extension Channel {
         } else {
             close(promise: nil)
         }
+    }
+}
+
+/// One spliced connection in Istio's TCP metrics: opened when created, closed once.
+/// Confined to the connection's loop (both glue handlers share it).
+final class TCPTally {
+    let series: MeshMetrics.TCPSeries
+    private var closed = false
+
+    init(_ series: MeshMetrics.TCPSeries) {
+        self.series = series
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        series.close()
     }
 }

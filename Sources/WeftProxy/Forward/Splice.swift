@@ -1,5 +1,6 @@
 import Glibc
 import NIOCore
+import WeftTelemetry
 
 /// Glues an accepted downstream channel to a connected upstream one and starts the bytes
 /// flowing. Both channels must be on the same event loop (a workload's NetnsEventLoop).
@@ -8,10 +9,12 @@ enum Splice {
         downstream: Channel,
         upstream: Channel,
         downstreamReceived: Counter?,
-        upstreamReceived: Counter?
+        upstreamReceived: Counter?,
+        tcp: MeshMetrics.TCPSeries? = nil
     ) throws {
         downstream.eventLoop.preconditionInEventLoop()
-        let (down, up) = GlueHandler.matchedPair(downstreamReceived: downstreamReceived, upstreamReceived: upstreamReceived)
+        let (down, up) = GlueHandler.matchedPair(downstreamReceived: downstreamReceived, upstreamReceived: upstreamReceived,
+                                                 tally: tcp.map(TCPTally.init))
         try downstream.pipeline.syncOperations.addHandler(down)
         try upstream.pipeline.syncOperations.addHandler(up)
         // Reads were off until both ends were glued (so no byte is read with nowhere to go);

@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import WeftConfig
 import WeftCore
+import WeftTelemetry
 
 /// The L7 outbound path, for HTTP/1.1 and HTTP/2 alike. On an HTTP/1.1 connection it sits
 /// after NIO's server codec and pipelining handler, so it sees one request at a time; on
@@ -88,6 +89,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private var pendingRead = false
     /// The in-flight slot of the current request's endpoint (LEAST_REQUEST), returned once.
     private var lease: EndpointLease?
+    /// What the metrics will say about the current request (recorded once, when it ends).
+    private var record: RequestRecord?
 
     init(workload: WorkloadContext, original: OriginalDestination, upstreams: Upstreams) {
         self.workload = workload
@@ -126,6 +129,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             pipelined.append(part)
             return
         }
+        if case .body(let b) = part { record?.requestBytes += b.readableBytes }
         switch (state, part) {
         case (.idle, .head(let head)):
             begin(head, context: context)
@@ -164,6 +168,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         workload.counters.httpRequests.add(1)
+        if workload.telemetry != nil { record = RequestRecord(head) }
         requestKeepAlive = isHTTP2 || head.isKeepAlive
         if clientIP == nil { clientIP = context.channel.remoteAddress?.weftIP }  // once per connection
         let client = clientIP
@@ -188,6 +193,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .endpoint(let endpoint, let service, _, let route, let lease):
             target = endpoint
             self.lease = lease
+            record?.destination = .init(workload: lease.workload, service: service, host: lease.host, target: endpoint)
             routed = route
             // Only requests that may be retried count toward (and need) a retry budget.
             if route?.retries.map({ $0.attempts > 0 }) ?? false {
@@ -458,6 +464,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 if retryAfter(failure) { return }
             }
             retry = nil  // a response is on its way to the client: nothing left to replay
+            record?.response(head)
             exchange.responseHeadSent = true
             exchange.upstreamKeepAlive = head.isKeepAlive
             var out = HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive)
@@ -473,9 +480,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 heldHead = nil
                 context.write(wrapOutboundOut(.head(held)), promise: nil)
             }
+            record?.responseBytes += body.readableBytes
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         case .end(var trailers):
             exchange.responseEnded = true
+            if let status = trailers?.first(name: "grpc-status") { record?.grpcStatus = status }
             if var held = heldHead {
                 // A trailers-only gRPC response (status in the one HEADERS frame) cannot be
                 // re-sent as one frame through the HTTP/1-shaped codec: send the status as
@@ -557,6 +566,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// headers; the connection stays open (the rest of the request is read and dropped).
     private func rateLimited(policy: String, limit: String, rate: Int, unit: String, retryAfter: Double, context: ChannelHandlerContext) {
         endLease()
+        recordRequest(status: 429, flags: "RL")
         workload.counters.httpRateLimited.add(1)
         let body = "rate limited by \(policy) (\(limit): \(rate) per \(unit))\n"
         var headers = HTTPHeaders()
@@ -726,6 +736,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     private func finishIfDone() {
         guard case .streaming(let exchange) = state, exchange.requestEnded, exchange.responseEnded else { return }
+        recordRequest(status: nil, flags: retriesExhausted ? "URX" : nil)
         cancelTimeout()
         cancelPerTry()
         retry = nil
@@ -807,6 +818,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .idle:
             break
         }
+        recordRequest(status: Int(status.code), flags: flags)
         // The connection stays usable unless the request itself was refused (DPE: its framing
         // cannot be trusted) or the client asked to close: the rest of the request is read
         // and dropped, then the next one is served.
@@ -833,6 +845,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     // MARK: - the app's connection
 
     func channelInactive(context: ChannelHandlerContext) {
+        recordRequest(status: 0, flags: "DC")  // the client went away mid-request
         cancelTimeout()
         cancelPerTry()
         retry = nil
@@ -882,5 +895,61 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         default:
             context.read()
         }
+    }
+}
+
+// MARK: - telemetry
+
+extension HTTPOutboundProxyHandler {
+    /// Istio's standard request metrics (reporter=source) for the request now ending:
+    /// `status`/`flags` when the mesh answered (nil: the upstream's response).
+    fileprivate func recordRequest(status: Int?, flags: String?) {
+        guard let r = record, let telemetry = workload.telemetry else { return }
+        record = nil
+        let proto = r.isGRPC ? "grpc" : "http"
+        var labels = r.destination.flatMap {
+            workload.outboundLabels(target: $0.target, service: $0.service, host: $0.host, workload: $0.workload, requestProtocol: proto)
+        } ?? MeshLabels(reporter: .source, source: telemetry.source, destination: .unknown,
+                        service: ServiceLabels(host: "\(original.ip)", name: "PassthroughCluster", namespace: "unknown"),
+                        requestProtocol: proto, securityPolicy: "none")
+        labels.responseCode = status ?? r.status
+        labels.responseFlags = flags ?? "-"
+        labels.grpcStatus = r.grpcStatus
+        let elapsed = Double((NIODeadline.now() - r.started).nanoseconds) / 1e6
+        telemetry.metrics.recordRequest(labels, durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
+    }
+}
+
+/// One request as the metrics see it.
+struct RequestRecord {
+    struct Destination {
+        let workload: String
+        let service: ServiceKey
+        let host: String
+        let target: OriginalDestination
+    }
+
+    let started = NIODeadline.now()
+    let isGRPC: Bool
+    var requestBytes: Int
+    var responseBytes = 0
+    var status = 0
+    var grpcStatus = ""
+    var destination: Destination?
+
+    init(_ head: HTTPRequestHead) {
+        isGRPC = head.headers.first(name: "content-type")?.hasPrefix("application/grpc") ?? false
+        requestBytes = Self.size(head.headers) + head.uri.utf8.count + head.method.rawValue.utf8.count + 12
+    }
+
+    mutating func response(_ head: HTTPResponseHead) {
+        status = Int(head.status.code)
+        responseBytes += Self.size(head.headers) + 15
+        if let s = head.headers.first(name: "grpc-status") { grpcStatus = s }
+    }
+
+    /// Header bytes as on the wire (HTTP/1.1 framing).
+    static func size(_ headers: HTTPHeaders) -> Int {
+        headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
     }
 }

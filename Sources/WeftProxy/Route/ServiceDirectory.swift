@@ -170,15 +170,26 @@ public final class ServiceDirectory: Sendable {
         public let identity: SpiffeID
         public let namespace: String
         public let labels: [String: String]
+        /// Its workload name and service (for metrics).
+        public let workload: String
+        public let service: String
 
-        public init(identity: SpiffeID, namespace: String, labels: [String: String]) {
+        public init(identity: SpiffeID, namespace: String, labels: [String: String], workload: String = "unknown", service: String = "unknown") {
             self.identity = identity
             self.namespace = namespace
             self.labels = labels
+            self.workload = workload
+            self.service = service
         }
     }
 
     private let peers = Mutex<[IPAddress: Peer]>([:])
+
+    /// Requests in flight per endpoint (workload name), over every workload proxy.
+    public func inflightRequests() -> [String: Int] { state.withLock { $0.inflight } }
+
+    /// The meshed workload at `ip`, if any.
+    public func peer(at ip: IPAddress) -> Peer? { peers.withLock { $0[ip] } }
 
     public func publish(peers map: [IPAddress: Peer]) {
         peers.withLock { $0 = map }

@@ -6,6 +6,7 @@ import NIOSSL
 import NIOTLS
 import WeftConfig
 import WeftCore
+import WeftTelemetry
 import WeftIdentity
 
 /// The server side of the mesh tunnel, on port 15008 of every meshed netns (never
@@ -256,7 +257,9 @@ private final class TunnelConnectServer: ChannelInboundHandler, RemovableChannel
                                                    source: client, port: port, policies: policies)
             } else {
                 try Splice.join(downstream: context.channel, upstream: app,
-                                downstreamReceived: workload.counters.bytesInboundReceived, upstreamReceived: workload.counters.bytesInboundSent)
+                                downstreamReceived: workload.counters.bytesInboundReceived, upstreamReceived: workload.counters.bytesInboundSent,
+                                tcp: workload.inboundLabels(client: client, principal: peer.description, requestProtocol: "tcp")
+                                    .flatMap { labels in workload.telemetry.map { $0.metrics.tcpOpened(labels) } })
             }
             workload.logger.debug("inbound connection", metadata: ["client": "\(client.map { "\($0)" } ?? "?")", "destination": "\(target)",
                                                                    "peer": "\(peer)", "via": "tunnel"])

@@ -53,7 +53,7 @@ let package = Package(
             dependencies: ["WeftCore", "CWeftLinux"]
         ),
         // Telemetry: Istio's standard metrics (swift-prometheus exposition) with bounded label
-        // sets, and Weft's own. No NIO.
+        // sets, Weft's own, the access log, W3C trace context and the OTLP/gRPC span exporter.
         .target(
             name: "WeftTelemetry",
             dependencies: ["WeftCore", .product(name: "Prometheus", package: "swift-prometheus")]
@@ -105,7 +105,7 @@ let package = Package(
         .executableTarget(
             name: "weft",
             dependencies: [
-                "WeftCore", "WeftNetns", "WeftAgent", "WeftControl", "CWeftLinux", "WeftConfig",
+                "WeftCore", "WeftNetns", "WeftAgent", "WeftControl", "CWeftLinux", "WeftConfig", "WeftTelemetry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),

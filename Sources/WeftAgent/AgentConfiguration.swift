@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import WeftCore
 import WeftProxy
+import WeftTelemetry
 
 /// Everything `weft agent` is started with. A Sendable value with documented defaults.
 public struct AgentConfiguration: Sendable {
@@ -63,6 +64,9 @@ public struct AgentConfiguration: Sendable {
     /// it; nil: off) and the admin endpoints (loopback only by default; nil: off).
     public var metricsAddress: String? = "0.0.0.0:15090"
     public var adminAddress: String? = "127.0.0.1:15000"
+    /// Access log: "stdout" or a file (nil: off), JSON or Envoy's text format.
+    public var accessLog: String?
+    public var accessLogFormat: AccessLog.Format = .json
 
     public init() {}
 }

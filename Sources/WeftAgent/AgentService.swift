@@ -9,6 +9,7 @@ import WeftCore
 import WeftIdentity
 import WeftNetns
 import WeftProxy
+import WeftTelemetry
 
 /// `weft agent`: prepares the node network (bridge + gateway), serves the local API, hosts
 /// one WorkloadProxy per attached netns, tells systemd it is ready, and on SIGTERM/SIGINT
@@ -54,7 +55,14 @@ public struct AgentService: Service {
         } else {
             logger.warning("mTLS is off (--no-mtls): meshed workloads have no identity and talk in plaintext")
         }
-        let registry = try WorkloadRegistry(config: config, logger: logger, dnsForwarder: forwarder, identities: identities)
+        var accessLog: AccessLog?
+        if let destination = config.accessLog {
+            do { accessLog = try AccessLog(destination: destination, format: config.accessLogFormat) } catch {
+                try? await group.shutdownGracefully()
+                throw WeftError(.invalidArgument, "--access-log: \(error)")
+            }
+        }
+        let registry = try WorkloadRegistry(config: config, logger: logger, dnsForwarder: forwarder, identities: identities, accessLog: accessLog)
         try PodNetworking.ensureBridge(
             config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
@@ -115,7 +123,8 @@ public struct AgentService: Service {
         logger.info("weft agent ready", metadata: ["socket": "\(config.socketPath)", "bridge": "\(config.bridge)",
                                                    "dns": "\(config.capture.dnsPort.map { "127.0.0.1:\($0) → \(config.dnsUpstream.map { "\($0)" } ?? "no upstream")" } ?? "off")",
                                                    "podCIDR": "\(config.podCIDR)", "version": "\(WeftVersion.current)",
-                                                   "metrics": "\(config.metricsAddress ?? "off")", "admin": "\(config.adminAddress ?? "off")"])
+                                                   "metrics": "\(config.metricsAddress ?? "off")", "admin": "\(config.adminAddress ?? "off")",
+                                                   "accessLog": "\(config.accessLog.map { "\($0) (\(config.accessLogFormat.rawValue))" } ?? "off")"])
         SystemdNotify.send("READY=1\nSTATUS=serving \(config.socketPath)")
 
         try? await gracefulShutdown()
@@ -130,6 +139,7 @@ public struct AgentService: Service {
         for e in endpoints { try? await e.close() }
         try? FileManager.default.removeItem(atPath: config.socketPath)
         await registry.stopAll()
+        accessLog?.close()
         await forwarder?.close()
         try? await group.shutdownGracefully()
     }

@@ -31,6 +31,8 @@ public actor WorkloadRegistry {
     public nonisolated let directory = ServiceDirectory()
     /// Istio's standard metrics of every workload proxy of this agent (served on 15090).
     public nonisolated let metrics = MeshMetrics()
+    /// One line per request or TCP connection (`--access-log`), nil when off.
+    public nonisolated let accessLog: AccessLog?
 
     private let dnsForwarder: DNSForwarder?
     /// Workload identities (nil with --no-mtls).
@@ -39,7 +41,8 @@ public actor WorkloadRegistry {
     private var issuedCertificates: [NetnsName: (IssuedCertificate, count: Int)] = [:]
 
     public init(config: AgentConfiguration, logger: Logger, dnsForwarder: DNSForwarder? = nil,
-                identities: WorkloadIdentities? = nil) throws {
+                identities: WorkloadIdentities? = nil, accessLog: AccessLog? = nil) throws {
+        self.accessLog = accessLog
         self.config = config
         self.logger = logger
         self.dnsForwarder = dnsForwarder
@@ -324,7 +327,8 @@ public actor WorkloadRegistry {
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
             directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, retryBudget: config.retryBudget,
-            tls: tls, metrics: config.metricsAddress == nil ? nil : metrics, logger: logger, now: Date().timeIntervalSince1970)
+            tls: tls, metrics: config.metricsAddress == nil ? nil : metrics, accessLog: accessLog, logger: logger,
+            now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)
         if let issued {
             issuedCertificates[spec.netns] = (issued, 1)

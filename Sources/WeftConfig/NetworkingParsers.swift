@@ -313,11 +313,6 @@ extension ConfigParser {
                     continue
                 }
                 if rule.subsets.contains(where: { $0.name == name }) { r.error(n, "subset '\(name)' is defined twice") }
-                if let tp = sf["trafficPolicy"], let tf = tp.mapping {
-                    for field in ["outlierDetection", "connectionPool"] where tf[field] != nil {
-                        r.error(tp, "subsets[\(i)].trafficPolicy.\(field) is not supported yet; set \(field) on the host's trafficPolicy")
-                    }
-                }
                 rule.subsets.append(Subset(name: name, labels: sf["labels"].flatMap { r.stringMap($0, "subsets[\(i)].labels") } ?? [:],
                                            trafficPolicy: sf["trafficPolicy"].flatMap { trafficPolicy($0, "subsets[\(i)].trafficPolicy", r) },
                                            location: r.location(node)))

@@ -34,13 +34,15 @@ public struct WorkloadContext: Sendable {
     let telemetry: WorkloadTelemetry?
 }
 
-/// The agent's metrics and one workload's labels in them.
+/// The agent's metrics and access log (either may be off), and one workload's labels in them.
 public struct WorkloadTelemetry: Sendable {
-    public let metrics: MeshMetrics
+    public let metrics: MeshMetrics?
+    public let accessLog: AccessLog?
     public let source: PeerLabels
 
-    public init(metrics: MeshMetrics, spec: WorkloadSpec, identity: String?) {
+    public init(metrics: MeshMetrics?, accessLog: AccessLog?, spec: WorkloadSpec, identity: String?) {
         self.metrics = metrics
+        self.accessLog = accessLog
         source = PeerLabels(workload: spec.name, namespace: spec.namespace.rawValue, principal: identity,
                             app: spec.labels["app"] ?? spec.service.rawValue, version: spec.labels["version"])
     }
@@ -61,7 +63,7 @@ extension WorkloadContext {
         return dial(target, proto: "tcp") { _ in }.flatMapThrowing { upstream in
             try Splice.join(downstream: downstream, upstream: upstream,
                             downstreamReceived: downstreamBytes, upstreamReceived: upstreamBytes,
-                            tcp: tcp.flatMap { labels in telemetry.map { $0.metrics.tcpOpened(labels) } })
+                            tcp: tcp.flatMap { TCPTally($0, telemetry: telemetry, downstream: downstream, upstream: target) })
             logger.debug("\(direction.rawValue) connection", metadata: ["client": "\(client)", "destination": "\(target)"])
         }.flatMapError { error in
             if let fallback, Self.isRefused(error) {

@@ -8,6 +8,7 @@ import WeftAgent
 import WeftConfig
 import WeftControl
 import WeftCore
+import WeftTelemetry
 
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -59,6 +60,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Prometheus /metrics, IP:PORT (\"none\": off).") var metricsAddress: String = "0.0.0.0:15090"
     @Option(help: "Admin endpoints (/ready, /config_dump, /clusters, /certs, /stats, /logging), IP:PORT (\"none\": off).")
     var adminAddress: String = "127.0.0.1:15000"
+    @Option(help: "Access log: one line per request or TCP connection to \"stdout\" or a file (\"off\": none).") var accessLog: String = "off"
+    @Option(help: "Access log format: json, or text (Envoy's default format).") var accessLogFormat: String = "json"
 
     /// "host", "host:port", "[v6]:port", "v6" → (host, port).
     static func parseControl(_ text: String) throws -> (String, Int) {
@@ -147,6 +150,11 @@ struct AgentCommand: AsyncParsableCommand {
                 _ = try HTTPEndpoint.parse(value, flag: flag)
             }
             config.metricsAddress = metricsAddress == "none" ? nil : metricsAddress
+            guard let format = AccessLog.Format(rawValue: accessLogFormat) else {
+                throw WeftError(.invalidArgument, "--access-log-format \(accessLogFormat): use json or text")
+            }
+            config.accessLogFormat = format
+            config.accessLog = accessLog == "off" ? nil : accessLog
             config.adminAddress = adminAddress == "none" ? nil : adminAddress
             config.podCIDR = cidr
             config.stateDirectory = stateDir

@@ -216,7 +216,9 @@ final class ConfigParserTests: XCTestCase {
               host: web
               subsets: [{name: v1, labels: {v: "1"}, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}}]
             """, file: "s.yaml")
-        XCTAssertTrue(subset.errors.contains { $0.message.contains("not supported yet; set outlierDetection on the host") }, "\(subset.diagnostics)")
+        XCTAssertEqual(subset.errors, [], "a subset's own outlierDetection is supported")
+        guard case .destinationRule(let sd)? = subset.resources.first else { return XCTFail("\(subset.diagnostics)") }
+        XCTAssertEqual(sd.subsets.first?.trafficPolicy?.outlierDetection?.consecutive5xxErrors, 3)
         let pool = ConfigParser.parse(yaml: """
             apiVersion: networking.istio.io/v1
             kind: DestinationRule

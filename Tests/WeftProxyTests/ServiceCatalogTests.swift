@@ -1,6 +1,8 @@
+import NIOCore
 import WeftCore
 import XCTest
 @testable import WeftProxy
+import WeftConfig
 
 final class ServiceCatalogTests: XCTestCase {
     func workload(_ name: String, service: String, ns: String = "default", ip: String, ip6: String? = nil,
@@ -103,5 +105,66 @@ extension WorkloadSpec {
         var s = self
         s.podIPv6 = ip6.flatMap(IPAddress.init)
         return s
+    }
+}
+
+/// A subset's own trafficPolicy (connectionPool, outlierDetection) applies to requests routed
+/// to that subset, counted apart from the rest of the host.
+final class SubsetTrafficPolicyTests: XCTestCase {
+    func testASubsetsOwnPoolAndOutlierDetection() throws {
+        var c = try ServiceCatalog(vipRange: CIDR("240.240.0.0/16")!, vip6Prefix: nil)
+        func spec(_ name: String, _ ip: String, _ version: String) throws -> WorkloadSpec {
+            WorkloadSpec(name: name, netns: try NetnsName(name), service: try ServiceName("web"), namespace: .default,
+                         ports: [try PortMapping(parsing: "80:8000/http")], labels: ["version": version], podIP: IPAddress(ip))
+        }
+        try c.rebuild(from: [try spec("web-1", "10.0.0.2", "v1"), try spec("web-2", "10.0.0.3", "v2"), try spec("web-3", "10.0.0.4", "v2")])
+        let d = ServiceDirectory()
+        d.publish(c)
+        let parsed = ConfigParser.parse(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec:
+              host: web
+              trafficPolicy: {connectionPool: {tcp: {maxConnections: 100}}}
+              subsets:
+              - {name: v1, labels: {version: v1}}
+              - name: v2
+                labels: {version: v2}
+                trafficPolicy:
+                  connectionPool: {tcp: {maxConnections: 1}}
+                  outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 50}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec:
+              hosts: [web]
+              http:
+              - match: [{headers: {x-v: {exact: "2"}}}]
+                route: [{destination: {host: web, subset: v2}}]
+              - route: [{destination: {host: web, subset: v1}}]
+            """, file: "s.yaml")
+        XCTAssertEqual(parsed.errors, [])
+        d.publish(routes: RouteTable(resources: parsed.resources))
+        let vip = OriginalDestination(ip: c.statuses[0].vip, port: 80)
+        func lease(_ headers: [String: String]) throws -> EndpointLease {
+            guard case .endpoint(_, _, _, _, let lease) = d.route(vip, facts: RequestFacts(method: "GET", path: "/", headers: headers, port: 80)) else {
+                throw XCTSkip("no endpoint")
+            }
+            return lease
+        }
+        let v1 = try lease([:]), v2 = try lease(["x-v": "2"])
+        XCTAssertEqual(v1.limits?.maxConnections, 100, "the host's pool")
+        XCTAssertEqual(v1.limiterKey, "web.default.svc.cluster.local")
+        XCTAssertEqual(v2.limits?.maxConnections, 1, "the subset's own pool")
+        XCTAssertEqual(v2.limiterKey, "web.default.svc.cluster.local/v2", "counted apart")
+        // v2's outlierDetection: one 5xx ejects (up to half of v2's two endpoints); v1 has none.
+        let now = NIODeadline.now().uptimeNanoseconds  // what the picks compare ejections with
+        d.recordOutcome(v2, status: 503, now: now)
+        XCTAssertEqual(d.ejected(host: "web.default.svc.cluster.local", now: now), [v2.workload])
+        d.recordOutcome(v1, status: 503, now: now)
+        XCTAssertEqual(d.ejected(host: "web.default.svc.cluster.local", now: now), [v2.workload], "v1 has no outlier detection")
+        for _ in 0..<4 { XCTAssertNotEqual(try lease(["x-v": "2"]).workload, v2.workload, "the ejected v2 endpoint is skipped") }
     }
 }

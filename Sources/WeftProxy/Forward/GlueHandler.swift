@@ -1,6 +1,8 @@
 import Glibc
 import NIOCore
+import Foundation
 import NIOPosix
+import WeftCore
 import WeftTelemetry
 
 /// Joins two TCP channels into one byte pipe (the L4 path). Sits alone in each pipeline.
@@ -102,7 +104,7 @@ extension GlueHandler: ChannelDuplexHandler {
         let bytes = unwrapInboundIn(data).readableBytes
         received?.add(bytes)
         if let tally {
-            if isDownstream { tally.series.add(sent: 0, received: bytes) } else { tally.series.add(sent: bytes, received: 0) }
+            if isDownstream { tally.received(bytes) } else { tally.sent(bytes) }
         }
         partner?.partnerWrite(data)
     }
@@ -156,19 +158,47 @@ extension Channel {
     }
 }
 
-/// One spliced connection in Istio's TCP metrics: opened when created, closed once.
-/// Confined to the connection's loop (both glue handlers share it).
+/// One spliced connection in Istio's TCP metrics and the access log: opened when created,
+/// bytes counted as they flow, closed (and logged) once. Confined to the connection's loop
+/// (both glue handlers share it).
 final class TCPTally {
-    let series: MeshMetrics.TCPSeries
+    private let series: MeshMetrics.TCPSeries?
+    private let accessLog: AccessLog?
+    private let labels: MeshLabels
+    private let started = Date()
+    private let startedAt = NIODeadline.now()
+    private let downstream: String?
+    private let upstream: String
+    private var bytesReceived = 0
+    private var bytesSent = 0
     private var closed = false
 
-    init(_ series: MeshMetrics.TCPSeries) {
-        self.series = series
+    /// nil when neither metrics nor the access log are on.
+    init?(_ labels: MeshLabels, telemetry: WorkloadTelemetry?, downstream: Channel, upstream: OriginalDestination) {
+        guard let telemetry, telemetry.metrics != nil || telemetry.accessLog != nil else { return nil }
+        self.labels = labels
+        series = telemetry.metrics?.tcpOpened(labels)
+        accessLog = telemetry.accessLog
+        self.downstream = downstream.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }
+        self.upstream = "\(upstream)"
+    }
+
+    func received(_ n: Int) {
+        bytesReceived += n
+        series?.add(sent: 0, received: n)
+    }
+
+    func sent(_ n: Int) {
+        bytesSent += n
+        series?.add(sent: n, received: 0)
     }
 
     func close() {
         guard !closed else { return }
         closed = true
-        series.close()
+        series?.close()
+        accessLog?.connection(ConnectionLogEntry(startTime: started, bytesReceived: bytesReceived, bytesSent: bytesSent,
+                                                 durationMilliseconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e6,
+                                                 downstreamAddress: downstream, upstreamHost: upstream, labels: labels))
     }
 }

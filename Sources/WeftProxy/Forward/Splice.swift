@@ -10,11 +10,11 @@ enum Splice {
         upstream: Channel,
         downstreamReceived: Counter?,
         upstreamReceived: Counter?,
-        tcp: MeshMetrics.TCPSeries? = nil
+        tcp: TCPTally? = nil
     ) throws {
         downstream.eventLoop.preconditionInEventLoop()
         let (down, up) = GlueHandler.matchedPair(downstreamReceived: downstreamReceived, upstreamReceived: upstreamReceived,
-                                                 tally: tcp.map(TCPTally.init))
+                                                 tally: tcp)
         try downstream.pipeline.syncOperations.addHandler(down)
         try upstream.pipeline.syncOperations.addHandler(up)
         // Reads were off until both ends were glued (so no byte is read with nowhere to go);

@@ -180,6 +180,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .forward(let h):
             request = h
         }
+        if workload.telemetry?.accessLog != nil { record?.describe(request, http2: isHTTP2, client: context.channel.remoteAddress) }
         let target: OriginalDestination
         var responseOps: [HeaderOperations] = []
         var routed: RoutedDestination?
@@ -194,6 +195,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             target = endpoint
             self.lease = lease
             record?.destination = .init(workload: lease.workload, service: service, host: lease.host, target: endpoint)
+            record?.routeName = route?.routeName
             routed = route
             // Only requests that may be retried count toward (and need) a retry budget.
             if route?.retries.map({ $0.attempts > 0 }) ?? false {
@@ -298,7 +300,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         for part in buffered { keepForReplay(part) }
         if let timeout { armTimeout(timeout, context: context) }
         limits = lease?.limits
-        if let host = lease?.host, let limits = lease?.limits {
+        if let host = lease?.limiterKey, let limits = lease?.limits {
             // The circuit breaker: a slot in the host's concurrency limit, a wait, or 503 UO.
             let sequence = requestSequence
             let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -659,7 +661,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             giveUpRetrying(now: now)
             return false
         }
-        if retrySlotHost == nil, let host = lease?.host, let limits {
+        if retrySlotHost == nil, let host = lease?.limiterKey, let limits {
             guard workload.limiter.value.tryRetry(host, max: limits.maxRetries) else {
                 workload.counters.httpRetriesDenied.add(1)
                 giveUpRetrying(now: now)
@@ -872,6 +874,33 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
+    /// HTTP/1.1: the client closed its side while its request was still being served — it
+    /// went away (curl -m, a killed caller), as nginx and Envoy read it: the request is
+    /// abandoned (`DC`), the upstream released, the connection closed. HTTP/2 streams end
+    /// with END_STREAM instead and never get here.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !isHTTP2, let e = event as? ChannelEvent, case .inputClosed = e {
+            switch state {
+            case .connecting, .streaming:
+                recordRequest(status: 0, flags: "DC")
+                cancelTimeout()
+                cancelPerTry()
+                retry = nil
+                releaseSlots()
+                let previous = state
+                state = .idle
+                endLease()
+                if case .streaming(let exchange) = previous { release(exchange.upstream) }
+                workload.logger.debug("the client closed its connection before the response", metadata: ["destination": "\(original)"])
+                context.close(promise: nil)
+                return
+            case .idle, .discarding, .answered:
+                break
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable, case .streaming(let exchange) = state,
            let handler = try? exchange.upstream.pipeline.syncOperations.handler(type: UpstreamHTTPHandler.self),
@@ -916,7 +945,19 @@ extension HTTPOutboundProxyHandler {
         labels.responseFlags = flags ?? "-"
         labels.grpcStatus = r.grpcStatus
         let elapsed = Double((NIODeadline.now() - r.started).nanoseconds) / 1e6
-        telemetry.metrics.recordRequest(labels, durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
+        telemetry.metrics?.recordRequest(labels, durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
+        if let log = telemetry.accessLog, let d = r.described {
+            var e = RequestLogEntry(startTime: d.startTime, method: d.method, path: d.path, httpProtocol: d.httpProtocol, authority: d.authority,
+                                    responseCode: labels.responseCode, responseFlags: labels.responseFlags, bytesReceived: r.requestBytes,
+                                    bytesSent: r.responseBytes, durationMilliseconds: elapsed, labels: labels)
+            e.userAgent = d.userAgent
+            e.requestID = d.requestID
+            e.forwardedFor = d.forwardedFor
+            e.downstreamAddress = d.client
+            e.upstreamHost = r.destination.map { "\($0.target)" }
+            e.routeName = r.routeName
+            log.request(e)
+        }
     }
 }
 
@@ -931,6 +972,27 @@ struct RequestRecord {
 
     let started = NIODeadline.now()
     let isGRPC: Bool
+    var routeName: String?
+    /// What the access log prints (only gathered when it is on).
+    struct Described {
+        let startTime: Date
+        let method: String
+        let path: String
+        let httpProtocol: String
+        let authority: String
+        let userAgent: String?
+        let requestID: String?
+        let forwardedFor: String?
+        let client: String?
+    }
+    var described: Described?
+
+    mutating func describe(_ head: HTTPRequestHead, http2: Bool, client: SocketAddress?) {
+        described = Described(startTime: Date(), method: head.method.rawValue, path: head.uri, httpProtocol: http2 ? "HTTP/2" : "HTTP/1.1",
+                              authority: head.headers.first(name: "host") ?? "-", userAgent: head.headers.first(name: "user-agent"),
+                              requestID: head.headers.first(name: "x-request-id"), forwardedFor: head.headers.first(name: "x-forwarded-for"),
+                              client: client.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" })
+    }
     var requestBytes: Int
     var responseBytes = 0
     var status = 0

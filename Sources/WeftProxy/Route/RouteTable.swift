@@ -66,6 +66,8 @@ public struct RouteTable: Sendable, Equatable {
     /// host → policy, and host → subset → policy (a subset's own policy wins).
     private var policies: [String: LoadBalancer] = [:]
     private var subsetPolicies: [String: [String: LoadBalancer]] = [:]
+    /// host → subset → that subset's own trafficPolicy.
+    private var subsetTrafficPolicies: [String: [String: TrafficPolicy]] = [:]
     /// host → the DestinationRule's traffic policy (outlier detection, connection pool).
     private var trafficPolicies: [String: TrafficPolicy] = [:]
     /// host → RateLimitPolicies in front of it.
@@ -134,6 +136,7 @@ public struct RouteTable: Sendable, Equatable {
                 trafficPolicies[fqdn] = dr.trafficPolicy
                 for s in dr.subsets {
                     if let lb = s.trafficPolicy?.loadBalancer { subsetPolicies[fqdn, default: [:]][s.name] = lb }
+                    if let tp = s.trafficPolicy { subsetTrafficPolicies[fqdn, default: [:]][s.name] = tp }
                 }
             }
         }
@@ -141,19 +144,34 @@ public struct RouteTable: Sendable, Equatable {
 
     public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty && healthChecks.isEmpty && breakers.isEmpty && retryBudgets.isEmpty && defaultRetryBudget == nil }
 
-    public func outlierDetection(host: String) -> OutlierDetection? { trafficPolicies[host]?.outlierDetection }
+    /// A subset's own outlierDetection replaces the host's (Istio: each field of a subset's
+    /// trafficPolicy overrides the same field of the DestinationRule's, as a whole).
+    public func outlierDetection(host: String, subset: String? = nil) -> OutlierDetection? {
+        subset.flatMap { subsetTrafficPolicies[host]?[$0]?.outlierDetection } ?? trafficPolicies[host]?.outlierDetection
+    }
 
     public func rateLimitPolicies(host: String) -> [RateLimitPolicy] { rateLimits[host] ?? [] }
 
     public var hasRateLimits: Bool { !rateLimits.isEmpty }
 
     /// Whether any host has a breaker or outlier detection (answers must be recorded).
-    public var tracksOutcomes: Bool { !breakers.isEmpty || trafficPolicies.values.contains { $0.outlierDetection != nil } }
+    public var tracksOutcomes: Bool {
+        !breakers.isEmpty || trafficPolicies.values.contains { $0.outlierDetection != nil }
+            || subsetTrafficPolicies.values.contains { $0.values.contains { $0.outlierDetection != nil } }
+    }
 
     /// The service's RetryBudget, else the mesh-wide one (nil: the agent's flags).
     public func retryBudget(host: String) -> RetryBudgetPolicy? { retryBudgets[host] ?? defaultRetryBudget }
 
-    public func connectionPool(host: String) -> ConnectionPool? { trafficPolicies[host]?.connectionPool }
+    public func connectionPool(host: String, subset: String? = nil) -> ConnectionPool? {
+        subset.flatMap { subsetTrafficPolicies[host]?[$0]?.connectionPool } ?? trafficPolicies[host]?.connectionPool
+    }
+
+    /// Whether a subset has connectionPool limits of its own (then it counts them apart from
+    /// the rest of the host, as Envoy's per-subset cluster does).
+    public func hasOwnConnectionPool(host: String, subset: String?) -> Bool {
+        subset.flatMap { subsetTrafficPolicies[host]?[$0]?.connectionPool } != nil
+    }
 
     /// The load-balancing policy for a host (and subset); nil means the default, LEAST_REQUEST.
     public func loadBalancer(host: String, subset: String?) -> LoadBalancer? {

@@ -103,8 +103,8 @@ public final class ServiceDirectory: Sendable {
             if let breaker = state.routes.breakers[lease.host] {
                 state.breakers[lease.host, default: CircuitBreaker()].record(failed: (status ?? 500) >= 500, probe: probe, breaker, now: now)
             }
-            guard let policy = state.routes.outlierDetection(host: lease.host) else { return }
-            let count = state.catalog?.service(fqdn: lease.host)?.endpoints.count ?? 1
+            guard let policy = state.routes.outlierDetection(host: lease.host, subset: lease.subset) else { return }
+            let count = lease.subsetSize ?? state.catalog?.service(fqdn: lease.host)?.endpoints.count ?? 1
             state.outliers.record(host: lease.host, endpoint: lease.workload, status: status, policy: policy,
                                   endpointCount: count, now: now)
         }
@@ -283,7 +283,7 @@ public final class ServiceDirectory: Sendable {
         state.cursors[cursorKey] = turn &+ 1
         let matching = labels.map { wanted in entry.endpoints.filter { e in wanted.allSatisfy { e.labels[$0.key] == $0.value } } } ?? entry.endpoints
         var candidates = matching
-        let outlier = state.routes.outlierDetection(host: entry.key.fqdn)
+        let outlier = state.routes.outlierDetection(host: entry.key.fqdn, subset: route?.subset)
         let failingChecks = state.unhealthy[entry.key.fqdn] ?? []
         if outlier != nil || !failingChecks.isEmpty {
             // Out: endpoints ejected by outlier detection and endpoints failing their health check.
@@ -305,8 +305,12 @@ public final class ServiceDirectory: Sendable {
         switch entry.resolve(port: port, family: family, labels: labels, pick: { _ in finalIndex }) {
         case .endpoint(let target, let service, let workload):
             state.inflight[workload, default: 0] += 1
-            return .endpoint(target, service: service, workload: workload, route: route, lease: EndpointLease(workload: workload, host: entry.key.fqdn,
-                                                                                                 limits: state.routes.connectionPool(host: entry.key.fqdn)))
+            let host = entry.key.fqdn, subset = route?.subset
+            var lease = EndpointLease(workload: workload, host: host, limits: state.routes.connectionPool(host: host, subset: subset))
+            lease.subset = subset
+            lease.subsetSize = subset == nil ? nil : matching.count
+            lease.poolKey = state.routes.hasOwnConnectionPool(host: host, subset: subset) ? "\(host)/\(subset ?? "")" : host
+            return .endpoint(target, service: service, workload: workload, route: route, lease: lease)
         case .noEndpoints(let service):
             return .noEndpoints(route?.subset.map { "\(service) subset \($0)" } ?? "\(service)")
         case .unknownPort(let service, let port):
@@ -358,8 +362,17 @@ public struct EndpointLease: Equatable, Sendable {
     let workload: String
     /// The service (fully qualified) the endpoint was picked for.
     let host: String
-    /// Its DestinationRule's connectionPool limits, if any.
+    /// Its DestinationRule's connectionPool limits, if any (the subset's own when it has them).
     var limits: ConnectionPool? = nil
+    /// The subset the route chose, and how many endpoints it has.
+    var subset: String? = nil
+    var subsetSize: Int? = nil
+    /// What the connectionPool limits are counted under: the host, or host/subset for a
+    /// subset with limits of its own.
+    var poolKey: String = ""
+
+    /// The key of the connectionPool counters.
+    var limiterKey: String { poolKey.isEmpty ? host : poolKey }
 }
 
 public enum HTTPResolution: Equatable, Sendable {

@@ -259,7 +259,7 @@ private final class TunnelConnectServer: ChannelInboundHandler, RemovableChannel
                 try Splice.join(downstream: context.channel, upstream: app,
                                 downstreamReceived: workload.counters.bytesInboundReceived, upstreamReceived: workload.counters.bytesInboundSent,
                                 tcp: workload.inboundLabels(client: client, principal: peer.description, requestProtocol: "tcp")
-                                    .flatMap { labels in workload.telemetry.map { $0.metrics.tcpOpened(labels) } })
+                                    .flatMap { TCPTally($0, telemetry: workload.telemetry, downstream: context.channel, upstream: target) })
             }
             workload.logger.debug("inbound connection", metadata: ["client": "\(client.map { "\($0)" } ?? "?")", "destination": "\(target)",
                                                                    "peer": "\(peer)", "via": "tunnel"])

@@ -56,7 +56,12 @@ let package = Package(
         // sets, Weft's own, the access log, W3C trace context and the OTLP/gRPC span exporter.
         .target(
             name: "WeftTelemetry",
-            dependencies: ["WeftCore", .product(name: "Prometheus", package: "swift-prometheus")]
+            dependencies: [
+                "WeftCore", .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .target(
             name: "WeftProxy",

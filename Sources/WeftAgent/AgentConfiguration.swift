@@ -67,6 +67,10 @@ public struct AgentConfiguration: Sendable {
     /// Access log: "stdout" or a file (nil: off), JSON or Envoy's text format.
     public var accessLog: String?
     public var accessLogFormat: AccessLog.Format = .json
+    /// OTLP/gRPC collector for spans, HOST:PORT (nil: no tracing), and the share of new
+    /// traces sampled, in percent (Istio's default: 1).
+    public var tracingCollector: String?
+    public var traceSamplingPercent: Double = 1
 
     public init() {}
 }

@@ -62,7 +62,10 @@ public struct AgentService: Service {
                 throw WeftError(.invalidArgument, "--access-log: \(error)")
             }
         }
-        let registry = try WorkloadRegistry(config: config, logger: logger, dnsForwarder: forwarder, identities: identities, accessLog: accessLog)
+        let tracer = config.tracingCollector.map { Tracer(collector: $0, sampling: config.traceSamplingPercent / 100) }
+        let registry = try WorkloadRegistry(config: config, logger: logger, dnsForwarder: forwarder, identities: identities, accessLog: accessLog,
+                                            tracer: tracer)
+        let exporting = tracer.map { t in Task { await t.runExporter(logger: logger) } }
         try PodNetworking.ensureBridge(
             config.bridge, gateway: await registry.gateway, prefixLength: config.podCIDR.prefixLength,
             gatewayV6: config.podCIDRv6.flatMap(PodAddressPool.ipv6Gateway(in:)), prefixLengthV6: config.podCIDRv6?.prefixLength ?? 64)
@@ -124,7 +127,8 @@ public struct AgentService: Service {
                                                    "dns": "\(config.capture.dnsPort.map { "127.0.0.1:\($0) → \(config.dnsUpstream.map { "\($0)" } ?? "no upstream")" } ?? "off")",
                                                    "podCIDR": "\(config.podCIDR)", "version": "\(WeftVersion.current)",
                                                    "metrics": "\(config.metricsAddress ?? "off")", "admin": "\(config.adminAddress ?? "off")",
-                                                   "accessLog": "\(config.accessLog.map { "\($0) (\(config.accessLogFormat.rawValue))" } ?? "off")"])
+                                                   "accessLog": "\(config.accessLog.map { "\($0) (\(config.accessLogFormat.rawValue))" } ?? "off")",
+                                                   "tracing": "\(config.tracingCollector.map { "\($0) at \(config.traceSamplingPercent)%" } ?? "off")"])
         SystemdNotify.send("READY=1\nSTATUS=serving \(config.socketPath)")
 
         try? await gracefulShutdown()
@@ -139,6 +143,7 @@ public struct AgentService: Service {
         for e in endpoints { try? await e.close() }
         try? FileManager.default.removeItem(atPath: config.socketPath)
         await registry.stopAll()
+        exporting?.cancel()
         accessLog?.close()
         await forwarder?.close()
         try? await group.shutdownGracefully()

@@ -33,6 +33,8 @@ public actor WorkloadRegistry {
     public nonisolated let metrics = MeshMetrics()
     /// One line per request or TCP connection (`--access-log`), nil when off.
     public nonisolated let accessLog: AccessLog?
+    /// Spans to the OTLP collector (`--tracing-collector`), nil when off.
+    public nonisolated let tracer: Tracer?
 
     private let dnsForwarder: DNSForwarder?
     /// Workload identities (nil with --no-mtls).
@@ -41,8 +43,9 @@ public actor WorkloadRegistry {
     private var issuedCertificates: [NetnsName: (IssuedCertificate, count: Int)] = [:]
 
     public init(config: AgentConfiguration, logger: Logger, dnsForwarder: DNSForwarder? = nil,
-                identities: WorkloadIdentities? = nil, accessLog: AccessLog? = nil) throws {
+                identities: WorkloadIdentities? = nil, accessLog: AccessLog? = nil, tracer: Tracer? = nil) throws {
         self.accessLog = accessLog
+        self.tracer = tracer
         self.config = config
         self.logger = logger
         self.dnsForwarder = dnsForwarder
@@ -327,7 +330,7 @@ public actor WorkloadRegistry {
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
             directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, retryBudget: config.retryBudget,
-            tls: tls, metrics: config.metricsAddress == nil ? nil : metrics, accessLog: accessLog, logger: logger,
+            tls: tls, metrics: config.metricsAddress == nil ? nil : metrics, accessLog: accessLog, tracer: tracer, logger: logger,
             now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)
         if let issued {

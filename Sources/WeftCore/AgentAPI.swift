@@ -106,6 +106,8 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     public var authzDenied: Int = 0
     /// Plaintext connections accepted from outside the mesh (PERMISSIVE or DISABLE ports).
     public var plaintextInbound: Int = 0
+    /// Outbound requests without trace context made while a traced request was being served.
+    public var traceContextDropped: Int = 0
 
     public init() {}
 }

@@ -34,7 +34,7 @@ enum Inbound {
                 // AuthorizationPolicy for plaintext callers (no principal): HTTP ports are
                 // checked per request, other ports once per connection.
                 let policies = context.directory.authorizationPolicies(namespace: context.spec.namespace.rawValue, labels: context.spec.labels)
-                if !policies.isEmpty {
+                if !policies.isEmpty || context.telemetry?.tracer != nil {
                     let client = downstream.remoteAddress?.weftIP
                     let isHTTP = context.spec.ports.contains { $0.targetPort == original.port && $0.proto == .http }
                     if isHTTP {

@@ -45,6 +45,10 @@ public final class ProxyCounters: Sendable {
     let plaintextInbound = Counter()
     /// A gauge: tunnel TLS handshakes in progress.
     let tunnelHandshaking = Counter()
+    /// A gauge: inbound requests with trace context being served now.
+    let tracedInbound = Counter()
+    /// Outbound requests without trace context made while a traced one was being served.
+    let traceContextDropped = Counter()
 
     public init() {}
 
@@ -76,6 +80,7 @@ public final class ProxyCounters: Sendable {
         c.plaintextRefused = plaintextRefused.current
         c.authzDenied = authzDenied.current
         c.plaintextInbound = plaintextInbound.current
+        c.traceContextDropped = traceContextDropped.current
         return c
     }
 }

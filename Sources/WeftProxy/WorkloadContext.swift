@@ -38,11 +38,16 @@ public struct WorkloadContext: Sendable {
 public struct WorkloadTelemetry: Sendable {
     public let metrics: MeshMetrics?
     public let accessLog: AccessLog?
+    public let tracer: Tracer?
     public let source: PeerLabels
+    /// service.name of this workload's spans: `app.namespace`.
+    public let spanService: String
 
-    public init(metrics: MeshMetrics?, accessLog: AccessLog?, spec: WorkloadSpec, identity: String?) {
+    public init(metrics: MeshMetrics?, accessLog: AccessLog?, tracer: Tracer? = nil, spec: WorkloadSpec, identity: String?) {
         self.metrics = metrics
         self.accessLog = accessLog
+        self.tracer = tracer
+        spanService = "\(spec.labels["app"] ?? spec.service.rawValue).\(spec.namespace.rawValue)"
         source = PeerLabels(workload: spec.name, namespace: spec.namespace.rawValue, principal: identity,
                             app: spec.labels["app"] ?? spec.service.rawValue, version: spec.labels["version"])
     }

@@ -33,7 +33,7 @@ public final class WorkloadProxy: Sendable {
         spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
         directory: ServiceDirectory, dnsForwarder: DNSForwarder? = nil,
         connectTimeout: TimeAmount = .seconds(10), retryBudget: RetryBudget.Settings = .init(), tls: WorkloadTLS? = nil,
-        metrics: MeshMetrics? = nil, accessLog: AccessLog? = nil, logger: Logger, now: Double
+        metrics: MeshMetrics? = nil, accessLog: AccessLog? = nil, tracer: Tracer? = nil, logger: Logger, now: Double
     ) async throws -> WorkloadProxy {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
         var logger = logger
@@ -49,8 +49,9 @@ public final class WorkloadProxy: Sendable {
                                       mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
                                       directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget, limiter: limiter,
                                       tls: tls, tunnels: tunnels, identity: tls?.identity?.description,
-                                      telemetry: metrics == nil && accessLog == nil ? nil
-                                        : WorkloadTelemetry(metrics: metrics, accessLog: accessLog, spec: spec, identity: tls?.identity?.description))
+                                      telemetry: metrics == nil && accessLog == nil && tracer == nil ? nil
+                                        : WorkloadTelemetry(metrics: metrics, accessLog: accessLog, tracer: tracer, spec: spec,
+                                                            identity: tls?.identity?.description))
         var plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),

@@ -101,17 +101,17 @@ public final class AccessLog: Sendable {
     public var dropped: Int { droppedLines.load(ordering: .relaxed) }
 
     public func request(_ e: RequestLogEntry) {
-        append(format == .json ? Self.json(e) : Self.text(e))
+        if format == .json { append(Self.jsonBytes(e)) } else { append(Array(Self.text(e).utf8)) }
     }
 
     public func connection(_ e: ConnectionLogEntry) {
-        append(format == .json ? Self.json(e) : Self.text(e))
+        if format == .json { append(Self.jsonBytes(e)) } else { append(Array(Self.text(e).utf8)) }
     }
 
-    private func append(_ line: String) {
+    private func append(_ line: [UInt8]) {
         let ok = buffer.withLock { b -> Bool in
             guard b.count < Self.maxBuffered else { return false }
-            b.append(contentsOf: line.utf8)
+            b.append(contentsOf: line)
             b.append(0x0a)
             return true
         }
@@ -154,72 +154,61 @@ public final class AccessLog: Sendable {
 
     // MARK: - formats
 
-    static let iso: Date.ISO8601FormatStyle = .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)
-
-    static func time(_ d: Date) -> String { d.formatted(iso) }
-
-    static func json(_ e: RequestLogEntry) -> String {
-        var o: [(String, Any?)] = [
-            ("start_time", time(e.startTime)), ("method", e.method), ("path", e.path), ("protocol", e.httpProtocol),
-            ("response_code", e.responseCode), ("response_flags", e.responseFlags), ("grpc_status", e.grpcStatus.isEmpty ? nil : e.grpcStatus),
-            ("bytes_received", e.bytesReceived), ("bytes_sent", e.bytesSent), ("duration", Int(e.durationMilliseconds.rounded())),
-            ("authority", e.authority), ("user_agent", e.userAgent), ("x_forwarded_for", e.forwardedFor), ("request_id", e.requestID),
-            ("upstream_host", e.upstreamHost), ("upstream_cluster", e.labels.service.host), ("route_name", e.routeName),
-            ("downstream_remote_address", e.downstreamAddress), ("trace_id", e.traceID),
-        ]
-        o += peers(e.labels)
-        return encode(o)
-    }
-
-    static func json(_ e: ConnectionLogEntry) -> String {
-        var o: [(String, Any?)] = [
-            ("start_time", time(e.startTime)), ("protocol", "tcp"), ("response_flags", "-"),
-            ("bytes_received", e.bytesReceived), ("bytes_sent", e.bytesSent), ("duration", Int(e.durationMilliseconds.rounded())),
-            ("upstream_host", e.upstreamHost), ("upstream_cluster", e.labels.service.host), ("downstream_remote_address", e.downstreamAddress),
-        ]
-        o += peers(e.labels)
-        return encode(o)
-    }
-
-    static func peers(_ l: MeshLabels) -> [(String, Any?)] {
-        [("reporter", l.reporter.rawValue), ("source_workload", l.source.workload), ("source_namespace", l.source.namespace),
-         ("source_principal", l.source.principal), ("destination_workload", l.destination.workload),
-         ("destination_namespace", l.destination.namespace), ("destination_principal", l.destination.principal),
-         ("connection_security_policy", l.securityPolicy)]
-    }
-
-    /// Keys in the given order; strings escaped per RFC 8259.
-    static func encode(_ fields: [(String, Any?)]) -> String {
-        var out = "{"
-        var first = true
-        for (k, v) in fields {
-            guard let v else { continue }
-            if !first { out += "," }
-            first = false
-            out += "\"\(k)\":"
-            switch v {
-            case let i as Int: out += String(i)
-            case let s as String: out += quote(s)
-            default: out += quote("\(v)")
-            }
+    /// RFC 3339 UTC with milliseconds, e.g. 2026-11-24T17:11:23.890Z (formatted by hand:
+    /// this runs once per request).
+    static func time(_ d: Date) -> String {
+        var t = time_t(d.timeIntervalSince1970.rounded(.down))
+        var tm = Glibc.tm()
+        gmtime_r(&t, &tm)
+        let ms = Int((d.timeIntervalSince1970 - Double(t)) * 1000) % 1000
+        func pad(_ v: Int32, _ n: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, n - s.count)) + s
         }
-        return out + "}"
+        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ms), 3))Z"
     }
 
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out + "\""
+    static func json(_ e: RequestLogEntry) -> String { String(decoding: jsonBytes(e), as: UTF8.self) }
+    static func json(_ e: ConnectionLogEntry) -> String { String(decoding: jsonBytes(e), as: UTF8.self) }
+
+    static func jsonBytes(_ e: RequestLogEntry) -> [UInt8] {
+        var o = JSONLine()
+        o.string("start_time", time(e.startTime))
+        o.string("method", e.method)
+        o.string("path", e.path)
+        o.string("protocol", e.httpProtocol)
+        o.int("response_code", e.responseCode)
+        o.string("response_flags", e.responseFlags)
+        o.string("grpc_status", e.grpcStatus.isEmpty ? nil : e.grpcStatus)
+        o.int("bytes_received", e.bytesReceived)
+        o.int("bytes_sent", e.bytesSent)
+        o.int("duration", Int(e.durationMilliseconds.rounded()))
+        o.string("authority", e.authority)
+        o.string("user_agent", e.userAgent)
+        o.string("x_forwarded_for", e.forwardedFor)
+        o.string("request_id", e.requestID)
+        o.string("upstream_host", e.upstreamHost)
+        o.string("upstream_cluster", e.labels.service.host)
+        o.string("route_name", e.routeName)
+        o.string("downstream_remote_address", e.downstreamAddress)
+        o.string("trace_id", e.traceID)
+        o.peers(e.labels)
+        return o.finish()
+    }
+
+    static func jsonBytes(_ e: ConnectionLogEntry) -> [UInt8] {
+        var o = JSONLine()
+        o.string("start_time", time(e.startTime))
+        o.string("protocol", "tcp")
+        o.string("response_flags", "-")
+        o.int("bytes_received", e.bytesReceived)
+        o.int("bytes_sent", e.bytesSent)
+        o.int("duration", Int(e.durationMilliseconds.rounded()))
+        o.string("upstream_host", e.upstreamHost)
+        o.string("upstream_cluster", e.labels.service.host)
+        o.string("downstream_remote_address", e.downstreamAddress)
+        o.peers(e.labels)
+        return o.finish()
     }
 
     /// Envoy's default format:
@@ -248,4 +237,67 @@ public final class AccessLog: Sendable {
 public struct AccessLogError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { message }
+}
+
+/// One JSON object written straight into bytes, keys in the order given; strings escaped
+/// per RFC 8259 (only the bytes that must be); nil values left out.
+struct JSONLine {
+    private var bytes: [UInt8] = [UInt8(ascii: "{")]
+    private var first = true
+
+    init() {
+        bytes.reserveCapacity(768)
+    }
+
+    private mutating func key(_ k: StaticString) {
+        if !first { bytes.append(UInt8(ascii: ",")) }
+        first = false
+        bytes.append(UInt8(ascii: "\""))
+        k.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        bytes.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+    }
+
+    mutating func int(_ k: StaticString, _ v: Int) {
+        key(k)
+        bytes.append(contentsOf: String(v).utf8)
+    }
+
+    mutating func string(_ k: StaticString, _ v: String?) {
+        guard let v else { return }
+        key(k)
+        bytes.append(UInt8(ascii: "\""))
+        let utf8 = v.utf8
+        let plain = utf8.withContiguousStorageIfAvailable { buf in !buf.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c } }
+            ?? !utf8.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c }
+        if plain {
+            bytes.append(contentsOf: utf8)
+        } else {
+            let hex = Array("0123456789abcdef".utf8)
+            for b in utf8 {
+                switch b {
+                case 0x22: bytes.append(contentsOf: [0x5c, 0x22])
+                case 0x5c: bytes.append(contentsOf: [0x5c, 0x5c])
+                case 0x0a: bytes.append(contentsOf: [0x5c, UInt8(ascii: "n")])
+                case 0x0d: bytes.append(contentsOf: [0x5c, UInt8(ascii: "r")])
+                case 0x09: bytes.append(contentsOf: [0x5c, UInt8(ascii: "t")])
+                case ..<0x20: bytes.append(contentsOf: [0x5c, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 0xf)]])
+                default: bytes.append(b)
+                }
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    mutating func peers(_ l: MeshLabels) {
+        string("reporter", l.reporter.rawValue)
+        string("source_workload", l.source.workload)
+        string("source_namespace", l.source.namespace)
+        string("source_principal", l.source.principal)
+        string("destination_workload", l.destination.workload)
+        string("destination_namespace", l.destination.namespace)
+        string("destination_principal", l.destination.principal)
+        string("connection_security_policy", l.securityPolicy)
+    }
+
+    func finish() -> [UInt8] { bytes + [UInt8(ascii: "}")] }
 }

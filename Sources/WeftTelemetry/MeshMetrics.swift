@@ -18,7 +18,9 @@ public final class MeshMetrics: Sendable {
     static let durationBuckets: [Double] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000]
     static let sizeBuckets: [Double] = [1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000]
 
-    struct RequestSeries: Sendable {
+    /// One request series; callers that see the same labels again may keep it and record
+    /// into it directly (no lookup).
+    public struct RequestSeries: Sendable {
         let requests: Counter
         let duration: ValueHistogram
         let requestBytes: ValueHistogram
@@ -61,6 +63,18 @@ public final class MeshMetrics: Sendable {
 
     /// One finished request (or one answered by the mesh itself).
     public func recordRequest(_ labels: MeshLabels, durationMilliseconds: Double, requestBytes: Int, responseBytes: Int) {
+        record(requestSeries(labels), durationMilliseconds: durationMilliseconds, requestBytes: requestBytes, responseBytes: responseBytes)
+    }
+
+    public func record(_ series: RequestSeries, durationMilliseconds: Double, requestBytes: Int, responseBytes: Int) {
+        series.requests.increment()
+        series.duration.record(durationMilliseconds)
+        series.requestBytes.record(Double(requestBytes))
+        series.responseBytes.record(Double(responseBytes))
+    }
+
+    /// The series of `labels` (made on first use, bounded).
+    public func requestSeries(_ labels: MeshLabels) -> RequestSeries {
         let series = requests.withLock { map in
             bounded(&map, labels) { key in
                 let l = key.prometheus(withResponse: true)
@@ -74,10 +88,7 @@ public final class MeshMetrics: Sendable {
                                                                labels: l, buckets: Self.sizeBuckets))
             }
         }
-        series.requests.increment()
-        series.duration.record(durationMilliseconds)
-        series.requestBytes.record(Double(requestBytes))
-        series.responseBytes.record(Double(responseBytes))
+        return series
     }
 
     /// A TCP connection opened: counts it and returns the series to count its bytes and

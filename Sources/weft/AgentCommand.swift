@@ -62,6 +62,9 @@ struct AgentCommand: AsyncParsableCommand {
     var adminAddress: String = "127.0.0.1:15000"
     @Option(help: "Access log: one line per request or TCP connection to \"stdout\" or a file (\"off\": none).") var accessLog: String = "off"
     @Option(help: "Access log format: json, or text (Envoy's default format).") var accessLogFormat: String = "json"
+    @Option(help: "Send spans to this OTLP/gRPC collector, HOST:PORT (W3C trace context is propagated and started when it is set).")
+    var tracingCollector: String?
+    @Option(help: "Percent of new traces sampled (0-100; a caller's sampled flag is always followed).") var traceSampling: Double = 1
 
     /// "host", "host:port", "[v6]:port", "v6" → (host, port).
     static func parseControl(_ text: String) throws -> (String, Int) {
@@ -155,6 +158,16 @@ struct AgentCommand: AsyncParsableCommand {
             }
             config.accessLogFormat = format
             config.accessLog = accessLog == "off" ? nil : accessLog
+            guard (0...100).contains(traceSampling) else {
+                throw WeftError(.invalidArgument, "--trace-sampling \(traceSampling): a percentage, 0 to 100")
+            }
+            if let collector = tracingCollector {
+                guard collector.split(separator: ":").count >= 2, let port = Int(collector.split(separator: ":").last ?? ""), (1...65535).contains(port) else {
+                    throw WeftError(.invalidArgument, "--tracing-collector \(collector): expected HOST:PORT (e.g. otel-collector:4317)")
+                }
+            }
+            config.tracingCollector = tracingCollector
+            config.traceSamplingPercent = traceSampling
             config.adminAddress = adminAddress == "none" ? nil : adminAddress
             config.podCIDR = cidr
             config.stateDirectory = stateDir

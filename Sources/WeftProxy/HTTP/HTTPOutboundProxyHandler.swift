@@ -1,3 +1,4 @@
+import Glibc
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -91,6 +92,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private var lease: EndpointLease?
     /// What the metrics will say about the current request (recorded once, when it ends).
     private var record: RequestRecord?
+    /// The labels and series of the last request's destination (see recordRequest).
+    fileprivate var labelCache: (target: OriginalDestination, workload: String, proto: String, generation: Int, labels: MeshLabels)?
+    fileprivate var seriesCache: (labels: MeshLabels, series: MeshMetrics.RequestSeries)?
 
     init(workload: WorkloadContext, original: OriginalDestination, upstreams: Upstreams) {
         self.workload = workload
@@ -181,6 +185,10 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             request = h
         }
         if workload.telemetry?.accessLog != nil { record?.describe(request, http2: isHTTP2, client: context.channel.remoteAddress) }
+        if let tracer = workload.telemetry?.tracer {
+            let trace = startClientSpan(&request, tracer: tracer)  // not `record?.trace = …`: it writes record too
+            record?.trace = trace
+        }
         let target: OriginalDestination
         var responseOps: [HeaderOperations] = []
         var routed: RoutedDestination?
@@ -936,16 +944,47 @@ extension HTTPOutboundProxyHandler {
         guard let r = record, let telemetry = workload.telemetry else { return }
         record = nil
         let proto = r.isGRPC ? "grpc" : "http"
-        var labels = r.destination.flatMap {
-            workload.outboundLabels(target: $0.target, service: $0.service, host: $0.host, workload: $0.workload, requestProtocol: proto)
-        } ?? MeshLabels(reporter: .source, source: telemetry.source, destination: .unknown,
-                        service: ServiceLabels(host: "\(original.ip)", name: "PassthroughCluster", namespace: "unknown"),
-                        requestProtocol: proto, securityPolicy: "none")
+        // A keep-alive connection mostly goes to the same few endpoints: their labels (and the
+        // series below) are kept for the next request instead of being looked up again.
+        var labels: MeshLabels
+        let generation = workload.directory.generation
+        if let d = r.destination, let cached = labelCache, cached.target == d.target, cached.workload == d.workload, cached.proto == proto,
+           cached.generation == generation {
+            labels = cached.labels
+        } else {
+            labels = r.destination.flatMap {
+                workload.outboundLabels(target: $0.target, service: $0.service, host: $0.host, workload: $0.workload, requestProtocol: proto)
+            } ?? MeshLabels(reporter: .source, source: telemetry.source, destination: .unknown,
+                            service: ServiceLabels(host: "\(original.ip)", name: "PassthroughCluster", namespace: "unknown"),
+                            requestProtocol: proto, securityPolicy: "none")
+            if let d = r.destination { labelCache = (d.target, d.workload, proto, generation, labels) }
+        }
         labels.responseCode = status ?? r.status
         labels.responseFlags = flags ?? "-"
         labels.grpcStatus = r.grpcStatus
         let elapsed = Double((NIODeadline.now() - r.started).nanoseconds) / 1e6
-        telemetry.metrics?.recordRequest(labels, durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
+        if let metrics = telemetry.metrics {
+            let series: MeshMetrics.RequestSeries
+            if let cached = seriesCache, cached.labels == labels { series = cached.series } else {
+                series = metrics.requestSeries(labels)
+                seriesCache = (labels, series)
+            }
+            metrics.record(series, durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
+        }
+        if let tracer = telemetry.tracer, let t = r.trace, t.context.sampled {
+            var attributes: [(String, SpanRecord.Attribute)] = [
+                ("http.method", .string(r.method)), ("http.url", .string(r.path)), ("http.status_code", .int(Int64(labels.responseCode))),
+                ("response_flags", .string(labels.responseFlags)), ("upstream_cluster", .string(labels.service.host)),
+                ("istio.canonical_service", .string(telemetry.source.app)), ("istio.namespace", .string(telemetry.source.namespace)),
+                ("component", .string("proxy")), ("request_size", .int(Int64(r.requestBytes))), ("response_size", .int(Int64(r.responseBytes))),
+            ]
+            if let id = r.requestID { attributes.append(("guid:x-request-id", .string(id))) }
+            if let d = r.destination { attributes.append(("peer.address", .string("\(d.target)"))) }
+            tracer.finish(SpanRecord(traceID: t.context.traceID, spanID: t.context.spanID, parentSpanID: t.parent,
+                                     name: "\(labels.service.host):\(original.port)/*", kind: .client, startNanos: r.startWallNanos,
+                                     endNanos: RequestRecord.wallNanos(), attributes: attributes,
+                                     isError: labels.responseCode >= 500 || labels.responseCode == 0, service: telemetry.spanService))
+        }
         if let log = telemetry.accessLog, let d = r.described {
             var e = RequestLogEntry(startTime: d.startTime, method: d.method, path: d.path, httpProtocol: d.httpProtocol, authority: d.authority,
                                     responseCode: labels.responseCode, responseFlags: labels.responseFlags, bytesReceived: r.requestBytes,
@@ -956,6 +995,7 @@ extension HTTPOutboundProxyHandler {
             e.downstreamAddress = d.client
             e.upstreamHost = r.destination.map { "\($0.target)" }
             e.routeName = r.routeName
+            e.traceID = r.trace.map { $0.context.traceIDHex }
             log.request(e)
         }
     }
@@ -971,7 +1011,23 @@ struct RequestRecord {
     }
 
     let started = NIODeadline.now()
+    let startWallNanos = RequestRecord.wallNanos()
     let isGRPC: Bool
+    let method: String
+    let path: String
+    var requestID: String?
+    /// This hop's client span: its context (sent on as `traceparent`) and its parent.
+    struct Trace {
+        let context: TraceContext
+        let parent: [UInt8]
+    }
+    var trace: Trace?
+
+    static func wallNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
     var routeName: String?
     /// What the access log prints (only gathered when it is on).
     struct Described {
@@ -1001,6 +1057,8 @@ struct RequestRecord {
 
     init(_ head: HTTPRequestHead) {
         isGRPC = head.headers.first(name: "content-type")?.hasPrefix("application/grpc") ?? false
+        method = head.method.rawValue
+        path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
         requestBytes = Self.size(head.headers) + head.uri.utf8.count + head.method.rawValue.utf8.count + 12
     }
 
@@ -1013,5 +1071,39 @@ struct RequestRecord {
     /// Header bytes as on the wire (HTTP/1.1 framing).
     static func size(_ headers: HTTPHeaders) -> Int {
         headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+    }
+}
+
+// MARK: - tracing
+
+extension HTTPOutboundProxyHandler {
+    /// W3C trace context for the request going out: the caller's `traceparent` continued
+    /// (its sampled flag followed), or a new trace (sampled at the configured rate). This
+    /// hop's client span becomes the parent the next hop sees; an invalid `traceparent` is
+    /// replaced and its `tracestate` dropped, as the spec says. A request without trace
+    /// context while this workload serves a traced one means the app dropped it: counted and
+    /// logged.
+    fileprivate func startClientSpan(_ request: inout HTTPRequestHead, tracer: Tracer) -> RequestRecord.Trace {
+        let incoming = request.headers.first(name: "traceparent").flatMap(TraceContext.parse)
+        let traceID = incoming?.traceID ?? Tracer.newTraceID()
+        let context = TraceContext(traceID: traceID, spanID: Tracer.newSpanID(), sampled: incoming?.sampled ?? tracer.sampleNewTrace())
+        request.headers.replaceOrAdd(name: "traceparent", value: context.traceparent)
+        if incoming == nil {
+            request.headers.remove(name: "tracestate")
+            if workload.counters.tracedInbound.current > 0 {
+                workload.counters.traceContextDropped.add(1)
+                let n = workload.counters.traceContextDropped.current
+                if n == 1 || n % 100 == 0 {
+                    workload.logger.warning("workload \(workload.spec.name) sent a request without trace context while serving a traced one: its traces break here (\(n) so far)",
+                                            metadata: ["destination": "\(original)", "fix": "propagate traceparent/tracestate from inbound to outbound requests"])
+                }
+            }
+        } else if let state = request.headers.first(name: "tracestate") {
+            if let valid = TraceContext.validTracestate(state) { request.headers.replaceOrAdd(name: "tracestate", value: valid) } else {
+                request.headers.remove(name: "tracestate")
+            }
+        }
+        record?.requestID = request.headers.first(name: "x-request-id")
+        return RequestRecord.Trace(context: context, parent: incoming?.spanID ?? [])
     }
 }

@@ -191,8 +191,13 @@ public final class ServiceDirectory: Sendable {
     /// The meshed workload at `ip`, if any.
     public func peer(at ip: IPAddress) -> Peer? { peers.withLock { $0[ip] } }
 
+    /// Bumped by every publish: what was derived from the directory before is stale.
+    public var generation: Int { publishes.load(ordering: .relaxed) }
+    private let publishes = Atomic<Int>(0)
+
     public func publish(peers map: [IPAddress: Peer]) {
         peers.withLock { $0 = map }
+        publishes.add(1, ordering: .relaxed)
     }
 
     /// The identity to expect when tunnelling to `target`, or nil when it is not a meshed
@@ -219,6 +224,7 @@ public final class ServiceDirectory: Sendable {
 
     public func publish(routes: RouteTable) {
         state.withLock { $0.routes = routes }
+        publishes.add(1, ordering: .relaxed)
         hasRateLimits.store(routes.hasRateLimits, ordering: .relaxed)
         hasOutcomeTracking.store(routes.tracksOutcomes, ordering: .relaxed)
     }

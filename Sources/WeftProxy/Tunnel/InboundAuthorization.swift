@@ -2,6 +2,7 @@ import NIOCore
 import NIOHTTP1
 import WeftConfig
 import WeftCore
+import WeftTelemetry
 
 /// AuthorizationPolicy at the destination. A connection whose policies look only at who
 /// calls and which port (`InboundAuthorization.decideConnection`) is decided once, before the
@@ -42,14 +43,16 @@ final class AuthorizationGate: ChannelDuplexHandler {
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let workload: WorkloadContext
+    let workload: WorkloadContext
     private let app: Channel
-    private let principal: String?
+    let principal: String?
     private let source: IPAddress?
-    private let port: UInt16
+    let port: UInt16
     private let policies: [AuthorizationPolicy]
     private var denying = false
     private var pendingRead = false
+    /// The traced request being served (tracing on).
+    var span: ServerSpan?
     fileprivate var context: ChannelHandlerContext?
 
     init(workload: WorkloadContext, app: Channel, principal: String?, source: IPAddress?, port: UInt16, policies: [AuthorizationPolicy]) {
@@ -79,6 +82,8 @@ final class AuthorizationGate: ChannelDuplexHandler {
                 respond403(context, keepAlive: head.isKeepAlive, policy: policy, reason: reason)
             } else {
                 denying = false
+                var head = head
+                if let tracer = workload.telemetry?.tracer { startServerSpan(&head, path: path, tracer: tracer) }
                 app.write(HTTPClientRequestPart.head(head), promise: nil)
             }
         case .body(let body):
@@ -106,6 +111,7 @@ final class AuthorizationGate: ChannelDuplexHandler {
     func channelReadComplete(context: ChannelHandlerContext) { app.flush() }
 
     func channelInactive(context: ChannelHandlerContext) {
+        finishServerSpan(status: 0)
         app.close(promise: nil)
         context.fireChannelInactive()
     }
@@ -133,7 +139,9 @@ final class AuthorizationGate: ChannelDuplexHandler {
 
     fileprivate func forward(_ part: HTTPServerResponsePart, flush: Bool) {
         guard let context else { return }
+        if case .head(let head) = part { span?.status = Int(head.status.code) }
         if case .end = part {
+            finishServerSpan(status: nil)
             lastEnd = context.writeAndFlush(wrapOutboundOut(part))
         } else if flush {
             context.writeAndFlush(wrapOutboundOut(part), promise: nil)
@@ -185,5 +193,53 @@ private final class AppResponseRelay: ChannelDuplexHandler {
 
     func read(context: ChannelHandlerContext) {
         if gate.context?.channel.isWritable ?? true { context.read() } else { pendingRead = true }
+    }
+}
+
+// MARK: - tracing
+
+/// A server span being served: this workload's side of one traced request.
+struct ServerSpan {
+    let context: TraceContext
+    let parent: [UInt8]
+    let startNanos: UInt64
+    let method: String
+    let path: String
+    var status = 0
+}
+
+extension AuthorizationGate {
+    /// The caller's `traceparent` (normally the client span of the caller's proxy) is
+    /// continued by a server span, which becomes the parent the app sees; a request without
+    /// one starts a trace.
+    fileprivate func startServerSpan(_ head: inout HTTPRequestHead, path: String, tracer: Tracer) {
+        let incoming = head.headers.first(name: "traceparent").flatMap(TraceContext.parse)
+        let context = TraceContext(traceID: incoming?.traceID ?? Tracer.newTraceID(), spanID: Tracer.newSpanID(),
+                                   sampled: incoming?.sampled ?? tracer.sampleNewTrace())
+        head.headers.replaceOrAdd(name: "traceparent", value: context.traceparent)
+        if incoming == nil { head.headers.remove(name: "tracestate") }
+        finishServerSpan(status: 0)  // a previous one the app never answered
+        span = ServerSpan(context: context, parent: incoming?.spanID ?? [], startNanos: RequestRecord.wallNanos(),
+                          method: head.method.rawValue, path: path)
+        workload.counters.tracedInbound.add(1)
+    }
+
+    /// `status` nil: the response's own.
+    func finishServerSpan(status: Int?) {
+        guard let s = span else { return }
+        span = nil
+        workload.counters.tracedInbound.add(-1)
+        guard s.context.sampled, let telemetry = workload.telemetry, let tracer = telemetry.tracer else { return }
+        let code = status ?? s.status
+        let service = ServiceKey(name: workload.spec.service, namespace: workload.spec.namespace).fqdn
+        var attributes: [(String, SpanRecord.Attribute)] = [
+            ("http.method", .string(s.method)), ("http.url", .string(s.path)), ("http.status_code", .int(Int64(code))),
+            ("istio.canonical_service", .string(telemetry.source.app)), ("istio.namespace", .string(telemetry.source.namespace)),
+            ("component", .string("proxy")),
+        ]
+        if let principal { attributes.append(("peer.principal", .string(principal))) }
+        tracer.finish(SpanRecord(traceID: s.context.traceID, spanID: s.context.spanID, parentSpanID: s.parent,
+                                 name: "\(service):\(port)/*", kind: .server, startNanos: s.startNanos, endNanos: RequestRecord.wallNanos(),
+                                 attributes: attributes, isError: code >= 500 || code == 0, service: telemetry.spanService))
     }
 }

@@ -197,7 +197,8 @@ private final class TunnelConnectServer: ChannelInboundHandler, RemovableChannel
         // request by request (403s), anything else once, now.
         let policies = workload.directory.authorizationPolicies(namespace: workload.spec.namespace.rawValue, labels: workload.spec.labels)
         let proto = request.headers.first(name: TunnelConfig.protocolHeader) ?? "unknown"
-        if !policies.isEmpty, proto == "http/1.1" {
+        // With tracing on, HTTP/1.1 goes through the gate too: it makes the server spans.
+        if !policies.isEmpty || workload.telemetry?.tracer != nil, proto == "http/1.1" {
             gatePolicies = policies
         } else {
             let check = AuthorizationRequest(principal: peer.description, sourceIP: client, port: original.port)

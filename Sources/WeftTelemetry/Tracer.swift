@@ -1,0 +1,131 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2Posix
+import Logging
+import Synchronization
+
+/// Spans of the whole agent on their way to an OTLP/gRPC collector. Finishing a span only
+/// appends it to a bounded queue (4,096; beyond it spans are dropped and counted); an
+/// exporter task sends batches of up to 512 every second. A collector that is slow, down or
+/// refusing never slows or breaks traffic: its batches are dropped and counted.
+public final class Tracer: Sendable {
+    /// Share of new traces sampled, 0...1 (a caller's sampled flag is always followed).
+    public let sampling: Double
+    public let collector: String
+    private let queue = Mutex<[SpanRecord]>([])
+    private let droppedSpans = Atomic<Int>(0)
+    private let exportedSpans = Atomic<Int>(0)
+    private let failedExports = Atomic<Int>(0)
+    static let maxQueued = 4096
+    static let batch = 512
+
+    public init(collector: String, sampling: Double) {
+        self.collector = collector
+        self.sampling = min(1, max(0, sampling))
+    }
+
+    public var dropped: Int { droppedSpans.load(ordering: .relaxed) }
+    public var exported: Int { exportedSpans.load(ordering: .relaxed) }
+    public var failed: Int { failedExports.load(ordering: .relaxed) }
+
+    public func sampleNewTrace() -> Bool { sampling >= 1 || (sampling > 0 && Double.random(in: 0..<1) < sampling) }
+
+    public static func newTraceID() -> [UInt8] { randomBytes(16) }
+    public static func newSpanID() -> [UInt8] { randomBytes(8) }
+
+    static func randomBytes(_ n: Int) -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        var out: [UInt8] = []
+        out.reserveCapacity(n)
+        while out.count < n {
+            var v = g.next() as UInt64
+            if v == 0 { continue }
+            for _ in 0..<8 where out.count < n {
+                out.append(UInt8(v & 0xff))
+                v >>= 8
+            }
+        }
+        return out
+    }
+
+    public func finish(_ span: SpanRecord) {
+        let kept = queue.withLock { q -> Bool in
+            guard q.count < Self.maxQueued else { return false }
+            q.append(span)
+            return true
+        }
+        if !kept { droppedSpans.add(1, ordering: .relaxed) }
+    }
+
+    func take() -> [SpanRecord] {
+        queue.withLock { q in
+            let n = min(q.count, Self.batch)
+            let out = Array(q.prefix(n))
+            q.removeFirst(n)
+            return out
+        }
+    }
+
+    /// Runs until cancelled: batches to `collector` (HOST:PORT, plaintext gRPC) every second.
+    public func runExporter(logger: Logger) async {
+        let (host, port) = Self.split(collector)
+        do {
+            let transport = try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: .plaintext,
+                                                           config: .defaults { c in
+                c.backoff = .init(initial: .milliseconds(200), max: .seconds(5), multiplier: 2, jitter: 0.2)
+            })
+            try await withGRPCClient(transport: transport) { client in
+                var failing = false
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    var spans = take()
+                    while !spans.isEmpty {
+                        let body = OTLPEncoding.exportRequest(spans, scopeVersion: "weft")
+                        var options = CallOptions.defaults
+                        options.timeout = .seconds(5)
+                        options.waitForReady = false
+                        do {
+                            try await client.unary(request: ClientRequest(message: body), descriptor: Self.export,
+                                                   serializer: RawBytes(), deserializer: RawBytes(), options: options) { _ in }
+                            exportedSpans.add(spans.count, ordering: .relaxed)
+                            if failing { logger.notice("tracing: the collector at \(collector) takes spans again") }
+                            failing = false
+                        } catch {
+                            droppedSpans.add(spans.count, ordering: .relaxed)
+                            failedExports.add(1, ordering: .relaxed)
+                            if !failing {
+                                logger.warning("tracing: cannot export spans to \(collector); dropping them until it answers",
+                                               metadata: ["reason": "\(error)"])
+                            }
+                            failing = true
+                        }
+                        spans = take()
+                    }
+                }
+            }
+        } catch {
+            logger.error("tracing: the exporter to \(collector) stopped: \(error)")
+        }
+    }
+
+    static let export = MethodDescriptor(fullyQualifiedService: "opentelemetry.proto.collector.trace.v1.TraceService", method: "Export")
+
+    static func split(_ address: String) -> (String, Int) {
+        if address.hasPrefix("["), let close = address.firstIndex(of: "]") {
+            return (String(address[address.index(after: address.startIndex)..<close]),
+                    Int(address[address.index(after: close)...].dropFirst()) ?? 4317)
+        }
+        if let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) {
+            return (String(address[..<colon]), port)
+        }
+        return (address, 4317)
+    }
+}
+
+/// Messages that are already protobuf bytes.
+struct RawBytes: MessageSerializer, MessageDeserializer {
+    func serialize<Bytes: GRPCContiguousBytes>(_ message: [UInt8]) throws -> Bytes { Bytes(message) }
+    func deserialize<Bytes: GRPCContiguousBytes>(_ serializedMessageBytes: Bytes) throws -> [UInt8] {
+        serializedMessageBytes.withUnsafeBytes { Array($0) }
+    }
+}

@@ -169,4 +169,13 @@ final class NodeReader {
 /// Istio-style durations ("90s", "2m", "24h", "250ms") for command-line flags too.
 public enum IstioDuration {
     public static func parse(_ text: String) -> Duration? { NodeReader.parseDuration(text) }
+
+    /// The way Istio config writes it: 300ms, 2s, 1m30s.
+    public static func format(_ d: Duration) -> String {
+        let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+        if ms % 1000 != 0 || ms < 1000 { return "\(ms)ms" }
+        let s = ms / 1000
+        if s % 60 != 0 || s < 60 { return s >= 60 ? "\(s / 60)m\(s % 60)s" : "\(s)s" }
+        return s % 3600 == 0 ? "\(s / 3600)h" : "\(s / 60)m"
+    }
 }

@@ -13,7 +13,7 @@ struct Weft: AsyncParsableCommand {
         abstract: "A transparent service mesh for Linux hosts.",
         version: WeftVersion.current,
         subcommands: [InitCommand.self, AgentCommand.self, RunCommand.self, AttachCommand.self, DetachCommand.self,
-                      GetCommand.self, LintCommand.self, ApplyCommand.self, DeleteCommand.self, CACommand.self, ControlCommand.self, ProxyStatus.self]
+                      GetCommand.self, LintCommand.self, ApplyCommand.self, DeleteCommand.self, CACommand.self, ControlCommand.self, ProxyStatus.self, ProxyConfig.self, Top.self]
     )
 }
 

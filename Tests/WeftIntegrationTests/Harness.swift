@@ -1,3 +1,4 @@
+import Glibc
 import Foundation
 import WeftCore
 import WeftNetns
@@ -379,16 +380,32 @@ final class MeshHarness {
         while control.isRunning && Date() < deadline { usleep(20_000) }
     }
 
-    /// The harness agent's Prometheus and admin ports (loopback; admin = metrics + 1).
+    /// The harness agent's Prometheus and admin ports (loopback, free when chosen; kept
+    /// across agent restarts).
     private(set) var metricsPort = 0
-    var adminPort: Int { metricsPort + 1 }
+    private(set) var adminPort = 0
+
+    /// A loopback TCP port nothing uses now (the kernel's pick for port 0): random ports may
+    /// collide with the ephemeral ports of connections the machine makes meanwhile.
+    static func freePort() -> Int {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { Glibc.close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &a) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, len) == 0 ? getsockname(fd, $0, &len) : -1 }
+        }
+        return Int(UInt16(bigEndian: a.sin_port))
+    }
 
     private func startAgent() throws {
         if dnsStub == nil { try startDNSStub() }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.weftBinary)
         let configSource = agentArgs.contains("--control") ? [] : ["--config-dir", configDir]
-        if metricsPort == 0 { metricsPort = Int.random(in: 41000...48999) }
+        if metricsPort == 0 { (metricsPort, adminPort) = (Self.freePort(), Self.freePort()) }
         p.arguments = ["agent", "--socket", socket, "--bridge", bridge, "--pod-cidr", podCIDR, "--log-level", "debug",
                        "--dns-upstream", "127.0.0.1:\(dnsStubPort)", "--state-dir", dir + "/state",
                        "--metrics-address", "127.0.0.1:\(metricsPort)", "--admin-address", "127.0.0.1:\(adminPort)"] + configSource + agentArgs

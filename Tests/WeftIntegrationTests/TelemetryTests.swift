@@ -115,7 +115,7 @@ final class TelemetryTests: XCTestCase {
         let traffic = mesh.weft(["run", "--name", client, "--service", "client", "--", "sh", "-c",
                                  "for i in 1 2 3; do curl -s -o /dev/null http://web/ok; done"], timeout: 60)
         XCTAssertEqual(traffic.status, 0, traffic.output)
-        let port = Int.random(in: 49000...49999)
+        let port = MeshHarness.freePort()
         try """
             global: {scrape_interval: 1s}
             scrape_configs:
@@ -161,5 +161,88 @@ final class TelemetryTests: XCTestCase {
         XCTAssertEqual(get(admin, "/logging").1, "level: warning")
         XCTAssertEqual(get(admin, "/nothing").0, 404)
         XCTAssertEqual(get(mesh.metricsPort, "/config_dump").0, 404, "the metrics port serves metrics only")
+    }
+
+    /// `weft proxy-config WORKLOAD …` against the live agent.
+    func testProxyConfig() throws {
+        let file = mesh.dir + "/vs.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec:
+              hosts: [web]
+              http:
+              - name: slow
+                match: [{uri: {prefix: /slow}}]
+                timeout: 300ms
+                route: [{destination: {host: web}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec: {host: web, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(mesh.weft(["apply", "-f", file]).status, 0)
+        func json(_ kind: String) throws -> [[String: Any]] {
+            let r = mesh.weft(["proxy-config", web, kind, "-o", "json"])
+            XCTAssertEqual(r.status, 0, r.output)
+            return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]], r.output)
+        }
+        let listeners = try json("listeners")
+        XCTAssertEqual(Set(listeners.compactMap { $0["kind"] as? String }), ["outbound", "inbound", "tunnel", "dns", "app"])
+        XCTAssertTrue(listeners.contains { $0["port"] as? Int == 8000 && ($0["detail"] as? String)?.contains("http") == true })
+        let routes = try json("routes")
+        XCTAssertEqual(routes.first?["name"] as? String, "slow")
+        XCTAssertEqual(routes.first?["match"] as? String, "uri /slow*")
+        XCTAssertEqual(routes.first?["timeout"] as? String, "300ms")
+        let clusters = try json("clusters")
+        XCTAssertEqual(clusters.first { $0["service"] as? String == "web.default.svc.cluster.local" }?["loadBalancer"] as? String, "ROUND_ROBIN")
+        let endpoints = try json("endpoints")
+        XCTAssertEqual(endpoints.first { $0["workload"] as? String == web }?["status"] as? String, "HEALTHY")
+        XCTAssertEqual(endpoints.first { $0["workload"] as? String == web }?["labels"] as? String, "version=v1")
+        let secrets = try json("secrets")
+        XCTAssertEqual(secrets.first?["identity"] as? String, "spiffe://weft.local/ns/default/sa/web")
+        let table = mesh.weft(["proxy-config", web, "clusters"])
+        XCTAssertTrue(table.stdout.hasPrefix("SERVICE"), table.output)
+        let unknown = mesh.weft(["proxy-config", "nobody", "routes"])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.stderr.contains("no workload named nobody"), unknown.stderr)
+        let badKind = mesh.weft(["proxy-config", web, "widgets"])
+        XCTAssertNotEqual(badKind.status, 0)
+        XCTAssertTrue(badKind.stderr.contains("widgets"), badKind.stderr)
+    }
+
+    /// `weft top` in a real terminal (tmux) shows the live rate of a caller → service pair.
+    func testWeftTopShowsLiveRatesInATerminal() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/tmux") else {
+            throw XCTSkip("SKIPPED: tmux is not installed; run scripts/setup-deps")
+        }
+        let session = "weft-top-\(mesh.id)"
+        let started = mesh.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "20",
+                                "\(MeshHarness.weftBinary) top --metrics 127.0.0.1:\(mesh.metricsPort) --interval 1"])
+        XCTAssertEqual(started.status, 0, started.output)
+        defer { _ = mesh.run(["tmux", "kill-session", "-t", session]) }
+        let traffic = try mesh.startWeft(["run", "--name", client, "--service", "client", "--", "sh", "-c",
+                                          "for i in $(seq 60); do curl -s -o /dev/null http://web/ok; sleep 0.05; done"])
+        var screen = ""
+        do {
+            try mesh.waitUntil("weft top shows client → web", timeout: 20) {
+            screen = self.mesh.run(["tmux", "capture-pane", "-p", "-t", session]).stdout
+                return screen.contains("\(self.client).default") && screen.contains("web.default.svc.cluster.local")
+            }
+        } catch {
+            throw HarnessError("\(error)\n\(screen)")
+        }
+        XCTAssertTrue(screen.contains("SOURCE") && screen.contains("REQ/S") && screen.contains("P99 MS"), screen)
+        let row = try XCTUnwrap(screen.split(separator: "\n").first { $0.contains("\(client).default") }, screen)
+        let rate = Double(row.split(separator: " ", omittingEmptySubsequences: true)[2]) ?? 0
+        XCTAssertGreaterThan(rate, 1, "a live rate: \(row)")
+        XCTAssertTrue(row.contains("0.0%"), "no errors: \(row)")
+        _ = mesh.wait(traffic, timeout: 30)
+        // A bad endpoint is an error naming it.
+        let bad = mesh.weft(["top", "--metrics", "127.0.0.1:1", "--iterations", "1"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("nothing answers at 127.0.0.1:1"), bad.stderr)
     }
 }

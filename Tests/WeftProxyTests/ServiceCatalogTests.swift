@@ -3,6 +3,7 @@ import WeftCore
 import XCTest
 @testable import WeftProxy
 import WeftConfig
+import WeftAgent
 
 final class ServiceCatalogTests: XCTestCase {
     func workload(_ name: String, service: String, ns: String = "default", ip: String, ip6: String? = nil,
@@ -166,5 +167,73 @@ final class SubsetTrafficPolicyTests: XCTestCase {
         d.recordOutcome(v1, status: 503, now: now)
         XCTAssertEqual(d.ejected(host: "web.default.svc.cluster.local", now: now), [v2.workload], "v1 has no outlier detection")
         for _ in 0..<4 { XCTAssertNotEqual(try lease(["x-v": "2"]).workload, v2.workload, "the ejected v2 endpoint is skipped") }
+    }
+}
+
+final class ProxyConfigViewTests: XCTestCase {
+    func testRoutesClustersEndpointsAndDurations() throws {
+        let parsed = ConfigParser.parse(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: web}
+            spec:
+              hosts: [web]
+              http:
+              - match: [{uri: {prefix: /api}, headers: {x-v: {exact: "2"}}}]
+                route: [{destination: {host: web, subset: v2}, weight: 90}, {destination: {host: web, subset: v1}, weight: 10}]
+                retries: {attempts: 2, retryOn: 5xx}
+              - route: [{destination: {host: web}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec: {host: web, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}
+            """, file: "t.yaml")
+        XCTAssertEqual(parsed.errors, [])
+        let routes = ProxyConfigView.routes(parsed.resources)
+        XCTAssertEqual(routes.map(\.name), ["#0", "#1"])
+        XCTAssertEqual(routes[0].match, "uri /api* x-v =2")
+        XCTAssertEqual(routes[0].destinations, "web/v2 90%, web/v1 10%")
+        XCTAssertEqual(routes[0].retries, "2× 5xx")
+        XCTAssertEqual(routes[1].match, "*")
+        let spec = WorkloadSpec(name: "web-1", netns: try NetnsName("web-1"), service: try ServiceName("web"), namespace: .default,
+                                ports: [try PortMapping(parsing: "80:8000/http")], labels: ["version": "v2"], podIP: IPAddress("10.0.0.2"))
+        var c = try ServiceCatalog(vipRange: CIDR("240.240.0.0/16")!, vip6Prefix: nil)
+        try c.rebuild(from: [spec])
+        var status = c.statuses[0]
+        status.ejected = ["web-1"]
+        XCTAssertEqual(ProxyConfigView.clusters([status], resources: parsed.resources).first?.loadBalancer, "CONSISTENT_HASH header x-user")
+        let e = try XCTUnwrap(ProxyConfigView.endpoints([status]).first)
+        XCTAssertEqual([e.endpoint, e.service, e.workload, e.status, e.labels],
+                       ["10.0.0.2:8000", "web.default.svc.cluster.local", "web-1", "EJECTED", "version=v2"])
+        XCTAssertEqual([IstioDuration.format(.milliseconds(300)), IstioDuration.format(.seconds(2)), IstioDuration.format(.seconds(90)),
+                        IstioDuration.format(.seconds(3600))], ["300ms", "2s", "1m30s", "1h"])
+    }
+}
+
+final class TopViewTests: XCTestCase {
+    static func exposition(ok: Int, failed: Int, buckets: [(String, Int)]) -> String {
+        let l = #"reporter="source",source_workload="cli",source_workload_namespace="shop",destination_service="web.shop.svc.cluster.local""#
+        var lines = [#"# TYPE istio_requests_total counter"#,
+                     #"istio_requests_total{\#(l),response_code="200",response_flags="-"} \#(ok)"#,
+                     #"istio_requests_total{\#(l),response_code="503",response_flags="UF"} \#(failed)"#,
+                     #"istio_requests_total{reporter="destination",source_workload="x",destination_service="y"} 99"#]
+        for (le, n) in buckets { lines.append(#"istio_request_duration_milliseconds_bucket{\#(l),response_code="200",le="\#(le)"} \#(n)"#) }
+        return lines.joined(separator: "\n")
+    }
+
+    func testRatesErrorsAndPercentiles() throws {
+        let before = TopView.parse(Self.exposition(ok: 10, failed: 0, buckets: [("1.0", 0), ("5.0", 10), ("10.0", 10), ("+Inf", 10)]))
+        let after = TopView.parse(Self.exposition(ok: 100, failed: 10, buckets: [("1.0", 0), ("5.0", 60), ("10.0", 100), ("+Inf", 100)]))
+        XCTAssertEqual(after.count, 1, "destination-side series are not pairs of the source view")
+        let rows = TopView.rows(previous: before, current: after, seconds: 2)
+        let row = try XCTUnwrap(rows.first)
+        XCTAssertEqual([row.pair.source, row.pair.destination], ["cli.shop", "web.shop.svc.cluster.local"])
+        XCTAssertEqual(row.requestsPerSecond, 50, "100 new requests in 2 s")
+        XCTAssertEqual(row.errorRatio, 0.1, accuracy: 1e-9)
+        XCTAssertEqual(try XCTUnwrap(row.p50), 4.6, accuracy: 0.01, "rank 45 of 90 new: 50 in (1, 5], so 1 + 4 × 45/50")
+        XCTAssertEqual(try XCTUnwrap(row.p99), 9.8875, accuracy: 0.01, "rank 89.1: 5 + 5 × 39.1/40")
+        XCTAssertEqual(TopView.rows(previous: after, current: after, seconds: 2), [], "no new requests: no row")
+        XCTAssertTrue(TopView.render(rows, interval: 2, source: "x").contains("cli.shop"))
     }
 }

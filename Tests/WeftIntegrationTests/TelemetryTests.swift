@@ -218,17 +218,22 @@ final class TelemetryTests: XCTestCase {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/tmux") else {
             throw XCTSkip("SKIPPED: tmux is not installed; run scripts/setup-deps")
         }
-        let session = "weft-top-\(mesh.id)"
-        let started = mesh.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "20",
-                                "\(MeshHarness.weftBinary) top --metrics 127.0.0.1:\(mesh.metricsPort) --interval 1"])
+        // A tmux server of its own (-L), started with none of our descriptors: the server
+        // outlives the command, and any descriptor it inherited (Foundation watches one to
+        // see its child exit) would keep the start from ever finishing.
+        let session = "weft-top", socketName = "weft-test-\(mesh.id)"
+        let started = mesh.run(["bash", "-c", "for fd in $(ls /proc/$$/fd); do [ \"$fd\" -gt 2 ] && eval \"exec $fd>&-\"; done; "
+                                + "exec tmux -L \(socketName) new-session -d -s \(session) -x 160 -y 20 "
+                                + "'\(MeshHarness.weftBinary) top --metrics 127.0.0.1:\(mesh.metricsPort) --interval 1' </dev/null >/dev/null 2>&1"],
+                               timeout: 20)
         XCTAssertEqual(started.status, 0, started.output)
-        defer { _ = mesh.run(["tmux", "kill-session", "-t", session]) }
+        defer { _ = mesh.run(["sh", "-c", "tmux -L \(socketName) kill-server </dev/null >/dev/null 2>&1"], timeout: 20) }
         let traffic = try mesh.startWeft(["run", "--name", client, "--service", "client", "--", "sh", "-c",
                                           "for i in $(seq 60); do curl -s -o /dev/null http://web/ok; sleep 0.05; done"])
         var screen = ""
         do {
             try mesh.waitUntil("weft top shows client → web", timeout: 20) {
-            screen = self.mesh.run(["tmux", "capture-pane", "-p", "-t", session]).stdout
+            screen = self.mesh.run(["tmux", "-L", socketName, "capture-pane", "-p", "-t", session], timeout: 10).stdout
                 return screen.contains("\(self.client).default") && screen.contains("web.default.svc.cluster.local")
             }
         } catch {

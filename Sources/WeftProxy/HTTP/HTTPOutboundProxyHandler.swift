@@ -855,7 +855,14 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     // MARK: - the app's connection
 
     func channelInactive(context: ChannelHandlerContext) {
-        recordRequest(status: 0, flags: "DC")  // the client went away mid-request
+        abandon()
+        context.fireChannelInactive()
+    }
+
+    /// The client went away mid-request: the request is counted as `DC`, its timers, slots,
+    /// endpoint lease and upstream are given up.
+    private func abandon() {
+        recordRequest(status: 0, flags: "DC")
         cancelTimeout()
         cancelPerTry()
         retry = nil
@@ -864,7 +871,6 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         state = .idle
         endLease()
         if case .streaming(let exchange) = previous { release(exchange.upstream) }
-        context.fireChannelInactive()
     }
 
     /// A malformed request (NIO's HTTPServerProtocolErrorHandler, before us, has already
@@ -890,15 +896,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         if !isHTTP2, let e = event as? ChannelEvent, case .inputClosed = e {
             switch state {
             case .connecting, .streaming:
-                recordRequest(status: 0, flags: "DC")
-                cancelTimeout()
-                cancelPerTry()
-                retry = nil
-                releaseSlots()
-                let previous = state
-                state = .idle
-                endLease()
-                if case .streaming(let exchange) = previous { release(exchange.upstream) }
+                abandon()
                 workload.logger.debug("the client closed its connection before the response", metadata: ["destination": "\(original)"])
                 context.close(promise: nil)
                 return

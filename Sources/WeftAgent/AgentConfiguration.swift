@@ -46,6 +46,8 @@ public struct AgentConfiguration: Sendable {
 
     /// Upstream connect timeout for L4 forwarding.
     public var connectTimeout: TimeAmount = .seconds(10)
+    /// On SIGTERM: how long open connections get to finish before they are closed.
+    public var drainTimeout: Duration = .seconds(10)
 
     /// Workload identities and the mesh tunnel (mTLS between meshed workloads). Off only
     /// with `--no-mtls` (for comparisons): then nothing has an identity.

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import WeftConfig
 import WeftControl
 import WeftCore
 import WeftIdentity
@@ -130,11 +131,35 @@ public struct AgentService: Service {
                                                    "accessLog": "\(config.accessLog.map { "\($0) (\(config.accessLogFormat.rawValue))" } ?? "off")",
                                                    "tracing": "\(config.tracingCollector.map { "\($0) at \(config.traceSamplingPercent)%" } ?? "off")"])
         SystemdNotify.send("READY=1\nSTATUS=serving \(config.socketPath)")
+        let reloads = HangupReloads(logger: logger) { [config, logger, accessLog] in
+            SystemdNotify.send("RELOADING=1")
+            var done: [String] = []
+            if let dir = config.configDirectory {
+                let w = ConfigDirectoryWatcher(path: dir, registry: registry, logger: logger)
+                done.append(await w.syncOnce() ? "config directory \(dir) re-read" : "config directory \(dir) rejected (last good config kept)")
+            }
+            if let accessLog {
+                do {
+                    try accessLog.reopen()
+                    if accessLog.destination != "stdout" { done.append("access log \(accessLog.destination) reopened") }
+                } catch { logger.error("SIGHUP: \(error)") }
+            }
+            logger.info("SIGHUP: reloaded", metadata: ["what": "\(done.isEmpty ? "nothing to reload (no --config-dir, no access log file)" : done.joined(separator: "; "))"])
+            SystemdNotify.send("READY=1")
+        }
 
         try? await gracefulShutdown()
 
-        SystemdNotify.send("STOPPING=1")
-        logger.info("weft agent stopping")
+        reloads.cancel()
+        // Drain: the capture ports stop accepting (callers fail fast: connection refused, and
+        // the rules stay, so nothing bypasses the mesh), requests in flight are answered, HTTP/2
+        // callers get GOAWAY; then whatever is left is closed.
+        SystemdNotify.send("STOPPING=1\nSTATUS=draining (up to \(IstioDuration.format(config.drainTimeout)))")
+        logger.info("weft agent stopping: draining open connections", metadata: ["timeout": "\(IstioDuration.format(config.drainTimeout))"])
+        let drainStarted = ContinuousClock.now
+        let left = await registry.drainAll(timeout: config.drainTimeout)
+        logger.info(left == 0 ? "drained" : "drain timeout: closing the connections still open",
+                    metadata: ["open": "\(left)", "took": "\(ContinuousClock.now - drainStarted)"])
         watcher?.cancel()
         checker.cancel()
         renewer.cancel()

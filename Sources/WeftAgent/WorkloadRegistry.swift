@@ -469,6 +469,18 @@ public actor WorkloadRegistry {
         return attached.values.map(\.proxy.status).sorted { $0.spec.name < $1.spec.name }
     }
 
+    /// Every proxy drains at once (see WorkloadProxy.drain); returns the connections still
+    /// open when `timeout` passed.
+    public func drainAll(timeout: Duration) async -> Int {
+        let draining = attached.values.map { entry in
+            let proxy = entry.proxy
+            return Task { await proxy.drain(timeout: timeout) }
+        }
+        var left = 0
+        for task in draining { left += await task.value }
+        return left
+    }
+
     public func stopAll() async {
         for (_, entry) in attached { await entry.proxy.stop() }
         attached.removeAll()

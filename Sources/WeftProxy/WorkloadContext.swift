@@ -28,6 +28,8 @@ public struct WorkloadContext: Sendable {
     let tls: WorkloadTLS?
     /// Pooled mTLS tunnel connections to peer workloads; only touched on the loop.
     let tunnels: NIOLoopBound<TunnelPool>
+    /// Every connection the capture listeners accepted and that is still open (for drain).
+    let accepted: NIOLoopBound<AcceptedConnections>
     /// This workload's SPIFFE ID (fixed for its life; renewals keep it), when it has one.
     let identity: String?
     /// Where Istio's standard metrics go, and how this workload is labelled as their source.

@@ -16,16 +16,20 @@ public final class WorkloadProxy: Sendable {
     public let connections: ConnectionLog
     public let attachedAt: Double
     private let loop: NetnsEventLoop
+    private let context: WorkloadContext
+    /// The TCP capture listeners (outbound, inbound, tunnel), then the DNS proxy's.
     private let listeners: [Channel]
+    private let dnsListeners: [Channel]
 
-    private init(spec: WorkloadSpec, tls: WorkloadTLS?, counters: ProxyCounters, connections: ConnectionLog, loop: NetnsEventLoop,
-                 listeners: [Channel], attachedAt: Double) {
-        self.spec = spec
+    private init(context: WorkloadContext, tls: WorkloadTLS?, listeners: [Channel], dnsListeners: [Channel], attachedAt: Double) {
+        self.spec = context.spec
         self.tls = tls
-        self.counters = counters
-        self.connections = connections
-        self.loop = loop
+        self.counters = context.counters
+        self.connections = context.connections
+        self.loop = context.loop
+        self.context = context
         self.listeners = listeners
+        self.dnsListeners = dnsListeners
         self.attachedAt = attachedAt
     }
 
@@ -39,16 +43,16 @@ public final class WorkloadProxy: Sendable {
         var logger = logger
         logger[metadataKey: "workload"] = "\(spec.name)"
         let eventLoop = loop.loop
-        let (pool, h2Pool, budget, limiter, tunnels) = try await eventLoop.submit {
+        let (pool, h2Pool, budget, limiter, tunnels, accepted) = try await eventLoop.submit {
             (NIOLoopBound(UpstreamPool(), eventLoop: eventLoop), NIOLoopBound(H2UpstreamPool(), eventLoop: eventLoop),
              NIOLoopBound(RetryBudget(retryBudget), eventLoop: eventLoop), NIOLoopBound(ConnectionLimiter(), eventLoop: eventLoop),
-             NIOLoopBound(TunnelPool(), eventLoop: eventLoop))
+             NIOLoopBound(TunnelPool(), eventLoop: eventLoop), NIOLoopBound(AcceptedConnections(), eventLoop: eventLoop))
         }.get()
         let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), connections: ConnectionLog(),
                                       ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
                                       directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget, limiter: limiter,
-                                      tls: tls, tunnels: tunnels, identity: tls?.identity?.description,
+                                      tls: tls, tunnels: tunnels, accepted: accepted, identity: tls?.identity?.description,
                                       telemetry: metrics == nil && accessLog == nil && tracer == nil ? nil
                                         : WorkloadTelemetry(metrics: metrics, accessLog: accessLog, tracer: tracer, spec: spec,
                                                             identity: tls?.identity?.description))
@@ -61,7 +65,7 @@ public final class WorkloadProxy: Sendable {
         if tls != nil {
             plan += [("0.0.0.0", settings.tunnelPort, .tunnel, true), ("::", settings.tunnelPort, .tunnel, false)]
         }
-        var listeners: [Channel] = []
+        var listeners: [Channel] = [], dnsListeners: [Channel] = []
         do {
             for (host, port, direction, required) in plan {
                 do {
@@ -73,15 +77,14 @@ public final class WorkloadProxy: Sendable {
             if let dnsPort = settings.dnsPort {
                 let responder = DNSResponder(namespace: spec.namespace, directory: directory, forwarder: dnsForwarder,
                                              counters: context.counters)
-                listeners += try await bindDNS(port: dnsPort, responder: responder, context: context)
+                dnsListeners = try await bindDNS(port: dnsPort, responder: responder, context: context)
             }
         } catch {
-            for l in listeners { try? await l.close() }
+            for l in listeners + dnsListeners { try? await l.close() }
             await loop.shutdown()
             throw error
         }
-        return WorkloadProxy(spec: spec, tls: tls, counters: context.counters, connections: context.connections, loop: loop,
-                             listeners: listeners, attachedAt: now)
+        return WorkloadProxy(context: context, tls: tls, listeners: listeners, dnsListeners: dnsListeners, attachedAt: now)
     }
 
     private static func bind(host: String, port: UInt16, direction: Direction, context: WorkloadContext) async throws -> Channel {
@@ -93,6 +96,7 @@ public final class WorkloadProxy: Sendable {
                 // Start after the channel is registered (the initializer's future resolves
                 // first); reads stay off until the upstream is connected and glued.
                 channel.eventLoop.execute {
+                    context.accepted.value.add(channel)
                     let local = channel.localAddress?.weftIP.map { OriginalDestination(ip: $0, port: port) } ?? listener
                     switch direction {
                     case .outbound: _ = Outbound.accept(channel, context: context, listener: local)
@@ -128,10 +132,37 @@ public final class WorkloadProxy: Sendable {
         }
     }
 
-    /// Stops accepting and closes the listeners; established connections are closed with
-    /// the loop (graceful drain arrives with the agent's drain timeout).
-    public func stop() async {
+    /// Graceful drain: stop accepting (the capture ports refuse from now on, so callers fail
+    /// fast instead of hanging), tell every open connection to finish (ProxyDrainEvent),
+    /// close idle pooled upstreams, and wait until the accepted connections are gone or
+    /// `timeout` passes. Returns how many were still open then. DNS keeps answering until
+    /// stop(): requests in flight may still resolve names for their retries.
+    public func drain(timeout: Duration) async -> Int {
         for l in listeners { try? await l.close() }
+        let context = self.context
+        let loop = context.loop.loop
+        // Whichever comes first: every connection finished, or the deadline.
+        let done: EventLoopFuture<Void> = loop.flatSubmit {
+            context.upstreamPool.value.closeAll()
+            context.h2Pool.value.drain()
+            context.tunnels.value.drain()
+            let finished = context.accepted.value.drain(on: loop)
+            let promise = loop.makePromise(of: Void.self)
+            let deadline = loop.scheduleTask(in: TimeAmount(timeout)) { promise.succeed() }
+            finished.whenComplete { _ in
+                deadline.cancel()  // a deadline that already fired is not cancelled, and has succeeded it
+                promise.succeed()
+            }
+            return promise.futureResult
+        }
+        try? await done.get()
+        return (try? await loop.submit { context.accepted.value.count }.get()) ?? 0
+    }
+
+    /// Stops accepting and closes the listeners; connections still open are closed with the
+    /// loop (drain first to let them finish).
+    public func stop() async {
+        for l in listeners + dnsListeners { try? await l.close() }
         await loop.shutdown()
     }
 

@@ -75,7 +75,8 @@ public final class AccessLog: Sendable {
 
     public let format: Format
     public let destination: String
-    private let fd: Int32
+    /// The descriptor written to; replaced by reopen() (log rotation), so written under a lock.
+    private let fd: Mutex<Int32>
     private let buffer = Mutex<[UInt8]>([])
     private let stopped = Atomic<Bool>(false)
     private let droppedLines = Atomic<Int>(0)
@@ -85,17 +86,33 @@ public final class AccessLog: Sendable {
     public init(destination: String, format: Format) throws {
         self.format = format
         self.destination = destination
-        if destination == "stdout" {
-            fd = dup(STDOUT_FILENO)
-        } else {
-            fd = open(destination, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-            guard fd >= 0 else {
-                throw AccessLogError(message: "cannot open the access log \(destination): \(String(cString: strerror(errno)))")
-            }
-        }
+        fd = Mutex(try Self.open(destination))
         let thread = Thread { [self] in self.run() }
         thread.name = "weft-access-log"
         thread.start()
+    }
+
+    private static func open(_ destination: String) throws -> Int32 {
+        if destination == "stdout" { return dup(STDOUT_FILENO) }
+        let fd = Glibc.open(destination, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        guard fd >= 0 else {
+            throw AccessLogError(message: "cannot open the access log \(destination): \(String(cString: strerror(errno)))")
+        }
+        return fd
+    }
+
+    /// After logrotate moved the file away (SIGHUP to the agent): what is buffered goes to
+    /// the old file, new lines to a new one at the same path. Stdout is left as it is.
+    public func reopen() throws {
+        guard destination != "stdout" else { return }
+        flush()
+        let fresh = try Self.open(destination)
+        let old = fd.withLock { current -> Int32 in
+            let old = current
+            current = fresh
+            return old
+        }
+        Glibc.close(old)
     }
 
     public var dropped: Int { droppedLines.load(ordering: .relaxed) }
@@ -125,7 +142,7 @@ public final class AccessLog: Sendable {
             if done { break }
             usleep(100_000)
         }
-        Glibc.close(fd)
+        fd.withLock { Glibc.close($0) }
     }
 
     /// Writes what is buffered now (the writer thread does it every 100 ms).
@@ -135,14 +152,17 @@ public final class AccessLog: Sendable {
             b.removeAll(keepingCapacity: true)
             return out
         }
-        var offset = 0
-        while offset < pending.count {
-            let n = pending.withUnsafeBytes { write(fd, $0.baseAddress! + offset, pending.count - offset) }
-            if n <= 0 {
-                if n < 0, errno == EINTR { continue }
-                break
+        guard !pending.isEmpty else { return }
+        fd.withLock { fd in
+            var offset = 0
+            while offset < pending.count {
+                let n = pending.withUnsafeBytes { write(fd, $0.baseAddress! + offset, pending.count - offset) }
+                if n <= 0 {
+                    if n < 0, errno == EINTR { continue }
+                    break
+                }
+                offset += n
             }
-            offset += n
         }
     }
 

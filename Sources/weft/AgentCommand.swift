@@ -31,6 +31,8 @@ struct AgentCommand: AsyncParsableCommand {
     var configDir: String?
     @Option(help: "SO_MARK on the proxy's sockets (must match the capture rules).") var proxyMark: UInt32 = 0x539
     @Option(help: "Upstream connect timeout in milliseconds.") var connectTimeoutMs: Int64 = 10_000
+    @Option(help: "On SIGTERM, how long open connections get to finish (in-flight requests are answered, HTTP/2 gets GOAWAY) before the agent closes them, e.g. 10s, 500ms, 0s.")
+    var drainTimeout: String = "10s"
     @Option(help: "Retry budget: retries allowed per request sent to a service, over a 10 s window.") var retryBudgetRatio: Double = 0.2
     @Option(help: "Retry budget floor: retries per second always allowed to a service.") var retryBudgetMinPerSecond: Double = 3
     @Flag(help: "No retry budget: every configured retry is attempted (for comparison only; retries can then multiply across hops).")
@@ -174,6 +176,10 @@ struct AgentCommand: AsyncParsableCommand {
             config.configDirectory = configDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
             config.capture.proxyMark = proxyMark
             config.connectTimeout = .milliseconds(connectTimeoutMs)
+            guard let drain = IstioDuration.parse(drainTimeout) ?? (drainTimeout == "0" ? .zero : nil), drain <= .seconds(3600) else {
+                throw WeftError(.invalidArgument, "--drain-timeout \(drainTimeout): expected a duration up to 1h (e.g. 10s, 500ms, 0s)")
+            }
+            config.drainTimeout = drain
             guard (0...10).contains(retryBudgetRatio), retryBudgetMinPerSecond >= 0 else {
                 throw WeftError(.invalidArgument, "--retry-budget-ratio must be within 0...10 and --retry-budget-min-per-second at least 0")
             }

@@ -51,7 +51,9 @@ final class H2UpstreamPool {
         // Through the mesh tunnel to a meshed peer (HTTP/2 inside one of its streams), else TCP.
         workload.dial(endpoint, proto: "h2c") { channel in
             let sync = channel.pipeline.syncOperations
-            _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
+            let drain = HTTP2DrainHandler(sendsGoAway: false)
+            _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(),
+                                                streamDelegate: drain) { pushed in
                 pushed.close()  // push is disabled in our settings; refuse any stream the server opens
             }
             let watcher = GoAwayWatcher()
@@ -59,6 +61,7 @@ final class H2UpstreamPool {
                 bound.value.forget(endpoint, channel: channel)
             }
             try sync.addHandler(watcher)
+            try sync.addHandler(drain)
         }.whenComplete { result in
             let pool = bound.value
             switch result {
@@ -100,11 +103,18 @@ final class H2UpstreamPool {
         for case .ready(let channel, _) in entries.values { channel.close(promise: nil) }
         entries.removeAll()
     }
+
+    /// The workload drains: no new streams on these connections (a retry gets a fresh one);
+    /// each closes once its last stream has ended (HTTP2DrainHandler).
+    func drain() {
+        for case .ready(let channel, _) in entries.values { channel.pipeline.fireUserInboundEventTriggered(ProxyDrainEvent()) }
+        entries.removeAll()
+    }
 }
 
 /// Sits after the HTTP/2 handler on an upstream connection, where connection-level frames
 /// arrive, and reports GOAWAY.
-private final class GoAwayWatcher: ChannelInboundHandler {
+final class GoAwayWatcher: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     var onGoAway: (() -> Void)?
 

@@ -88,6 +88,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private var clientIP: IPAddress?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    /// The proxy drains (HTTP/1.1): the exchange in progress and the requests already read
+    /// are answered, the last response says `connection: close`, then the connection closes.
+    private var draining = false
     /// The in-flight slot of the current request's endpoint (LEAST_REQUEST), returned once.
     private var lease: EndpointLease?
     /// What the metrics will say about the current request (recorded once, when it ends).
@@ -161,6 +164,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case (.answered, .end):
             state = .idle
             resumePipelined()
+            closeIfDrained()
         case (.answered, _):
             break
         }
@@ -477,7 +481,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             record?.response(head)
             exchange.responseHeadSent = true
             exchange.upstreamKeepAlive = head.isKeepAlive
-            var out = HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive)
+            var out = HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive && !(draining && pipelined.isEmpty))
             if retriesExhausted { out.headers.replaceOrAdd(name: Self.exhaustedHeader, value: "true") }
             for ops in exchange.responseHeaders { Self.apply(ops, to: &out.headers) }
             if isHTTP2, out.headers.contains(name: "grpc-status") {
@@ -768,6 +772,13 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return
         }
         resumePipelined()
+        closeIfDrained()
+    }
+
+    /// Draining and nothing left to answer: close (the response said so).
+    private func closeIfDrained() {
+        guard draining, !isHTTP2, case .idle = state, pipelined.isEmpty else { return }
+        context?.close(promise: nil)
     }
 
     /// The exchange is over: handle what was pipelined behind it, then read again.
@@ -848,7 +859,12 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         if requestEnded {
-            if keepOpen { resumePipelined() } else { context.close(promise: nil) }
+            if keepOpen {
+                resumePipelined()
+                closeIfDrained()
+            } else {
+                context.close(promise: nil)
+            }
         }
     }
 
@@ -893,6 +909,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// abandoned (`DC`), the upstream released, the connection closed. HTTP/2 streams end
     /// with END_STREAM instead and never get here.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ProxyDrainEvent, !isHTTP2 {
+            draining = true
+            closeIfDrained()
+            return
+        }
         if !isHTTP2, let e = event as? ChannelEvent, case .inputClosed = e {
             switch state {
             case .connecting, .streaming:

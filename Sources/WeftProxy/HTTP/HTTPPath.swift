@@ -30,13 +30,16 @@ enum HTTPPath {
     static func startHTTP2(_ downstream: Channel, context: WorkloadContext, original: OriginalDestination) throws {
         let sync = downstream.pipeline.syncOperations
         try sync.addHandler(WireBytesCounter(read: context.counters.bytesOutboundSent, written: context.counters.bytesOutboundReceived))
-        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init()) { stream in
+        let drain = HTTP2DrainHandler(sendsGoAway: true)
+        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
+                                            streamDelegate: drain) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                 try stream.pipeline.syncOperations.addHandler(
                     HTTPOutboundProxyHandler(workload: context, original: original, upstreams: .http2(context.h2Pool.value)))
             }
         }
+        try sync.addHandler(drain)
         try downstream.syncOptions?.setOption(.autoRead, value: true)
     }
 }

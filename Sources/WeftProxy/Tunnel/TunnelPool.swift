@@ -81,7 +81,9 @@ final class TunnelPool {
                 try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
                 try sync.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: nil))
                 try sync.addHandler(TunnelWriteCoalescer())
-                try sync.addHandler(SecureNamingCheck(expected: key.peer, trustDomain: trustDomain, verified: verified))
+                try sync.addHandler(SecureNamingCheck(expected: key.peer, trustDomain: trustDomain, verified: verified) {
+                    bound.value.forget(key, channel: channel)  // GOAWAY: the peer drains; new streams go to a new connection
+                })
             }
         }.whenComplete { result in
             switch result {
@@ -112,6 +114,13 @@ final class TunnelPool {
     private func forget(_ key: Key, channel: Channel) {
         if case .ready(let current, _) = entries[key], current === channel { entries[key] = nil }
     }
+
+    /// The workload drains: no new streams on these connections; each closes once its last
+    /// stream has ended (HTTP2DrainHandler).
+    func drain() {
+        for case .ready(let channel, _) in entries.values { channel.pipeline.fireUserInboundEventTriggered(ProxyDrainEvent()) }
+        entries.removeAll()
+    }
 }
 
 /// After the TLS handshake of an outgoing tunnel connection: the server's SPIFFE ID must be
@@ -122,11 +131,14 @@ final class SecureNamingCheck: ChannelInboundHandler, RemovableChannelHandler {
     private let expected: SpiffeID
     private let trustDomain: String
     private let verified: EventLoopPromise<NIOHTTP2Handler.StreamMultiplexer>
+    private let onGoAway: () -> Void
 
-    init(expected: SpiffeID, trustDomain: String, verified: EventLoopPromise<NIOHTTP2Handler.StreamMultiplexer>) {
+    init(expected: SpiffeID, trustDomain: String, verified: EventLoopPromise<NIOHTTP2Handler.StreamMultiplexer>,
+         onGoAway: @escaping () -> Void = {}) {
         self.expected = expected
         self.trustDomain = trustDomain
         self.verified = verified
+        self.onGoAway = onGoAway
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -140,10 +152,15 @@ final class SecureNamingCheck: ChannelInboundHandler, RemovableChannelHandler {
                 throw WeftError(.permissionDenied, "secure naming: the peer at \(context.channel.remoteAddress.map { "\($0)" } ?? "?") is \(actual), expected \(expected)")
             }
             let sync = context.pipeline.syncOperations
+            let drain = HTTP2DrainHandler(sendsGoAway: false)
             let mux = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: TunnelConfig.connection,
-                                                      streamConfiguration: TunnelConfig.stream) { pushed in
+                                                      streamConfiguration: TunnelConfig.stream, streamDelegate: drain) { pushed in
                 pushed.close()
             }
+            let watcher = GoAwayWatcher()
+            watcher.onGoAway = onGoAway
+            try sync.addHandler(watcher)
+            try sync.addHandler(drain)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
             verified.succeed(mux)
         } catch {

@@ -112,13 +112,15 @@ private final class TunnelServerGate: ChannelInboundHandler, RemovableChannelHan
             let listener = self.listener
             let client = context.channel.remoteAddress?.weftIP
             let sync = context.pipeline.syncOperations
+            let drain = HTTP2DrainHandler(sendsGoAway: true)
             _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: TunnelConfig.connection,
-                                                streamConfiguration: TunnelConfig.stream) { stream in
+                                                streamConfiguration: TunnelConfig.stream, streamDelegate: drain) { stream in
                 stream.eventLoop.makeCompletedFuture {
                     try stream.pipeline.syncOperations.addHandler(
                         TunnelConnectServer(workload: workload, peer: peer, client: client, listener: listener))
                 }
             }
+            try sync.addHandler(drain)
             sync.removeHandler(context: context, promise: nil)
         } catch {
             refuse(context, reason: "\(error)")

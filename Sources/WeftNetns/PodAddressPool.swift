@@ -10,6 +10,8 @@ public struct PodAddressPool: Sendable {
     private let first: UInt32
     private let last: UInt32
     public private(set) var assigned: [NetnsName: IPAddress] = [:]
+    /// Where the search for a free address starts: just after the last one handed out.
+    private var cursor: UInt32
 
     public init(cidr: CIDR) throws {
         guard let network = cidr.ipv4Network else {
@@ -23,22 +25,28 @@ public struct PodAddressPool: Sendable {
         self.gateway = .v4(network + 1)
         self.first = network + 2
         self.last = network + size - 2
+        self.cursor = network + 2
     }
 
     public var capacity: Int { Int(last - first + 1) }
 
-    /// The address for `netns`: the one it already has, or the lowest free one.
+    /// The address for `netns`: the one it already has, or the next free one after the last
+    /// handed out, wrapping around (as Kubernetes' host-local IPAM does). A released address
+    /// is reused only once the others have had their turn: callers' neighbour caches (ARP,
+    /// NDP) still map a just-freed address to the old pod's MAC for seconds, and a new pod
+    /// behind it would be unreachable meanwhile.
     public mutating func allocate(for netns: NetnsName) throws -> IPAddress {
         if let existing = assigned[netns] { return existing }
         let used = Set(assigned.values)
-        var candidate = first
-        while candidate <= last {
+        var candidate = cursor
+        for _ in 0..<capacity {
             let ip = IPAddress.v4(candidate)
+            candidate = candidate == last ? first : candidate + 1
             if !used.contains(ip) {
                 assigned[netns] = ip
+                cursor = candidate
                 return ip
             }
-            candidate += 1
         }
         throw WeftError(.exhausted, "pod CIDR \(cidr) is exhausted (\(capacity) addresses, all in use)",
                         hint: "stop unused workloads (`weft get workloads`) or restart the agent with a larger --pod-cidr")
@@ -74,6 +82,7 @@ public struct PodAddressPool: Sendable {
             throw WeftError(.alreadyExists, "\(ip) is already assigned to netns \(owner)")
         }
         assigned[netns] = ip
+        if v >= cursor { cursor = v == last ? first : v + 1 }  // restored ones: continue after them
     }
 
     public mutating func release(_ netns: NetnsName) {

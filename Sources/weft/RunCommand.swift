@@ -24,7 +24,9 @@ struct RunCommand: ParsableCommand {
     )
 
     @Option(help: "Workload name; also the netns name (default: SERVICE-xxxxx).") var name: String?
-    @Option(help: "Service this workload serves.") var service: String
+    @Option(help: "Service this workload serves (required, here or in the --from file).") var service: String?
+    @Option(help: ArgumentHelp("Take the workload from FILE (KEY = VALUE lines: command, service, namespace, port, label, service-account, user, name); the weft-run@NAME unit runs /etc/weft/workloads/NAME.conf this way.", valueName: "FILE"))
+    var from: String?
     @Option(help: "Mesh namespace of the service.") var namespace: String = "default"
     @Option(help: "PORT[:TARGET][/PROTO] the service listens on (repeatable).") var port: [String] = []
     @Option(help: "KEY=VALUE label (repeatable).") var label: [String] = []
@@ -36,6 +38,7 @@ struct RunCommand: ParsableCommand {
     var command: [String] = []
 
     func run() throws {
+        if let from { return try Self.fromFile(from, name: name, verbose: verbose, socket: agent.path, conflicts: self).run() }
         // Signals that arrive during set-up are recorded; a terminating one aborts the run
         // (after cleanup) instead of starting the command.
         _ = weft_install_signal_forwarding()
@@ -69,6 +72,36 @@ struct RunCommand: ParsableCommand {
         // Exited: its code; killed by a signal: 128 + the signal, as shells report it.
         let signal = status & 0x7f
         Foundation.exit(signal == 0 ? (status >> 8) & 0xff : 128 + signal)
+    }
+}
+
+extension RunCommand {
+    /// `--from FILE`: the file's lines become the arguments; only --name, -v and
+    /// --agent-socket may be given beside it. The name defaults to the file's (web.conf → web).
+    static func fromFile(_ path: String, name: String?, verbose: Bool, socket: String, conflicts cmd: RunCommand) throws -> RunCommand {
+        guard cmd.service == nil, cmd.port.isEmpty, cmd.label.isEmpty, cmd.serviceAccount == nil, cmd.user == nil,
+              cmd.namespace == "default", cmd.command.isEmpty else {
+            fail(WeftError(.invalidArgument, "--from \(path): the file describes the workload; besides it only --name, -v and --agent-socket are accepted"),
+                 exitCode: 125)
+        }
+        do {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw WeftError(.notFound, "--from \(path): cannot read the file (\(errnoText(errno)))")
+            }
+            var args = try WorkloadFile.arguments(String(decoding: data, as: UTF8.self), path: path)
+            let fileName = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
+            if let name {  // the command line wins over the file's name line
+                if let i = args.firstIndex(of: "--name"), i < args.firstIndex(of: "--")! { args.removeSubrange(i...i + 1) }
+                args = ["--name", name] + args
+            } else if !args.prefix(while: { $0 != "--" }).contains("--name") {
+                args = ["--name", fileName] + args
+            }
+            if verbose { args.insert("-v", at: 0) }
+            args = ["--agent-socket", socket] + args
+            return try RunCommand.parse(args)
+        } catch {
+            fail(error, exitCode: 125)
+        }
     }
 }
 
@@ -110,7 +143,10 @@ struct RunPlan {
         let executable = try Executables.resolve(cmd.command[0])
         _ = try HostCommand.require("iptables-restore", package: "iptables")
         _ = try HostCommand.require("nsenter", package: "util-linux")
-        let service = try ServiceName(cmd.service)
+        guard let serviceName = cmd.service else {
+            throw WeftError(.invalidArgument, "--service is required (the service this workload serves)", hint: "usage: weft run --service S -- CMD ARGS...")
+        }
+        let service = try ServiceName(serviceName)
         let name = cmd.name ?? "\(service)-\(String(UInt32.random(in: 0...0xfffff), radix: 16))"
         let netns = try NetnsName(name)
         var spec = WorkloadSpec(name: name, netns: netns, service: service, namespace: try MeshNamespace(cmd.namespace),
@@ -173,6 +209,7 @@ struct RunPlan {
         env["WEFT_SERVICE"] = spec.service.rawValue
         if let ip = spec.podIP { env["WEFT_POD_IP"] = ip.description }
         if let ip = spec.podIPv6 { env["WEFT_POD_IPV6"] = ip.description }
+        env["NOTIFY_SOCKET"] = nil  // readiness is weft run's to report (below), not the app's
         let envp = env.map { "\($0.key)=\($0.value)" }
         var step: Int32 = 0
         let pid = withCStrings(argv) { cargv in
@@ -188,6 +225,9 @@ struct RunPlan {
             let e = WeftError(.system, "cannot start \(argv[0]) (\(what)): \(errnoText(-pid))")
             throw SpawnError(error: e, exitCode: -pid == ENOENT ? 127 : 126)
         }
+        // Under systemd (weft-run@NAME, Type=notify): the proxy is attached and the capture
+        // rules are in, so units ordered after this one start only once it is meshed.
+        SystemdNotify.send("READY=1\nMAINPID=\(getpid())\nSTATUS=\(argv[0]) (pid \(pid)) runs as \(account.name) in netns \(spec.netns), pod IP \(spec.podIP.map { "\($0)" } ?? "?")")
         let status = weft_wait_forwarding(pid)
         guard status >= 0 else { throw WeftError(.system, "waiting for \(argv[0]) failed: \(errnoText(-status))") }
         return status

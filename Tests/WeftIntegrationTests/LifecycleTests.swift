@@ -141,6 +141,25 @@ final class LifecycleTests: XCTestCase {
         XCTAssertEqual(missingNetns.status, 1)
         XCTAssertTrue(missingNetns.stderr.contains("network namespace '\(mesh.name("missing"))' does not exist"), missingNetns.stderr)
 
+        // --from FILE (the weft-run@ unit): missing file, bad line, flags beside it, and a
+        // good file that runs (its name from the file name).
+        let missingFile = mesh.weft(["run", "--from", mesh.dir + "/none.conf"])
+        XCTAssertEqual(missingFile.status, 125)
+        XCTAssertTrue(missingFile.stderr.contains("none.conf: cannot read the file"), missingFile.stderr)
+        let conf = mesh.dir + "/\(ns).conf"
+        try "service = job\ncommand = true\nports = 80\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        let badKey = mesh.weft(["run", "--from", conf])
+        XCTAssertEqual(badKey.status, 125)
+        XCTAssertTrue(badKey.stderr.contains("\(ns).conf:3: unknown key 'ports'"), badKey.stderr)
+        try "service = job\ncommand = /bin/sh -c 'echo \"$WEFT_WORKLOAD\"; exit 3'\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        let beside = mesh.weft(["run", "--from", conf, "--service", "other"])
+        XCTAssertEqual(beside.status, 125)
+        XCTAssertTrue(beside.stderr.contains("only --name, -v and --agent-socket"), beside.stderr)
+        let fromFile = mesh.weft(["run", "--from", conf])
+        XCTAssertEqual(fromFile.status, 3, fromFile.output)
+        XCTAssertEqual(fromFile.stdout, "\(ns)\n", "the workload is named after the file")
+        try assertNothingLeft(ns)
+
         // A netns name already taken by someone else is not touched.
         let taken = try mesh.makeNetns("taken")
         let clash = mesh.weft(["run", "--name", taken, "--service", "job", "--", "true"])

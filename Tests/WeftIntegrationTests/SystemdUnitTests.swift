@@ -19,7 +19,22 @@ final class SystemdUnitTests: XCTestCase {
         }
     }
 
-    func verify(_ unitPath: String, command: String) throws {
+    /// The template: verified as an instance (weft-run@web), started only once the agent is
+    /// (Wants/After, never Requires: an agent restart must not stop workloads), notify-typed
+    /// (weft run reports READY=1 once meshed), and with a bounded capability set.
+    func testRunTemplateVerifies() throws {
+        let path = MeshHarness.packageRoot.appendingPathComponent("systemd/weft-run@.service").path
+        try verify(path, command: "run --from /etc/weft/workloads/%i.conf", as: "weft-run@web.service")
+        let lines = Set(try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map(String.init))
+        for required in ["Type=notify", "NotifyAccess=main", "Wants=weft-agent.service", "Restart=on-failure", "KillMode=mixed",
+                         "NoNewPrivileges=yes", "ConditionPathExists=/etc/weft/workloads/%i.conf"] {
+            XCTAssertTrue(lines.contains(required), "missing \(required)")
+        }
+        XCTAssertFalse(lines.contains { $0.hasPrefix("Requires=") || $0.hasPrefix("BindsTo=") || $0.hasPrefix("PrivateTmp=") })
+        XCTAssertTrue(lines.contains { $0.hasPrefix("CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_ADMIN") })
+    }
+
+    func verify(_ unitPath: String, command: String, as instance: String? = nil) throws {
         guard let analyze = HostTool.find("systemd-analyze") else {
             throw XCTSkip("SKIPPED: systemd-analyze is not installed (scripts/setup-deps installs it)")
         }
@@ -29,7 +44,7 @@ final class SystemdUnitTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "weft-unit-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let name = (unitPath as NSString).lastPathComponent
+        let name = instance ?? (unitPath as NSString).lastPathComponent
         let copy = dir + "/" + name
         try text.replacingOccurrences(of: "/usr/local/bin/weft", with: MeshHarness.weftBinary)
             .write(toFile: copy, atomically: true, encoding: .utf8)
@@ -48,7 +63,7 @@ final class SystemdUnitTests: XCTestCase {
 
     func testAgentUnitIsHardened() throws {
         let lines = Set(try String(contentsOfFile: unitPath, encoding: .utf8).split(separator: "\n").map(String.init))
-        for required in ["Type=notify", "Restart=on-failure", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN",
+        for required in ["Type=notify", "Restart=on-failure", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN", "ExecReload=/bin/kill -HUP $MAINPID",
                          "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
                          "RestrictNamespaces=net", "RuntimeDirectory=weft"] {
             XCTAssertTrue(lines.contains(required), "missing \(required)")

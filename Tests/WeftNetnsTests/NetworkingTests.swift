@@ -14,8 +14,23 @@ final class PodAddressPoolTests: XCTestCase {
         XCTAssertEqual(try pool.allocate(for: netns("b")), IPAddress("10.231.0.3"))
         XCTAssertEqual(try pool.allocate(for: netns("a")), IPAddress("10.231.0.2"))
         pool.release(netns("a"))
-        XCTAssertEqual(try pool.allocate(for: netns("c")), IPAddress("10.231.0.2"))
+        XCTAssertEqual(try pool.allocate(for: netns("c")), IPAddress("10.231.0.4"), "a freed address is not reused at once")
         XCTAssertEqual(pool.capacity, 253)
+    }
+
+    /// Sequential with wrap-around: a freed address comes back only after the others had
+    /// their turn (neighbour caches of callers still point at the old pod's MAC).
+    func testFreedAddressesAreReusedLast() throws {
+        var pool = try PodAddressPool(cidr: CIDR("10.9.9.0/29")!)  // .2 ... .6
+        for n in ["a", "b", "c", "d", "e"] { _ = try pool.allocate(for: netns(n)) }
+        pool.release(netns("b"))
+        pool.release(netns("d"))
+        XCTAssertEqual(try pool.allocate(for: netns("f")), IPAddress("10.9.9.3"), "wraps to the first free one")
+        XCTAssertEqual(try pool.allocate(for: netns("g")), IPAddress("10.9.9.5"))
+        XCTAssertThrowsError(try pool.allocate(for: netns("h")))
+        var restored = try PodAddressPool(cidr: CIDR("10.9.9.0/29")!)
+        try restored.reserve(IPAddress("10.9.9.4")!, for: netns("x"))
+        XCTAssertEqual(try restored.allocate(for: netns("y")), IPAddress("10.9.9.5"), "after what was restored")
     }
 
     func testExhaustionIsAClearError() throws {

@@ -7,11 +7,15 @@ public struct TraceContext: Equatable, Sendable {
     /// 8 bytes, not all zero: the span the next hop's spans are children of.
     public var spanID: [UInt8]
     public var sampled: Bool
+    /// Trace Context Level 2's `random` flag (0x02): the trace ID's right 7 bytes are random.
+    /// Kept along a trace; set on traces Weft starts (its IDs come from a CSPRNG).
+    public var random: Bool
 
-    public init(traceID: [UInt8], spanID: [UInt8], sampled: Bool) {
+    public init(traceID: [UInt8], spanID: [UInt8], sampled: Bool, random: Bool = false) {
         self.traceID = traceID
         self.spanID = spanID
         self.sampled = sampled
+        self.random = random
     }
 
     /// Parses a `traceparent` header; nil when it is not a valid one (the spec then says:
@@ -30,14 +34,14 @@ public struct TraceContext: Equatable, Sendable {
         guard let trace = hex(parts[1], count: 16), let span = hex(parts[2], count: 8), parts[3].count == 2,
               parts[3].allSatisfy(\.isHexLowercase), let flags = UInt8(parts[3], radix: 16),
               trace.contains(where: { $0 != 0 }), span.contains(where: { $0 != 0 }) else { return nil }
-        return TraceContext(traceID: trace, spanID: span, sampled: flags & 1 == 1)
+        return TraceContext(traceID: trace, spanID: span, sampled: flags & 1 == 1, random: flags & 2 == 2)
     }
 
-    public var traceparent: String { "00-\(Self.hex(traceID))-\(Self.hex(spanID))-\(sampled ? "01" : "00")" }
+    public var traceparent: String { "00-\(Self.hex(traceID))-\(Self.hex(spanID))-0\((sampled ? 1 : 0) | (random ? 2 : 0))" }
     public var traceIDHex: String { Self.hex(traceID) }
 
     /// The same trace, with `span` as the parent the next hop sees.
-    public func child(_ span: [UInt8]) -> TraceContext { TraceContext(traceID: traceID, spanID: span, sampled: sampled) }
+    public func child(_ span: [UInt8]) -> TraceContext { TraceContext(traceID: traceID, spanID: span, sampled: sampled, random: random) }
 
     static func hex<S: StringProtocol>(_ s: S, count: Int) -> [UInt8]? {
         guard s.utf8.count == count * 2, s.allSatisfy(\.isHexLowercase) else { return nil }
@@ -64,14 +68,45 @@ public struct TraceContext: Equatable, Sendable {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// `tracestate` kept only when it fits the spec's limits (at most 32 list members, 512
-    /// characters); otherwise dropped rather than forwarded malformed.
-    public static func validTracestate(_ value: String) -> String? {
-        guard value.utf8.count <= 512 else { return nil }
-        let members = value.split(separator: ",").map { $0.trimmingCharacters(in: [" ", "\t"]) }.filter { !$0.isEmpty }
-        guard members.count <= 32, members.allSatisfy({ $0.contains("=") }) else { return nil }
-        return members.joined(separator: ",")
+    /// The context of a request from all its `traceparent` values: nil when there is none,
+    /// more than one (ambiguous: the spec's test suite restarts the trace) or an invalid one.
+    public static func parse(values: [String]) -> TraceContext? {
+        values.count == 1 ? parse(values[0]) : nil
     }
+
+    /// A request's `tracestate`, from all its header values in order (several headers are one
+    /// comma-separated list), as one header value; nil when there is nothing to forward or it
+    /// must be dropped whole: a member that breaks the grammar (key: a lowercase letter or
+    /// digit, then up to 255 of a-z 0-9 _ - * / @; value: 1 to 256 printable characters, no
+    /// comma or equals sign, not ending in a space) or more than 32 members. Empty members and
+    /// the spaces around members are dropped; duplicate keys are kept as they came.
+    public static func combinedTracestate(_ values: [String]) -> String? {
+        var members: [Substring] = []
+        for value in values {
+            for raw in value.split(separator: ",", omittingEmptySubsequences: false) {
+                let member = raw.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed()
+                if member.isEmpty { continue }
+                let text = Substring(String(member))
+                guard isValidMember(text) else { return nil }
+                members.append(text)
+                if members.count > 32 { return nil }
+            }
+        }
+        return members.isEmpty ? nil : members.joined(separator: ",")
+    }
+
+    static func isValidMember(_ member: Substring) -> Bool {
+        guard let eq = member.firstIndex(of: "=") else { return false }
+        let key = member[..<eq].utf8, value = member[member.index(after: eq)...].utf8
+        guard let first = key.first, key.count <= 256, isLowerAlnum(first),
+              key.dropFirst().allSatisfy({ isLowerAlnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "*")
+                                           || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "@") }) else { return false }
+        guard let last = value.last, value.count <= 256, last != 0x20,
+              value.allSatisfy({ $0 >= 0x20 && $0 <= 0x7e && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: "=") }) else { return false }
+        return true
+    }
+
+    private static func isLowerAlnum(_ c: UInt8) -> Bool { (0x61...0x7a).contains(c) || (0x30...0x39).contains(c) }
 }
 
 extension Character {

@@ -291,7 +291,7 @@ final class MultiHostTests: XCTestCase {
         XCTAssertNotNil(mesh.wait(traffic, timeout: 90), "load generator finished")
         XCTAssertTrue(traffic.stdout.hasPrefix("ok ") && traffic.stdout.contains(" failed 0"),
                       "no request fails through control-plane, replica and etcd-member loss: \(traffic.stdout)\(traffic.stderr)")
-        XCTAssertGreaterThan(Int(traffic.stdout.split(separator: " ")[1]) ?? 0, 10_000, traffic.stdout)
+        XCTAssertGreaterThan(Int(traffic.stdout.split(separator: " ")[1]) ?? 0, 2_000, "traffic flowed through the whole sequence: \(traffic.stdout)")
         let reply = mesh.run(["ip", "netns", "exec", client, "curl", "-sS", "-m", "5", "-D", "-", "http://web:8000/"], timeout: 20)
         XCTAssertTrue(reply.stdout.lowercased().contains("x-config: after-restart"), reply.output)
     }

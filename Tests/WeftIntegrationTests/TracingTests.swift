@@ -167,4 +167,68 @@ final class TracingTests: XCTestCase {
                       metrics.split(separator: "\n").filter { $0.contains("trace") }.joined(separator: "\n"))
         XCTAssertTrue(mesh.agentLog.contains("workload \(front) sent a request without trace context while serving a traced one"), mesh.agentLog.suffix(2000).description)
     }
+
+    /// The W3C trace-context test suite (Tests/vendor/w3c-trace-context, Levels 1 and 2, strict)
+    /// through the mesh: its harness and the test service are both meshed workloads, so every
+    /// request it sends crosses the harness's proxy (client span), the service's proxy (server
+    /// span), the service (which, like any traced app, copies traceparent and tracestate onto
+    /// its callbacks), the service's proxy again and the harness's — and every check on what
+    /// arrives back must pass.
+    func testTheW3CTraceContextSuitePassesThroughTheMesh() throws {
+        guard FileManager.default.fileExists(atPath: "/usr/lib/python3/dist-packages/aiohttp") else {
+            throw XCTSkip("SKIPPED: python3-aiohttp is not installed; run scripts/setup-deps")
+        }
+        let suite = MeshHarness.packageRoot.appendingPathComponent("Tests/vendor/w3c-trace-context").path
+        try Self.traceService.write(toFile: mesh.dir + "/tracesvc.py", atomically: true, encoding: .utf8)
+        let service = mesh.name("svc"), harness = mesh.name("harness")
+        _ = try mesh.startWeft(["run", "--name", service, "--service", "tracesvc", "--port", "5000/http", "--",
+                                "/usr/bin/python3", mesh.dir + "/tracesvc.py", "5000"])
+        try mesh.waitForListener(netns: service, port: 5000)
+        let out = mesh.dir + "/w3c.out"
+        FileManager.default.createFile(atPath: out, contents: nil, attributes: [.posixPermissions: 0o666])
+        let run = try mesh.startWeft(["run", "--name", harness, "--service", "harness", "--port", "7777/http", "--",
+                                      "/usr/bin/env", "HARNESS_HOST=harness", "HARNESS_BIND_HOST=0.0.0.0", "HARNESS_PORT=7777",
+                                      "SPEC_LEVEL=2", "STRICT_LEVEL=2", "PYTHONDONTWRITEBYTECODE=1", "/bin/sh", "-c",
+                                      "cd \"$0\" && exec /usr/bin/python3 test.py http://tracesvc:5000/test >\"$1\" 2>&1", suite, out])
+        let status = mesh.wait(run, timeout: 240)
+        let report = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        XCTAssertEqual(status, 0, "W3C trace-context suite through the mesh:\n\(report.suffix(6000))")
+        let ran = report.split(separator: "\n").first { $0.hasPrefix("Ran ") } ?? ""
+        XCTAssertTrue(report.contains("\nOK"), "\(ran)\n\(report.suffix(3000))")
+        XCTAssertFalse(report.contains("skipped="), "every test ran, Level 2 and the strict ones included:\n\(report.suffix(1500))")
+        XCTAssertTrue(report.contains("test_propagates_random_flag"), "the Level 2 suite ran")
+        XCTAssertGreaterThanOrEqual(Int(ran.split(separator: " ").dropFirst().first ?? "") ?? 0, 30, "the whole Level 1 suite ran: \(ran)")
+        print("W3C trace-context suite through the mesh: \(ran) — OK")
+    }
+
+    /// The suite's test service: for each {url, arguments} it is sent, POST arguments to url,
+    /// carrying traceparent and tracestate on as received (every value, in order).
+    static let traceService = #"""
+    import sys, json, http.server, http.client, urllib.parse
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_POST(self):
+            n = int(self.headers.get("content-length") or 0)
+            actions = json.loads(self.rfile.read(n) or b"[]") or []
+            carried = [(k, v) for k, v in self.headers.items() if k.lower() in ("traceparent", "tracestate")]
+            for a in actions:
+                u = urllib.parse.urlsplit(a["url"])
+                c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
+                body = json.dumps(a.get("arguments", [])).encode()
+                c.putrequest("POST", u.path or "/")
+                c.putheader("content-type", "application/json")
+                c.putheader("content-length", str(len(body)))
+                for k, v in carried: c.putheader(k, v)
+                c.endheaders(body)
+                c.getresponse().read()
+                c.close()
+            out = b"{}"
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+    """#
 }

@@ -30,10 +30,42 @@ final class TraceContextTests: XCTestCase {
         XCTAssertNotNil(TraceContext.parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"), "a later version with more fields")
     }
 
-    func testTracestateLimits() {
-        XCTAssertEqual(TraceContext.validTracestate("congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
-        XCTAssertNil(TraceContext.validTracestate((0..<33).map { "k\($0)=v" }.joined(separator: ",")), "more than 32 members")
-        XCTAssertNil(TraceContext.validTracestate("novalue"))
+    func testTracestateIsCombinedAndCheckedAgainstTheGrammar() {
+        let c = TraceContext.combinedTracestate
+        XCTAssertEqual(c(["congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"]), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        XCTAssertEqual(c(["foo=1,bar=2", "rojo=1,congo=2", "baz=3"]), "foo=1,bar=2,rojo=1,congo=2,baz=3", "several headers are one list, in order")
+        XCTAssertEqual(c(["", "foo=1", " , ,\t"]), "foo=1", "empty headers and members are dropped")
+        XCTAssertNil(c([""]))
+        XCTAssertNil(c([]))
+        XCTAssertEqual(c(["foo=1,foo=2"]), "foo=1,foo=2", "duplicate keys pass as they came")
+        XCTAssertEqual(c(["foo@=1,t@vvv=2,foo@bar@baz=3,a_-*/9=4"]), "foo@=1,t@vvv=2,foo@bar@baz=3,a_-*/9=4")
+        let key256 = String(repeating: "z", count: 256), value256 = String(repeating: "v", count: 256)
+        XCTAssertEqual(c(["foo=1", key256 + "=" + value256]), "foo=1," + key256 + "=" + value256)
+        XCTAssertEqual(c(["v=a !\"#$%&'()*+-./:;<>?@[]^_`{|}~z"]), "v=a !\"#$%&'()*+-./:;<>?@[]^_`{|}~z", "every allowed value character")
+        let thirtyTwo = (1...32).map { "bar\($0)=\($0)" }
+        XCTAssertEqual(c([thirtyTwo.joined(separator: ",")])?.split(separator: ",").count, 32)
+        // One bad member drops the whole list (the spec's strict reading; the test suite checks it).
+        for bad in [(thirtyTwo + ["bar33=33"]).joined(separator: ","), "foo=1," + key256 + "z=1", "@foo=1,bar=2", "Foo=1", "foo=bar=baz",
+                    "foo=,bar=3", "foo", "foo=a\u{7f}", "foo=a,b"] {
+            XCTAssertNil(c(["ok=1", bad]), bad)
+        }
+    }
+
+    func testTheLevel2RandomFlagIsKept() {
+        let c = TraceContext.parse("00-12345678901234567890123456789012-1234567890123456-02")
+        XCTAssertEqual(c?.random, true)
+        XCTAssertEqual(c?.sampled, false)
+        XCTAssertEqual(c?.child([1, 2, 3, 4, 5, 6, 7, 8]).traceparent, "00-12345678901234567890123456789012-0102030405060708-02")
+        XCTAssertEqual(TraceContext.parse("00-12345678901234567890123456789012-1234567890123456-03")?.traceparent,
+                       "00-12345678901234567890123456789012-1234567890123456-03")
+        XCTAssertEqual(TraceContext.parse("00-12345678901234567890123456789012-1234567890123456-01")?.random, false)
+    }
+
+    func testOneTraceparentOnly() {
+        let a = "00-12345678901234567890123456789011-1234567890123456-01", b = "00-12345678901234567890123456789012-1234567890123456-01"
+        XCTAssertNotNil(TraceContext.parse(values: [a]))
+        XCTAssertNil(TraceContext.parse(values: [a, b]), "two traceparent headers: ambiguous, a new trace")
+        XCTAssertNil(TraceContext.parse(values: []))
     }
 
     func testOTLPEncodingCarriesIdsAndLinks() {

@@ -1103,9 +1103,10 @@ extension HTTPOutboundProxyHandler {
     /// context while this workload serves a traced one means the app dropped it: counted and
     /// logged.
     fileprivate func startClientSpan(_ request: inout HTTPRequestHead, tracer: Tracer) -> RequestRecord.Trace {
-        let incoming = request.headers.first(name: "traceparent").flatMap(TraceContext.parse)
+        let incoming = TraceContext.parse(values: request.headers["traceparent"])
         let traceID = incoming?.traceID ?? Tracer.newTraceID()
-        let context = TraceContext(traceID: traceID, spanID: Tracer.newSpanID(), sampled: incoming?.sampled ?? tracer.sampleNewTrace())
+        let context = TraceContext(traceID: traceID, spanID: Tracer.newSpanID(), sampled: incoming?.sampled ?? tracer.sampleNewTrace(),
+                                   random: incoming?.random ?? true)
         request.headers.replaceOrAdd(name: "traceparent", value: context.traceparent)
         if incoming == nil {
             request.headers.remove(name: "tracestate")
@@ -1117,10 +1118,10 @@ extension HTTPOutboundProxyHandler {
                                             metadata: ["destination": "\(original)", "fix": "propagate traceparent/tracestate from inbound to outbound requests"])
                 }
             }
-        } else if let state = request.headers.first(name: "tracestate") {
-            if let valid = TraceContext.validTracestate(state) { request.headers.replaceOrAdd(name: "tracestate", value: valid) } else {
-                request.headers.remove(name: "tracestate")
-            }
+        } else if request.headers.contains(name: "tracestate") {
+            let combined = TraceContext.combinedTracestate(request.headers["tracestate"])
+            request.headers.remove(name: "tracestate")
+            if let combined { request.headers.add(name: "tracestate", value: combined) }
         }
         record?.requestID = request.headers.first(name: "x-request-id")
         return RequestRecord.Trace(context: context, parent: incoming?.spanID ?? [])

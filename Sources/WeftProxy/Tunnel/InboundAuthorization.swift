@@ -213,11 +213,13 @@ extension AuthorizationGate {
     /// continued by a server span, which becomes the parent the app sees; a request without
     /// one starts a trace.
     fileprivate func startServerSpan(_ head: inout HTTPRequestHead, path: String, tracer: Tracer) {
-        let incoming = head.headers.first(name: "traceparent").flatMap(TraceContext.parse)
+        let incoming = TraceContext.parse(values: head.headers["traceparent"])
         let context = TraceContext(traceID: incoming?.traceID ?? Tracer.newTraceID(), spanID: Tracer.newSpanID(),
-                                   sampled: incoming?.sampled ?? tracer.sampleNewTrace())
+                                   sampled: incoming?.sampled ?? tracer.sampleNewTrace(), random: incoming?.random ?? true)
         head.headers.replaceOrAdd(name: "traceparent", value: context.traceparent)
-        if incoming == nil { head.headers.remove(name: "tracestate") }
+        let state = incoming == nil ? nil : TraceContext.combinedTracestate(head.headers["tracestate"])
+        head.headers.remove(name: "tracestate")
+        if let state { head.headers.add(name: "tracestate", value: state) }
         finishServerSpan(status: 0)  // a previous one the app never answered
         span = ServerSpan(context: context, parent: incoming?.spanID ?? [], startNanos: RequestRecord.wallNanos(),
                           method: head.method.rawValue, path: path)

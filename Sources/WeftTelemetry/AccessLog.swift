@@ -175,17 +175,27 @@ public final class AccessLog: Sendable {
     // MARK: - formats
 
     /// RFC 3339 UTC with milliseconds, e.g. 2026-11-24T17:11:23.890Z (formatted by hand:
-    /// this runs once per request).
+    /// this runs once per request; the date and time up to the second are kept for the
+    /// requests of the same second).
     static func time(_ d: Date) -> String {
         var t = time_t(d.timeIntervalSince1970.rounded(.down))
-        var tm = Glibc.tm()
-        gmtime_r(&t, &tm)
         let ms = Int((d.timeIntervalSince1970 - Double(t)) * 1000) % 1000
-        func pad(_ v: Int32, _ n: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, n - s.count)) + s
+        let prefix = lastSecond.withLock { cached -> String in
+            if cached.second == t { return cached.text }
+            var tm = Glibc.tm()
+            gmtime_r(&t, &tm)
+            let text = "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2))"
+            cached = (t, text)
+            return text
         }
-        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ms), 3))Z"
+        return prefix + "." + pad(ms, 3) + "Z"
+    }
+
+    private static let lastSecond = Mutex<(second: time_t, text: String)>((-1, ""))
+
+    private static func pad(_ v: Int, _ n: Int) -> String {
+        let s = String(v)
+        return s.utf8.count >= n ? s : String(repeating: "0", count: n - s.utf8.count) + s
     }
 
     static func json(_ e: RequestLogEntry) -> String { String(decoding: jsonBytes(e), as: UTF8.self) }

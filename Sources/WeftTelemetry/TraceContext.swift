@@ -8,7 +8,8 @@ public struct TraceContext: Equatable, Sendable {
     public var spanID: [UInt8]
     public var sampled: Bool
     /// Trace Context Level 2's `random` flag (0x02): the trace ID's right 7 bytes are random.
-    /// Kept along a trace; set on traces Weft starts (its IDs come from a CSPRNG).
+    /// Kept along a trace; set on traces Weft starts (its IDs are uniformly random: SplitMix64
+    /// seeded from the kernel's generator, see Tracer.randomBytes).
     public var random: Bool
 
     public init(traceID: [UInt8], spanID: [UInt8], sampled: Bool, random: Bool = false) {

@@ -33,12 +33,18 @@ public final class Tracer: Sendable {
     public static func newTraceID() -> [UInt8] { randomBytes(16) }
     public static func newSpanID() -> [UInt8] { randomBytes(8) }
 
+    /// IDs need to be unique and uniformly random, not secret: a SplitMix64 stream seeded
+    /// from the kernel's generator, instead of a getrandom() system call per ID (per request).
+    private static let idGenerator: Mutex<SplitMix64> = {
+        var kernel = SystemRandomNumberGenerator()
+        return Mutex(SplitMix64(seed: kernel.next()))
+    }()
+
     static func randomBytes(_ n: Int) -> [UInt8] {
-        var g = SystemRandomNumberGenerator()
         var out: [UInt8] = []
         out.reserveCapacity(n)
         while out.count < n {
-            var v = g.next() as UInt64
+            var v: UInt64 = idGenerator.withLock { generator in generator.next() }
             if v == 0 { continue }
             for _ in 0..<8 where out.count < n {
                 out.append(UInt8(v & 0xff))
@@ -127,5 +133,18 @@ struct RawBytes: MessageSerializer, MessageDeserializer {
     func serialize<Bytes: GRPCContiguousBytes>(_ message: [UInt8]) throws -> Bytes { Bytes(message) }
     func deserialize<Bytes: GRPCContiguousBytes>(_ serializedMessageBytes: Bytes) throws -> [UInt8] {
         serializedMessageBytes.withUnsafeBytes { Array($0) }
+    }
+}
+
+/// Steele, Lea and Flood's SplitMix64: fast, passes BigCrush; not for secrets.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
     }
 }

@@ -29,6 +29,9 @@ final class SystemdNspawnTests: XCTestCase {
         p.waitUntilExit()
         let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         print(output)
+        if p.terminationStatus == 77 {
+            throw XCTSkip("SKIPPED: this machine cannot boot a container: \(output.split(separator: "\n").last ?? "")")
+        }
         XCTAssertEqual(p.terminationStatus, 0, "nspawn-install.sh failed:\n\(output.suffix(4000))")
         XCTAssertTrue(output.contains("nspawn-install: PASS"), output.suffix(2000).description)
     }

@@ -7,7 +7,9 @@
 #   Tests/system/nspawn-install.sh [WEFT_BINARY]
 # Needs root, debootstrap and systemd-container (scripts/setup-deps installs them). The
 # Debian tree is built once (about a minute, from deb.debian.org) into
-# /var/cache/weft-test/bookworm and copied for every run. Exit 0 = every check passed.
+# /var/cache/weft-test/bookworm and copied for every run. Exit 0 = every check passed; 77 =
+# this machine cannot boot a container at all (no Debian mirror, nspawn refused), said loudly;
+# anything else = a check failed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$(realpath "${1:-$root/.build/debug/weft}")
@@ -22,6 +24,7 @@ die() {
   fi
   exit 1
 }
+unable() { printf '[nspawn] CANNOT RUN HERE: %s\n' "$*" >&2; exit 77; }
 [ "$(id -u)" = 0 ] || die "run as root"
 for t in debootstrap systemd-nspawn; do command -v "$t" >/dev/null || die "$t is not installed (scripts/setup-deps)"; done
 [ -x "$bin" ] || die "no weft binary at $bin"
@@ -32,7 +35,7 @@ if [ ! -x "$cache/usr/bin/python3" ] || [ ! -e "$cache/.weft-complete" ]; then
   rm -rf "$cache"; mkdir -p "$(dirname "$cache")"
   debootstrap --variant=minbase \
     --include=systemd,systemd-sysv,dbus,iptables,iproute2,util-linux,procps,curl,python3,ca-certificates,libmnl0,libcap2 \
-    bookworm "$cache" http://deb.debian.org/debian >/tmp/weft-debootstrap.log 2>&1 || { tail -20 /tmp/weft-debootstrap.log; die "debootstrap"; }
+    bookworm "$cache" http://deb.debian.org/debian >/tmp/weft-debootstrap.log 2>&1 || { tail -20 /tmp/weft-debootstrap.log; unable "debootstrap from deb.debian.org failed"; }
   touch "$cache/.weft-complete"
 fi
 
@@ -75,7 +78,7 @@ for _ in $(seq 100); do
   [ -n "$leader" ] && [ "$(readlink "/proc/$leader/exe" 2>/dev/null)" = /usr/lib/systemd/systemd ] && break
   leader=""; sleep 0.1
 done
-[ -n "$leader" ] || { cat "$tree.console"; die "the container's systemd did not start"; }
+[ -n "$leader" ] || { cat "$tree.console"; unable "systemd-nspawn did not start the container's systemd"; }
 inside() { nsenter -t "$leader" -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 state=""
 for _ in $(seq 100); do  # systemctl answers once the container's systemd has its socket up

@@ -86,6 +86,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// Request bodies larger than this are not kept for replay (and so not retried).
     static let maxReplayBytes = 64 * 1024
     private var clientIP: IPAddress?
+    /// The client's address as the access log writes it (one per connection).
+    private var clientText: String?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
     /// The proxy drains (HTTP/1.1): the exchange in progress and the requests already read
@@ -188,7 +190,10 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .forward(let h):
             request = h
         }
-        if workload.telemetry?.accessLog != nil { record?.describe(request, http2: isHTTP2, client: context.channel.remoteAddress) }
+        if workload.telemetry?.accessLog != nil {
+            if clientText == nil { clientText = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "-" }
+            record?.describe(request, http2: isHTTP2, client: clientText)
+        }
         if let tracer = workload.telemetry?.tracer {
             let trace = startClientSpan(&request, tracer: tracer)  // not `record?.trace = …`: it writes record too
             record?.trace = trace
@@ -1062,11 +1067,11 @@ struct RequestRecord {
     }
     var described: Described?
 
-    mutating func describe(_ head: HTTPRequestHead, http2: Bool, client: SocketAddress?) {
+    mutating func describe(_ head: HTTPRequestHead, http2: Bool, client: String?) {
         described = Described(startTime: Date(), method: head.method.rawValue, path: head.uri, httpProtocol: http2 ? "HTTP/2" : "HTTP/1.1",
                               authority: head.headers.first(name: "host") ?? "-", userAgent: head.headers.first(name: "user-agent"),
                               requestID: head.headers.first(name: "x-request-id"), forwardedFor: head.headers.first(name: "x-forwarded-for"),
-                              client: client.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" })
+                              client: client)
     }
     var requestBytes: Int
     var responseBytes = 0

@@ -48,6 +48,8 @@ public struct AgentConfiguration: Sendable {
     public var connectTimeout: TimeAmount = .seconds(10)
     /// On SIGTERM: how long open connections get to finish before they are closed.
     public var drainTimeout: Duration = .seconds(10)
+    /// HTTP/1.1 from apps: a whole request head within this of the connection being idle (nil: no limit).
+    public var requestHeadersTimeout: Duration? = .seconds(60)
 
     /// Workload identities and the mesh tunnel (mTLS between meshed workloads). Off only
     /// with `--no-mtls` (for comparisons): then nothing has an identity.

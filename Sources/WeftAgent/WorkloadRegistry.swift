@@ -329,7 +329,8 @@ public actor WorkloadRegistry {
         }
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
-            directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout, retryBudget: config.retryBudget,
+            directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout,
+            requestHeadersTimeout: config.requestHeadersTimeout.map(TimeAmount.init), retryBudget: config.retryBudget,
             tls: tls, metrics: config.metricsAddress == nil ? nil : metrics, accessLog: accessLog, tracer: tracer, logger: logger,
             now: Date().timeIntervalSince1970)
         attached[spec.netns] = Attached(proxy: proxy, handle: handle)

@@ -14,6 +14,10 @@ public struct WorkloadContext: Sendable {
     public let ports: ProxyPorts
     public let mark: UInt32
     public let connectTimeout: TimeAmount
+    /// HTTP/1.1 from the app: how long a connection may take to deliver a whole request head
+    /// once it is idle (accepted, or its last exchange over); nil: no limit. Slowloris clients
+    /// get 408, silent keep-alive connections are closed.
+    public let requestHeadersTimeout: TimeAmount?
     public let logger: Logger
     public let directory: ServiceDirectory
     /// Idle HTTP/1.1 upstream connections; only touched on the workload's loop.

@@ -36,7 +36,7 @@ public final class WorkloadProxy: Sendable {
     public static func start(
         spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
         directory: ServiceDirectory, dnsForwarder: DNSForwarder? = nil,
-        connectTimeout: TimeAmount = .seconds(10), retryBudget: RetryBudget.Settings = .init(), tls: WorkloadTLS? = nil,
+        connectTimeout: TimeAmount = .seconds(10), requestHeadersTimeout: TimeAmount? = .seconds(60), retryBudget: RetryBudget.Settings = .init(), tls: WorkloadTLS? = nil,
         metrics: MeshMetrics? = nil, accessLog: AccessLog? = nil, tracer: Tracer? = nil, logger: Logger, now: Double
     ) async throws -> WorkloadProxy {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
@@ -50,7 +50,8 @@ public final class WorkloadProxy: Sendable {
         }.get()
         let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), connections: ConnectionLog(),
                                       ports: ProxyPorts(settings),
-                                      mark: settings.proxyMark, connectTimeout: connectTimeout, logger: logger,
+                                      mark: settings.proxyMark, connectTimeout: connectTimeout,
+                                      requestHeadersTimeout: requestHeadersTimeout, logger: logger,
                                       directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget, limiter: limiter,
                                       tls: tls, tunnels: tunnels, accepted: accepted, identity: tls?.identity?.description,
                                       telemetry: metrics == nil && accessLog == nil && tracer == nil ? nil

@@ -33,6 +33,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Upstream connect timeout in milliseconds.") var connectTimeoutMs: Int64 = 10_000
     @Option(help: "On SIGTERM, how long open connections get to finish (in-flight requests are answered, HTTP/2 gets GOAWAY) before the agent closes them, e.g. 10s, 500ms, 0s.")
     var drainTimeout: String = "10s"
+    @Option(help: "HTTP/1.1 from apps: a connection must deliver a whole request head within this of being idle (accepted, or its last response sent), else 408 (bytes had come) or a quiet close (none had): slowloris and idle keep-alive. 0s: no limit.")
+    var requestHeadersTimeout: String = "60s"
     @Option(help: "Retry budget: retries allowed per request sent to a service, over a 10 s window.") var retryBudgetRatio: Double = 0.2
     @Option(help: "Retry budget floor: retries per second always allowed to a service.") var retryBudgetMinPerSecond: Double = 3
     @Flag(help: "No retry budget: every configured retry is attempted (for comparison only; retries can then multiply across hops).")
@@ -180,6 +182,10 @@ struct AgentCommand: AsyncParsableCommand {
                 throw WeftError(.invalidArgument, "--drain-timeout \(drainTimeout): expected a duration up to 1h (e.g. 10s, 500ms, 0s)")
             }
             config.drainTimeout = drain
+            guard let headers = IstioDuration.parse(requestHeadersTimeout) ?? (requestHeadersTimeout == "0" ? .zero : nil), headers <= .seconds(86400) else {
+                throw WeftError(.invalidArgument, "--request-headers-timeout \(requestHeadersTimeout): expected a duration up to 24h (e.g. 60s, 500ms), or 0s for no limit")
+            }
+            config.requestHeadersTimeout = headers == .zero ? nil : headers
             guard (0...10).contains(retryBudgetRatio), retryBudgetMinPerSecond >= 0 else {
                 throw WeftError(.invalidArgument, "--retry-budget-ratio must be within 0...10 and --retry-budget-min-per-second at least 0")
             }

@@ -73,6 +73,18 @@ final class ProtocolDetector {
         }
         downSniffer = sniffer
         if case .detect(let target) = mode { dial(target) }
+        // A port declared HTTP whose client says nothing (or too little to tell HTTP/1.1 from
+        // HTTP/2) within the request-headers timeout is closed: it would hold a socket forever.
+        if case .declaredHTTP = mode, let timeout = workload.requestHeadersTimeout {
+            let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
+            stallTimer = downstream.eventLoop.scheduleTask(in: timeout) {
+                let detector = bound.value
+                guard detector.decided == nil else { return }
+                detector.workload.logger.debug("HTTP connection closed: no request within \(timeout.nanoseconds / 1_000_000) ms",
+                                               metadata: ["destination": "\(detector.original)"])
+                detector.downstream.close(promise: nil)
+            }
+        }
         // An accepted channel may not be active yet (registration completes first); then the
         // sniffer asks for the first read from channelActive.
         if downstream.isActive { downstream.read() }

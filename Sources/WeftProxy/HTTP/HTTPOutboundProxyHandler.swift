@@ -93,6 +93,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// The proxy drains (HTTP/1.1): the exchange in progress and the requests already read
     /// are answered, the last response says `connection: close`, then the connection closes.
     private var draining = false
+    /// HTTP/1.1, while waiting for a request head: the request-headers timer, and the bytes
+    /// the connection had read when it started (more since: a request is arriving, slowly).
+    private var headerTimer: Scheduled<Void>?
+    private var readAtIdle = 0
+    private var wire: WireBytesCounter?
     /// The in-flight slot of the current request's endpoint (LEAST_REQUEST), returned once.
     private var lease: EndpointLease?
     /// What the metrics will say about the current request (recorded once, when it ends).
@@ -109,7 +114,13 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
 
     var downstreamWritable: Bool { context?.channel.isWritable ?? false }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if !isHTTP2 {
+            wire = try? context.pipeline.syncOperations.handler(type: WireBytesCounter.self)
+            armHeaderTimer()
+        }
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
@@ -166,7 +177,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case (.answered, .end):
             state = .idle
             resumePipelined()
-            closeIfDrained()
+            becameIdle()
         case (.answered, _):
             break
         }
@@ -177,6 +188,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     }
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        headerTimer?.cancel()
+        headerTimer = nil
         workload.counters.httpRequests.add(1)
         if workload.telemetry != nil { record = RequestRecord(head) }
         requestKeepAlive = isHTTP2 || head.isKeepAlive
@@ -777,13 +790,56 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return
         }
         resumePipelined()
-        closeIfDrained()
+        becameIdle()
     }
 
-    /// Draining and nothing left to answer: close (the response said so).
-    private func closeIfDrained() {
-        guard draining, !isHTTP2, case .idle = state, pipelined.isEmpty else { return }
-        context?.close(promise: nil)
+    /// Nothing left to answer (HTTP/1.1): draining, close (the response said so); else the
+    /// next request head is awaited, within the request-headers timeout.
+    private func becameIdle() {
+        guard !isHTTP2, case .idle = state, pipelined.isEmpty else { return }
+        if draining {
+            context?.close(promise: nil)
+        } else {
+            armHeaderTimer()
+        }
+    }
+
+    private func armHeaderTimer() {
+        headerTimer?.cancel()
+        headerTimer = nil
+        guard let timeout = workload.requestHeadersTimeout, let context else { return }
+        readAtIdle = wire?.bytesRead ?? 0
+        let sequence = requestSequence
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        headerTimer = context.eventLoop.scheduleTask(in: timeout) {
+            let h = handler.value
+            guard h.requestSequence == sequence, case .idle = h.state, h.pipelined.isEmpty else { return }
+            h.headersTimedOut(after: timeout)
+        }
+    }
+
+    /// No whole request head in time: a request that had started arriving gets 408 (a
+    /// slowloris client), a connection that sent nothing is closed quietly (idle keep-alive).
+    private func headersTimedOut(after timeout: TimeAmount) {
+        guard let context else { return }
+        headerTimer = nil
+        let ms = timeout.nanoseconds / 1_000_000
+        guard (wire?.bytesRead ?? 0) > readAtIdle else {
+            workload.logger.debug("idle HTTP/1.1 connection closed: no request within \(ms) ms", metadata: ["destination": "\(original)"])
+            context.close(promise: nil)
+            return
+        }
+        workload.counters.httpErrors.add(1)
+        workload.logger.notice("outbound HTTP 408: request headers not received within \(ms) ms", metadata: ["destination": "\(original)"])
+        state = .discarding
+        let body = "request headers not received within \(ms) ms\n"
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/plain; charset=utf-8")
+        headers.add(name: "content-length", value: "\(body.utf8.count)")
+        headers.add(name: "connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
     }
 
     /// The exchange is over: handle what was pipelined behind it, then read again.
@@ -866,7 +922,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         if requestEnded {
             if keepOpen {
                 resumePipelined()
-                closeIfDrained()
+                becameIdle()
             } else {
                 context.close(promise: nil)
             }
@@ -883,6 +939,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// The client went away mid-request: the request is counted as `DC`, its timers, slots,
     /// endpoint lease and upstream are given up.
     private func abandon() {
+        headerTimer?.cancel()
+        headerTimer = nil
         recordRequest(status: 0, flags: "DC")
         cancelTimeout()
         cancelPerTry()
@@ -916,7 +974,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ProxyDrainEvent, !isHTTP2 {
             draining = true
-            closeIfDrained()
+            becameIdle()
             return
         }
         if !isHTTP2, let e = event as? ChannelEvent, case .inputClosed = e {

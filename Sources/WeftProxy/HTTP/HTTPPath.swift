@@ -54,6 +54,8 @@ final class WireBytesCounter: ChannelDuplexHandler {
 
     private let read: Counter
     private let written: Counter
+    /// Bytes read on this connection (the request-headers timer tells idle from slow with it).
+    private(set) var bytesRead = 0
 
     init(read: Counter, written: Counter) {
         self.read = read
@@ -61,7 +63,9 @@ final class WireBytesCounter: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        read.add(unwrapInboundIn(data).readableBytes)
+        let n = unwrapInboundIn(data).readableBytes
+        bytesRead &+= n
+        read.add(n)
         context.fireChannelRead(data)
     }
 

@@ -93,9 +93,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// The proxy drains (HTTP/1.1): the exchange in progress and the requests already read
     /// are answered, the last response says `connection: close`, then the connection closes.
     private var draining = false
-    /// HTTP/1.1, while waiting for a request head: the request-headers timer, and the bytes
-    /// the connection had read when it started (more since: a request is arriving, slowly).
+    /// HTTP/1.1 request-headers timeout: one timer per connection, re-armed lazily (never
+    /// scheduled per request); when the connection became idle (nil: a request is on), and
+    /// the bytes it had read then (more since: a request is arriving, slowly).
     private var headerTimer: Scheduled<Void>?
+    private var idleSince: NIODeadline?
     private var readAtIdle = 0
     private var wire: WireBytesCounter?
     /// The in-flight slot of the current request's endpoint (LEAST_REQUEST), returned once.
@@ -188,8 +190,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     }
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        headerTimer?.cancel()
-        headerTimer = nil
+        idleSince = nil  // the head is here; the timer, if any, looks again later
         workload.counters.httpRequests.add(1)
         if workload.telemetry != nil { record = RequestRecord(head) }
         requestKeepAlive = isHTTP2 || head.isKeepAlive
@@ -805,24 +806,35 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     }
 
     private func armHeaderTimer() {
-        headerTimer?.cancel()
+        guard let timeout = workload.requestHeadersTimeout, let context else { return }
+        idleSince = .now()
+        readAtIdle = wire?.bytesRead ?? 0
+        if headerTimer == nil { scheduleHeaderCheck(in: timeout, context: context) }
+    }
+
+    private func scheduleHeaderCheck(in delay: TimeAmount, context: ChannelHandlerContext) {
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        headerTimer = context.eventLoop.scheduleTask(in: delay) { handler.value.checkHeaders() }
+    }
+
+    /// The timer fired: a request on, or idle for less than the timeout — look again later;
+    /// idle for the whole timeout — time out.
+    private func checkHeaders() {
         headerTimer = nil
         guard let timeout = workload.requestHeadersTimeout, let context else { return }
-        readAtIdle = wire?.bytesRead ?? 0
-        let sequence = requestSequence
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        headerTimer = context.eventLoop.scheduleTask(in: timeout) {
-            let h = handler.value
-            guard h.requestSequence == sequence, case .idle = h.state, h.pipelined.isEmpty else { return }
-            h.headersTimedOut(after: timeout)
+        guard let since = idleSince, case .idle = state, pipelined.isEmpty else {
+            return scheduleHeaderCheck(in: timeout, context: context)
         }
+        let waited = NIODeadline.now() - since
+        if waited < timeout { return scheduleHeaderCheck(in: timeout - waited, context: context) }
+        headersTimedOut(after: timeout)
     }
 
     /// No whole request head in time: a request that had started arriving gets 408 (a
     /// slowloris client), a connection that sent nothing is closed quietly (idle keep-alive).
     private func headersTimedOut(after timeout: TimeAmount) {
         guard let context else { return }
-        headerTimer = nil
+        idleSince = nil
         let ms = timeout.nanoseconds / 1_000_000
         guard (wire?.bytesRead ?? 0) > readAtIdle else {
             workload.logger.debug("idle HTTP/1.1 connection closed: no request within \(ms) ms", metadata: ["destination": "\(original)"])

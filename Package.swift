@@ -27,11 +27,12 @@ let package = Package(
     ],
     targets: [
         // Linux glue that Swift's Glibc module does not expose: setns, SO_ORIGINAL_DST,
-        // netns creation, netlink (libmnl), privilege dropping (libcap), fork+exec in a netns.
+        // netns creation, netlink (libmnl), privilege dropping (libcap), fork+exec in a netns, NFQUEUE
+        // verdicts (libnetfilter_queue).
         .target(
             name: "CWeftLinux",
             cSettings: [.define("_GNU_SOURCE")],
-            linkerSettings: [.linkedLibrary("mnl"), .linkedLibrary("cap")]
+            linkerSettings: [.linkedLibrary("mnl"), .linkedLibrary("cap"), .linkedLibrary("netfilter_queue")]
         ),
         .target(name: "WeftCore"),
         // Istio-compatible configuration: model, strict YAML decoding with file:line, validation

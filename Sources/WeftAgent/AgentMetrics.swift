@@ -40,7 +40,11 @@ actor AgentMetrics {
             ("weft_connection_errors", "Connections refused or failed by the proxy", [], c.connectionErrors),
             ("weft_trace_context_dropped", "Outbound requests without trace context made while serving a traced request", [],
              c.traceContextDropped),
-        ]
+        ] + c.egress.sorted { $0.key < $1.key }.map { key, value in
+            let parts = key.split(separator: "/").map(String.init)
+            return ("weft_egress_flows", "New flows leaving the netns outside the mesh (TCP outside the registry, every non-TCP flow), by verdict",
+                    [("protocol", parts.first ?? key), ("verdict", parts.count > 1 ? parts[1] : "")], value)
+        }
     }
 
     /// Brings every series up to date; returns the exposition.

@@ -59,7 +59,7 @@ public enum ConfigParser {
                 r.error(versionNode, "\(kind): apiVersion \(version) is not one of \(networkingVersions.joined(separator: ", "))")
                 return nil
             }
-        case "RateLimitPolicy", "HealthCheck", "CircuitBreaker", "RetryBudget":
+        case "RateLimitPolicy", "HealthCheck", "CircuitBreaker", "RetryBudget", "MeshConfig":
             guard version == "weft.dev/v1alpha1" else {
                 r.error(versionNode, "\(kind): apiVersion \(version) is not weft.dev/v1alpha1")
                 return nil
@@ -76,7 +76,7 @@ public enum ConfigParser {
             r.error(kindNode, "kind \(kind) is not supported by Weft")
             return nil
         default:
-            r.error(kindNode, "unknown kind '\(kind)' (supported: VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RateLimitPolicy, HealthCheck, CircuitBreaker, RetryBudget)")
+            r.error(kindNode, "unknown kind '\(kind)' (supported: VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RateLimitPolicy, HealthCheck, CircuitBreaker, RetryBudget, MeshConfig)")
             return nil
         }
         guard let metaNode = top["metadata"], let meta = metadata(metaNode, kind, r) else {
@@ -97,6 +97,8 @@ public enum ConfigParser {
             resource = virtualService(spec, meta, r, at: r.location(doc)).map(Resource.virtualService)
         } else if kind == "RetryBudget" {
             resource = retryBudget(spec, meta, r, at: r.location(doc)).map(Resource.retryBudget)
+        } else if kind == "MeshConfig" {
+            resource = meshConfig(spec, meta, r, at: r.location(doc)).map(Resource.meshConfig)
         } else if kind == "CircuitBreaker" {
             resource = circuitBreaker(spec, meta, r, at: r.location(doc)).map(Resource.circuitBreaker)
         } else if kind == "HealthCheck" {

@@ -25,6 +25,13 @@ public enum ConfigValidator {
                 seen[id] = r.location
             }
         }
+        var meshConfigs: [MeshConfigPolicy] = []
+        for case .meshConfig(let m) in resources { meshConfigs.append(m) }
+        meshConfigs.sort { ($0.metadata.namespace, $0.metadata.name) < ($1.metadata.namespace, $1.metadata.name) }
+        for m in meshConfigs.dropFirst() {
+            out.append(Diagnostic(.error, at: m.location, "more than one MeshConfig (\(meshConfigs[0].metadata.namespace)/\(meshConfigs[0].metadata.name) at \(meshConfigs[0].location))",
+                                  why: "MeshConfig is mesh-wide: two would make the egress policy depend on names; keep one"))
+        }
         var rulesByHost: [String: [DestinationRule]] = [:]
         for case .destinationRule(let d) in resources {
             rulesByHost[fqdn(d.host, namespace: d.metadata.namespace), default: []].append(d)

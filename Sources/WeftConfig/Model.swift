@@ -1,3 +1,4 @@
+import WeftCore
 /// Istio's networking kinds, the fields Weft supports. Field names are Istio's, so Istio
 /// examples read the same. Everything carries its source location for diagnostics.
 
@@ -316,6 +317,46 @@ public struct PeerAuthenticationPolicy: Sendable, Equatable {
     }
 }
 
+/// `weft.dev/v1alpha1 MeshConfig`: mesh-wide settings. Today: what may leave a meshed netns
+/// (`outboundTrafficPolicy`, Istio's meshConfig field of the same name, plus the exceptions
+/// that Istio would express with ServiceEntries).
+public struct MeshConfigPolicy: Sendable, Equatable {
+    public enum OutboundMode: String, Sendable, Equatable, CaseIterable {
+        /// Anything may be called; calls outside the registry are still logged and counted.
+        case ALLOW_ANY
+        /// Only mesh services and workloads, and `allowedDestinations`.
+        case REGISTRY_ONLY
+    }
+
+    public enum EgressProtocol: String, Sendable, Equatable, CaseIterable {
+        case TCP, UDP, ICMP, ANY
+    }
+
+    /// A destination outside the registry that REGISTRY_ONLY still lets through.
+    public struct AllowedDestination: Sendable, Equatable {
+        public var cidr: CIDR
+        /// Empty: every port (ICMP has none).
+        public var ports: [UInt16]
+        public var proto: EgressProtocol
+
+        public init(cidr: CIDR, ports: [UInt16] = [], proto: EgressProtocol = .ANY) {
+            self.cidr = cidr
+            self.ports = ports
+            self.proto = proto
+        }
+    }
+
+    public var metadata: ObjectMeta
+    public var outboundMode: OutboundMode = .ALLOW_ANY
+    public var allowedDestinations: [AllowedDestination] = []
+    public var location: SourceLocation
+
+    public init(metadata: ObjectMeta, location: SourceLocation) {
+        self.metadata = metadata
+        self.location = location
+    }
+}
+
 public enum Resource: Sendable, Equatable {
     case peerAuthentication(PeerAuthenticationPolicy)
     case authorizationPolicy(AuthorizationPolicy)
@@ -325,6 +366,7 @@ public enum Resource: Sendable, Equatable {
     case healthCheck(HealthCheck)
     case circuitBreaker(CircuitBreakerPolicy)
     case retryBudget(RetryBudgetPolicy)
+    case meshConfig(MeshConfigPolicy)
 
     public var kind: String {
         switch self {
@@ -336,6 +378,7 @@ public enum Resource: Sendable, Equatable {
         case .healthCheck: return "HealthCheck"
         case .circuitBreaker: return "CircuitBreaker"
         case .retryBudget: return "RetryBudget"
+        case .meshConfig: return "MeshConfig"
         }
     }
 
@@ -349,6 +392,7 @@ public enum Resource: Sendable, Equatable {
         case .healthCheck(let h): return h.metadata
         case .circuitBreaker(let c): return c.metadata
         case .retryBudget(let b): return b.metadata
+        case .meshConfig(let m): return m.metadata
         }
     }
 
@@ -362,6 +406,7 @@ public enum Resource: Sendable, Equatable {
         case .healthCheck(let h): return h.location
         case .circuitBreaker(let c): return c.location
         case .retryBudget(let b): return b.location
+        case .meshConfig(let m): return m.location
         }
     }
 }

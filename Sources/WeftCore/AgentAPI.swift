@@ -11,6 +11,9 @@ public struct CaptureSettings: Codable, Sendable, Equatable {
     public var proxyMark: UInt32 = 0x539
     /// Where port 53 (UDP and TCP) is redirected; nil: DNS is not captured.
     public var dnsPort: UInt16? = 15053
+    /// NFQUEUE number for new non-TCP flows leaving a workload netns (the agent gives each a
+    /// verdict); nil: non-TCP traffic is not checked.
+    public var egressQueue: UInt16? = 15009
 
     public init() {}
 }
@@ -108,6 +111,10 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     public var plaintextInbound: Int = 0
     /// Outbound requests without trace context made while a traced request was being served.
     public var traceContextDropped: Int = 0
+    /// New flows leaving the netns outside the mesh (TCP to destinations outside the
+    /// registry; every UDP, ICMP or other non-TCP flow), keyed "protocol/verdict", e.g.
+    /// "udp/denied".
+    public var egress: [String: Int] = [:]
 
     public init() {}
 }

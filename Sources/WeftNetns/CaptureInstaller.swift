@@ -18,7 +18,7 @@ public struct CaptureInstaller: Sendable {
     }
 
     public func current(_ family: IPFamily) throws -> IptablesSave {
-        let result = try HostCommand.run(tools(family).save, package: "iptables", ["-t", "nat"], netns: netns)
+        let result = try HostCommand.run(tools(family).save, package: "iptables", [], netns: netns)
         guard result.status == 0 else {
             throw WeftError(.system, "\(tools(family).save) in netns \(netns) failed: \(result.stderr.trimmed)")
         }

@@ -24,6 +24,10 @@ public struct CaptureOptions: Sendable, Equatable {
     public var excludeOutboundCIDRs: [CIDR] = []
     /// Empty means every destination.
     public var includeOutboundCIDRs: [CIDR] = []
+    /// NFQUEUE number that new non-TCP flows (UDP other than captured DNS, ICMP echo, other
+    /// protocols) are queued to for the agent's verdict; nil: they leave unchecked. Without
+    /// `--queue-bypass`: with nobody reading the queue (agent down), they are dropped.
+    public var egressQueue: UInt16? = 15009
 
     public init() {}
 
@@ -33,6 +37,7 @@ public struct CaptureOptions: Sendable, Equatable {
         tunnelPort = settings.tunnelPort
         exclusion = .mark(settings.proxyMark)
         dnsPort = settings.dnsPort
+        egressQueue = settings.egressQueue
     }
 }
 
@@ -57,6 +62,11 @@ public struct CapturePlan: Sendable, Equatable {
     public static let inboundChain = "WEFT_INBOUND"
     public static let outboundChain = "WEFT_OUTPUT"
     public static let ourChains = [inboundChain, outboundChain]
+    /// In the filter table: new non-TCP flows to the agent's NFQUEUE.
+    public static let egressChain = "WEFT_EGRESS"
+    /// ICMPv6 the kernel itself sends for neighbour discovery and multicast listening
+    /// (router/neighbour solicitation and advertisement, redirect, MLD): never queued.
+    static let icmpv6Housekeeping = ["130", "131", "132", "133", "134", "135", "136", "137", "143"]
 
     public let family: IPFamily
     public let options: CaptureOptions
@@ -143,6 +153,46 @@ public struct CapturePlan: Sendable, Equatable {
         return jumps
     }
 
+    /// The filter-table rules of the egress chain: what is not TCP and not the proxy's own goes,
+    /// on its first packet (conntrack NEW), to the agent's queue. Empty without a queue.
+    public var egressRules: [CaptureRule] {
+        guard let queue = options.egressQueue else { return [] }
+        let chain = Self.egressChain
+        var rules: [CaptureRule] = [
+            .init(chain: chain, match: ["-o", "lo"], target: ["-j", "RETURN"], comment: "loopback"),
+            // REDIRECT keeps the original route's output device: match the NAT instead.
+            .init(chain: chain, match: ["-m", "conntrack", "--ctstate", "DNAT"], target: ["-j", "RETURN"],
+                  comment: "redirected to the proxy (captured DNS)"),
+            .init(chain: chain, match: ["-p", "tcp"], target: ["-j", "RETURN"], comment: "TCP is the proxy's (nat capture)"),
+        ]
+        switch options.exclusion {
+        case .mark(let mark):
+            rules.append(.init(chain: chain, match: ["-m", "mark", "--mark", "0x" + String(mark, radix: 16)], target: ["-j", "RETURN"],
+                               comment: "proxy's own sockets (SO_MARK)"))
+        case .owner(let uid, let gid):
+            if let uid {
+                rules.append(.init(chain: chain, match: ["-m", "owner", "--uid-owner", "\(uid)"], target: ["-j", "RETURN"], comment: "proxy's own sockets (uid)"))
+            }
+            if let gid {
+                rules.append(.init(chain: chain, match: ["-m", "owner", "--gid-owner", "\(gid)"], target: ["-j", "RETURN"], comment: "proxy's own sockets (gid)"))
+            }
+        }
+        if family == .v6 {
+            for type in Self.icmpv6Housekeeping {
+                rules.append(.init(chain: chain, match: ["-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", type], target: ["-j", "RETURN"],
+                                   comment: "neighbour discovery and MLD"))
+            }
+        }
+        rules.append(.init(chain: chain, match: ["-m", "conntrack", "--ctstate", "NEW"], target: ["-j", "NFQUEUE", "--queue-num", "\(queue)"],
+                           comment: "new non-TCP flows: the agent decides"))
+        return rules
+    }
+
+    public var egressJump: CaptureRule? {
+        options.egressQueue == nil ? nil
+            : .init(chain: "OUTPUT", match: [], target: ["-j", Self.egressChain], comment: "egress control")
+    }
+
     /// iptables-restore input (for `--noflush`) that brings the nat table to the plan.
     /// Declaring our chains flushes them, so re-running replaces rather than appends; jumps
     /// already present are not added again. Idempotent by construction.
@@ -154,6 +204,21 @@ public struct CapturePlan: Sendable, Equatable {
             lines.append("-A \(jump)")
         }
         lines.append("COMMIT")
+        // The filter table: declared (so flushed) even without a queue, so turning the
+        // queue off on re-apply removes the rules; the jump only with a queue.
+        if options.egressQueue != nil || current.filter.chains.contains(Self.egressChain) {
+            lines.append("*filter")
+            lines.append(":\(Self.egressChain) - [0:0]")
+            for rule in egressRules { lines.append("-A \(rule)") }
+            if let jump = egressJump, !current.filter.hasJump(from: "OUTPUT", to: Self.egressChain) {
+                lines.append("-A \(jump)")
+            } else if egressJump == nil {
+                for rule in current.filter.rules where rule.chain == "OUTPUT" && rule.jumpTarget == Self.egressChain {
+                    lines.append("-D " + rule.text)
+                }
+            }
+            lines.append("COMMIT")
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -168,8 +233,18 @@ public struct CapturePlan: Sendable, Equatable {
             lines.append("-F \(chain)")
             lines.append("-X \(chain)")
         }
-        if lines.isEmpty { return nil }
-        return (["*nat"] + lines + ["COMMIT"]).joined(separator: "\n") + "\n"
+        var filter: [String] = []
+        for rule in current.filter.rules where rule.chain != egressChain && rule.jumpTarget == egressChain {
+            filter.append("-D " + rule.text)
+        }
+        if current.filter.chains.contains(egressChain) {
+            filter += ["-F \(egressChain)", "-X \(egressChain)"]
+        }
+        if lines.isEmpty && filter.isEmpty { return nil }
+        var script: [String] = []
+        if !lines.isEmpty { script += ["*nat"] + lines + ["COMMIT"] }
+        if !filter.isEmpty { script += ["*filter"] + filter + ["COMMIT"] }
+        return script.joined(separator: "\n") + "\n"
     }
 
     private static func ports(_ ports: [UInt16]) -> String {
@@ -177,7 +252,7 @@ public struct CapturePlan: Sendable, Equatable {
     }
 }
 
-/// The nat table as `iptables-save -t nat` prints it.
+/// The nat and filter tables as `iptables-save` prints them.
 public struct IptablesSave: Sendable, Equatable {
     public struct Rule: Sendable, Equatable {
         public let chain: String
@@ -190,22 +265,41 @@ public struct IptablesSave: Sendable, Equatable {
         }
     }
 
+    /// One table's chains and rules.
+    public struct Table: Sendable, Equatable {
+        public var chains: Set<String> = []
+        public var rules: [Rule] = []
+
+        public init() {}
+
+        public func hasJump(from chain: String, to target: String) -> Bool {
+            rules.contains { $0.chain == chain && $0.jumpTarget == target }
+        }
+    }
+
+    /// The nat table.
     public var chains: Set<String> = []
     public var rules: [Rule] = []
+    /// The filter table (egress queue rules).
+    public var filter = Table()
 
     public init() {}
 
     public init(parsing dump: String) {
-        var inNat = false
+        var table = ""
         for raw in dump.split(separator: "\n") {
             let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-            if line.hasPrefix("*") { inNat = line == "*nat"; continue }
-            guard inNat else { continue }
+            if line.hasPrefix("*") { table = String(line.dropFirst()); continue }
+            guard table == "nat" || table == "filter" else { continue }
             if line.hasPrefix(":") {
-                if let name = line.dropFirst().split(separator: " ").first { chains.insert(String(name)) }
+                if let name = line.dropFirst().split(separator: " ").first {
+                    if table == "nat" { chains.insert(String(name)) } else { filter.chains.insert(String(name)) }
+                }
             } else if line.hasPrefix("-A ") {
                 let text = String(line.dropFirst(3))
-                if let chain = text.split(separator: " ").first { rules.append(Rule(chain: String(chain), text: text)) }
+                if let chain = text.split(separator: " ").first {
+                    if table == "nat" { rules.append(Rule(chain: String(chain), text: text)) } else { filter.rules.append(Rule(chain: String(chain), text: text)) }
+                }
             }
         }
     }

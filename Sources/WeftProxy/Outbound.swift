@@ -8,6 +8,8 @@ import WeftTelemetry
 ///
 /// 1. recover the original destination (SO_ORIGINAL_DST)
 /// 2. decide: refuse loops and direct connections to the proxy port
+/// 2b. egress: under REGISTRY_ONLY, a destination outside the mesh registry (and not an
+///    allowedDestination) is refused; outside-registry calls are counted either way
 /// 3. protocol: a port declared `/http`, `/http2` or `/grpc` goes to the L7 path
 ///    (HTTPOutboundProxyHandler: one endpoint per request, HTTP/1.1 or HTTP/2 as the client
 ///    speaks); `/tcp` and `/tls` are forwarded as bytes; an undeclared port is detected
@@ -24,6 +26,9 @@ enum Outbound {
             case .refuse(let reason):
                 return context.refuse(downstream, direction: .outbound, reason: reason)
             case .forward(let original):
+                if let refused = context.checkEgress(EgressFlow(proto: .tcp, destination: original.ip, port: original.port)) {
+                    return context.refuse(downstream, direction: .outbound, reason: refused)
+                }
                 let declared = context.directory.portProtocol(original)
                 switch declared {
                 case .http?, .http2?, .grpc?:

@@ -49,8 +49,22 @@ public final class ProxyCounters: Sendable {
     let tracedInbound = Counter()
     /// Outbound requests without trace context made while a traced one was being served.
     let traceContextDropped = Counter()
+    /// Egress flows by protocol (tcp, udp, icmp, other) × verdict (allowed, denied).
+    let egress: [Counter] = (0..<8).map { _ in Counter() }
+    static let egressProtocols = ["tcp", "udp", "icmp", "other"]
 
     public init() {}
+
+    public func countEgress(_ flow: EgressFlow.Proto, allowed: Bool) {
+        let p: Int
+        switch flow {
+        case .tcp: p = 0
+        case .udp: p = 1
+        case .icmp: p = 2
+        case .other: p = 3
+        }
+        egress[p * 2 + (allowed ? 0 : 1)].add(1)
+    }
 
     public var snapshot: TrafficCounters {
         var c = TrafficCounters()
@@ -81,6 +95,11 @@ public final class ProxyCounters: Sendable {
         c.authzDenied = authzDenied.current
         c.plaintextInbound = plaintextInbound.current
         c.traceContextDropped = traceContextDropped.current
+        for (i, name) in Self.egressProtocols.enumerated() {
+            for (j, verdict) in ["allowed", "denied"].enumerated() where egress[i * 2 + j].current > 0 {
+                c.egress["\(name)/\(verdict)"] = egress[i * 2 + j].current
+            }
+        }
         return c
     }
 }

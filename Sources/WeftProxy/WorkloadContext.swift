@@ -38,6 +38,14 @@ public struct WorkloadContext: Sendable {
     let identity: String?
     /// Where Istio's standard metrics go, and how this workload is labelled as their source.
     let telemetry: WorkloadTelemetry?
+    /// Egress decisions, counts and log lines for flows leaving the mesh.
+    let egress: EgressAuditor
+
+    /// nil: the flow may go; else why it is refused (counted and logged).
+    func checkEgress(_ flow: EgressFlow) -> String? {
+        let verdict = egress.check(flow)
+        return verdict.allowed ? nil : "egress denied: \(verdict.reason)"
+    }
 }
 
 /// The agent's metrics and access log (either may be off), and one workload's labels in them.

@@ -20,8 +20,10 @@ public final class WorkloadProxy: Sendable {
     /// The TCP capture listeners (outbound, inbound, tunnel), then the DNS proxy's.
     private let listeners: [Channel]
     private let dnsListeners: [Channel]
+    /// The NFQUEUE reader for new non-TCP flows (nil: not asked for, or it could not bind).
+    private let egressQueue: EgressQueue?
 
-    private init(context: WorkloadContext, tls: WorkloadTLS?, listeners: [Channel], dnsListeners: [Channel], attachedAt: Double) {
+    private init(context: WorkloadContext, tls: WorkloadTLS?, listeners: [Channel], dnsListeners: [Channel], egressQueue: EgressQueue?, attachedAt: Double) {
         self.spec = context.spec
         self.tls = tls
         self.counters = context.counters
@@ -30,6 +32,7 @@ public final class WorkloadProxy: Sendable {
         self.context = context
         self.listeners = listeners
         self.dnsListeners = dnsListeners
+        self.egressQueue = egressQueue
         self.attachedAt = attachedAt
     }
 
@@ -48,7 +51,8 @@ public final class WorkloadProxy: Sendable {
              NIOLoopBound(RetryBudget(retryBudget), eventLoop: eventLoop), NIOLoopBound(ConnectionLimiter(), eventLoop: eventLoop),
              NIOLoopBound(TunnelPool(), eventLoop: eventLoop), NIOLoopBound(AcceptedConnections(), eventLoop: eventLoop))
         }.get()
-        let context = WorkloadContext(spec: spec, loop: loop, counters: ProxyCounters(), connections: ConnectionLog(),
+        let counters = ProxyCounters()
+        let context = WorkloadContext(spec: spec, loop: loop, counters: counters, connections: ConnectionLog(),
                                       ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout,
                                       requestHeadersTimeout: requestHeadersTimeout, logger: logger,
@@ -56,7 +60,8 @@ public final class WorkloadProxy: Sendable {
                                       tls: tls, tunnels: tunnels, accepted: accepted, identity: tls?.identity?.description,
                                       telemetry: metrics == nil && accessLog == nil && tracer == nil ? nil
                                         : WorkloadTelemetry(metrics: metrics, accessLog: accessLog, tracer: tracer, spec: spec,
-                                                            identity: tls?.identity?.description))
+                                                            identity: tls?.identity?.description),
+                                      egress: EgressAuditor(workload: spec.name, directory: directory, counters: counters, logger: logger))
         var plan: [(String, UInt16, Direction, required: Bool)] = [
             ("127.0.0.1", settings.outboundPort, .outbound, true),
             ("0.0.0.0", settings.inboundPort, .inbound, true),
@@ -85,7 +90,16 @@ public final class WorkloadProxy: Sendable {
             await loop.shutdown()
             throw error
         }
-        return WorkloadProxy(context: context, tls: tls, listeners: listeners, dnsListeners: dnsListeners, attachedAt: now)
+        var egressQueue: EgressQueue?
+        if let queue = settings.egressQueue {
+            do {
+                egressQueue = try await EgressQueue.start(queue: queue, nsfd: nsfd, netns: spec.netns, auditor: context.egress, logger: logger)
+            } catch {
+                // The capture rules have no bypass: those flows are dropped, never let out unchecked.
+                logger.error("\(error); new UDP/ICMP flows from this workload are dropped until it is re-attached")
+            }
+        }
+        return WorkloadProxy(context: context, tls: tls, listeners: listeners, dnsListeners: dnsListeners, egressQueue: egressQueue, attachedAt: now)
     }
 
     private static func bind(host: String, port: UInt16, direction: Direction, context: WorkloadContext) async throws -> Channel {
@@ -164,6 +178,7 @@ public final class WorkloadProxy: Sendable {
     /// loop (drain first to let them finish).
     public func stop() async {
         for l in listeners + dnsListeners { try? await l.close() }
+        await egressQueue?.stop()
         await loop.shutdown()
     }
 

@@ -26,6 +26,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Resolver for names outside the mesh, IP[:PORT] (default: first nameserver in /etc/resolv.conf; \"none\": answer SERVFAIL).")
     var dnsUpstream: String?
     @Flag(help: "Do not capture DNS nor run the per-workload DNS proxy.") var noDns = false
+    @Option(help: "NFQUEUE number for new non-TCP flows leaving workload namespaces (the agent gives each a verdict from MeshConfig's outboundTrafficPolicy), or none: UDP and ICMP leave unchecked.")
+    var egressQueue: String = "15009"
     @Option(help: "State directory.") var stateDir: String = WeftDefaults.stateDirectory
     @Option(help: "Watched directory of Istio YAML (VirtualService, DestinationRule); its *.yaml/*.yml files, as a whole, are applied on every change.")
     var configDir: String?
@@ -148,6 +150,7 @@ struct AgentCommand: AsyncParsableCommand {
                 config.serviceCIDRv6 = svc6
             }
             if noDns { config.capture.dnsPort = nil }
+            config.capture.egressQueue = try EgressQueueFlag.parse(egressQueue)
             if let dnsUpstream {
                 config.dnsUpstream = dnsUpstream == "none" ? nil : try Self.parseHostPort(dnsUpstream, defaultPort: 53, flag: "--dns-upstream")
             }

@@ -26,6 +26,8 @@ struct InitCommand: ParsableCommand {
     @Option(help: "Mesh tunnel port, never captured.") var tunnelPort: UInt16 = 15008
     @Option(help: "Port of the DNS proxy that port 53 (UDP and TCP) is redirected to.") var dnsPort: UInt16 = 15053
     @Flag(help: "Leave DNS alone (no port 53 redirect).") var noDns = false
+    @Option(help: "NFQUEUE number that new non-TCP flows (UDP, ICMP, other protocols) are queued to for the agent's verdict, or none (they leave unchecked). With nobody reading it, they are dropped.")
+    var egressQueue: String = "15009"
     @Option(help: "SO_MARK of the proxy's sockets, excluded from capture (default 0x539).") var proxyMark: String?
     @Option(help: "Exclude sockets owned by this uid instead of a mark.") var proxyUid: UInt32?
     @Option(help: "Exclude sockets owned by this gid instead of a mark.") var proxyGid: UInt32?
@@ -40,6 +42,7 @@ struct InitCommand: ParsableCommand {
         o.inboundPort = inboundPort
         o.tunnelPort = tunnelPort
         o.dnsPort = noDns ? nil : dnsPort
+        o.egressQueue = try EgressQueueFlag.parse(egressQueue)
         if proxyMark != nil && (proxyUid != nil || proxyGid != nil) {
             throw WeftError(.invalidArgument, "--proxy-mark and --proxy-uid/--proxy-gid exclude the proxy two ways; pick one")
         }
@@ -95,5 +98,16 @@ struct InitCommand: ParsableCommand {
         } catch {
             fail(error)
         }
+    }
+}
+
+/// `--egress-queue N|none`, shared by `weft init` and `weft agent`.
+enum EgressQueueFlag {
+    static func parse(_ text: String) throws -> UInt16? {
+        if text == "none" { return nil }
+        guard let n = UInt16(text) else {
+            throw WeftError(.invalidArgument, "--egress-queue \(text): expected an NFQUEUE number 0-65535, or none")
+        }
+        return n
     }
 }

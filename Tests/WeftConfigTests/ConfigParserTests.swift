@@ -92,7 +92,7 @@ final class ConfigParserTests: XCTestCase {
         let secondBroken = errors("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: a}\n---\nb: [\n")
         XCTAssertEqual(secondBroken.count, 1, "an error in a later document is reported, not dropped: \(secondBroken)")
         XCTAssertEqual(errors("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").first,
-                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RateLimitPolicy, HealthCheck, CircuitBreaker, RetryBudget)")
+                       "f.yaml:2:7: error: unknown kind 'ConfigMap' (supported: VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RateLimitPolicy, HealthCheck, CircuitBreaker, RetryBudget, MeshConfig)")
         XCTAssertEqual(errors("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [a]}\n").first,
                        "f.yaml:1:13: error: VirtualService: apiVersion networking.istio.io/v2 is not one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1")
         XCTAssertTrue(errors("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: x}\nspec: {}\n").first?.contains("not supported by Weft") ?? false)
@@ -375,5 +375,53 @@ final class ConfigParserTests: XCTestCase {
             let r = ConfigParser.parse(yaml: text, file: "g.yaml")
             _ = ConfigValidator.validate(r.resources)
         }
+    }
+}
+
+final class MeshConfigParserTests: XCTestCase {
+    func testMeshConfigParsesAndRefusesWithLines() {
+        let good = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: MeshConfig
+            metadata: {name: mesh, namespace: weft-system}
+            spec:
+              outboundTrafficPolicy:
+                mode: REGISTRY_ONLY
+                allowedDestinations:
+                - cidr: 10.0.0.0/8
+                  protocol: tcp
+                  ports: [5432, 6379]
+                - cidr: 2001:db8::1
+            """, file: "m.yaml")
+        guard case .meshConfig(let m)? = good.resources.first else { return XCTFail("\(good.diagnostics)") }
+        XCTAssertEqual(m.outboundMode, .REGISTRY_ONLY)
+        XCTAssertEqual(m.allowedDestinations, [.init(cidr: CIDR("10.0.0.0/8")!, ports: [5432, 6379], proto: .TCP),
+                                               .init(cidr: CIDR("2001:db8::1")!)])
+        let bad = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: MeshConfig
+            metadata: {name: mesh}
+            spec:
+              outboundTrafficPolicy:
+                allowedDestinations:
+                - cidr: 10.0.0.0/8
+                  protocol: ICMP
+                  ports: [7]
+            """, file: "m.yaml")
+        XCTAssertTrue(bad.resources.isEmpty)
+        XCTAssertTrue(bad.diagnostics.contains { "\($0)".contains("m.yaml:9") && "\($0)".contains("ICMP has no ports") }, "\(bad.diagnostics)")
+        let two = ConfigParser.parse(yaml: """
+            apiVersion: weft.dev/v1alpha1
+            kind: MeshConfig
+            metadata: {name: a}
+            spec: {}
+            ---
+            apiVersion: weft.dev/v1alpha1
+            kind: MeshConfig
+            metadata: {name: b}
+            spec: {}
+            """, file: "m.yaml")
+        let cross = ConfigValidator.validate(two.resources)
+        XCTAssertTrue(cross.contains { $0.severity == .error && "\($0)".contains("more than one MeshConfig") }, "\(cross)")
     }
 }

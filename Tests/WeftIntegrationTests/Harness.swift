@@ -423,14 +423,15 @@ final class MeshHarness {
     }
 
     /// Stops the agent with `signal` (waiting until it is gone), then starts it again on the
-    /// same socket, bridge and state directory.
-    func restartAgent(signal: Int32) throws {
+    /// same socket, bridge and state directory (`restart: false`: only stops it; call again
+    /// to start it).
+    func restartAgent(signal: Int32, restart: Bool = true) throws {
         if let agent, agent.isRunning {
             kill(agent.processIdentifier, signal)
             let deadline = Date().addingTimeInterval(10)
             while agent.isRunning && Date() < deadline { usleep(20_000) }
         }
-        try startAgent()
+        if restart { try startAgent() }
     }
 
     var agentLog: String { (try? String(contentsOfFile: dir + "/agent.err", encoding: .utf8)) ?? "" }

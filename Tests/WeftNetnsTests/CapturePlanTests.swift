@@ -24,8 +24,44 @@ final class CapturePlanTests: XCTestCase {
             -A OUTPUT -p tcp -m comment --comment "weft: outbound capture" -j WEFT_OUTPUT
             -A OUTPUT -p udp --dport 53 -m comment --comment "weft: DNS capture" -j WEFT_OUTPUT
             COMMIT
+            *filter
+            :WEFT_EGRESS - [0:0]
+            -A WEFT_EGRESS -o lo -m comment --comment "weft: loopback" -j RETURN
+            -A WEFT_EGRESS -m conntrack --ctstate DNAT -m comment --comment "weft: redirected to the proxy (captured DNS)" -j RETURN
+            -A WEFT_EGRESS -p tcp -m comment --comment "weft: TCP is the proxy's (nat capture)" -j RETURN
+            -A WEFT_EGRESS -m mark --mark 0x539 -m comment --comment "weft: proxy's own sockets (SO_MARK)" -j RETURN
+            -A WEFT_EGRESS -m conntrack --ctstate NEW -m comment --comment "weft: new non-TCP flows: the agent decides" -j NFQUEUE --queue-num 15009
+            -A OUTPUT -m comment --comment "weft: egress control" -j WEFT_EGRESS
+            COMMIT
 
             """)
+    }
+
+    /// IPv6: neighbour discovery and MLD are never queued (the kernel's own housekeeping),
+    /// there is no `--queue-bypass` anywhere (fail closed), and without a queue the filter
+    /// table is left alone unless our chain is there to remove.
+    func testEgressQueueRules() {
+        let v6 = CapturePlan(family: .v6, options: CaptureOptions()).egressRules.map(\.description)
+        for type in ["133", "134", "135", "136", "137", "143"] {
+            XCTAssertTrue(v6.contains { $0.contains("--icmpv6-type \(type) ") && $0.hasSuffix("-j RETURN") }, "ICMPv6 type \(type)")
+        }
+        XCTAssertTrue(v6.last!.contains("NFQUEUE --queue-num 15009"))
+        XCTAssertFalse(v6.joined().contains("bypass"))
+        var off = CaptureOptions()
+        off.egressQueue = nil
+        XCTAssertFalse(CapturePlan(family: .v4, options: off).applyScript(current: IptablesSave()).contains("*filter"))
+        // Turning it off on a netns that had it: chain flushed, jump deleted.
+        let had = IptablesSave(parsing: """
+            *filter
+            :OUTPUT ACCEPT [0:0]
+            :WEFT_EGRESS - [0:0]
+            -A OUTPUT -m comment --comment "weft: egress control" -j WEFT_EGRESS
+            COMMIT
+            """)
+        let script = CapturePlan(family: .v4, options: off).applyScript(current: had)
+        XCTAssertTrue(script.contains(":WEFT_EGRESS - [0:0]") && script.contains(#"-D OUTPUT -m comment --comment "weft: egress control" -j WEFT_EGRESS"#), script)
+        let removal = CapturePlan.removeScript(current: had) ?? ""
+        XCTAssertTrue(removal.contains("*filter") && removal.contains("-X WEFT_EGRESS"), removal)
     }
 
     func testExclusionsAndIncludesGolden() {

@@ -30,13 +30,13 @@ for t in debootstrap systemd-nspawn; do command -v "$t" >/dev/null || die "$t is
 [ -x "$bin" ] || die "no weft binary at $bin"
 case "$bin" in "$root"/*) ;; *) die "the binary must be inside the checkout ($root), which is mounted into the container" ;; esac
 
-if [ ! -x "$cache/usr/bin/python3" ] || [ ! -e "$cache/.weft-complete" ]; then
+if [ ! -x "$cache/usr/bin/python3" ] || [ ! -e "$cache/.weft-complete-2" ]; then
   step "debootstrap Debian 12 into $cache (once)"
   rm -rf "$cache"; mkdir -p "$(dirname "$cache")"
   debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,dbus,iptables,iproute2,util-linux,procps,curl,python3,ca-certificates,libmnl0,libcap2 \
+    --include=systemd,systemd-sysv,dbus,iptables,iproute2,util-linux,procps,curl,python3,ca-certificates,libmnl0,libcap2,libnetfilter-queue1 \
     bookworm "$cache" http://deb.debian.org/debian >/tmp/weft-debootstrap.log 2>&1 || { tail -20 /tmp/weft-debootstrap.log; unable "debootstrap from deb.debian.org failed"; }
-  touch "$cache/.weft-complete"
+  touch "$cache/.weft-complete-2"
 fi
 
 tree=$(mktemp -d /var/tmp/weft-nspawn.XXXXXX)

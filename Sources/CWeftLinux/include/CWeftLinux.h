@@ -91,3 +91,30 @@ typedef struct { pid_t pid; uid_t uid; gid_t gid; } weft_ucred;
 #define WEFT_SO_MARK 36
 
 #endif
+
+/* ---- NFQUEUE (libnetfilter_queue): per-flow verdicts for non-TCP egress ---- */
+
+struct weft_nfq;
+
+/* The first packet of a new flow, as far as the verdict needs it. */
+struct weft_nfq_packet {
+    uint32_t id;
+    uint8_t family;      /* 4 or 6 */
+    uint8_t protocol;    /* IP protocol number (after IPv6 extension headers) */
+    uint16_t sport;      /* host order; 0 when not TCP/UDP/SCTP */
+    uint16_t dport;
+    uint8_t src[16];     /* IPv4 in the first 4 bytes */
+    uint8_t dst[16];
+    uint32_t uid;        /* socket owner when the kernel knows it, else UINT32_MAX */
+};
+
+/* Binds queue `queue` in the calling thread's network namespace. NULL on failure, with
+   -errno in *error (EEXIST/EBUSY: another process holds the queue). */
+struct weft_nfq *weft_nfq_open(uint16_t queue, int *error);
+/* Waits up to timeout_ms for a queued packet. 1: *out filled; 0: timeout; <0: -errno.
+   Packets the kernel could not queue (ENOBUFS) were dropped by it: *dropped counts those
+   episodes. */
+int weft_nfq_next(struct weft_nfq *q, struct weft_nfq_packet *out, int timeout_ms, uint64_t *dropped);
+/* NF_ACCEPT (accept != 0) or NF_DROP for packet `id`. 0 or -errno. */
+int weft_nfq_verdict(struct weft_nfq *q, uint32_t id, int accept);
+void weft_nfq_close(struct weft_nfq *q);

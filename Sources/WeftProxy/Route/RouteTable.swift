@@ -81,6 +81,8 @@ public struct RouteTable: Sendable, Equatable {
     /// Every PeerAuthentication (mode lookups are per workload and port).
     public private(set) var peerAuthentications: [PeerAuthenticationPolicy] = []
     public private(set) var authorizationPolicies: [AuthorizationPolicy] = []
+    /// The mesh-wide MeshConfig (the first by namespace/name; the validator refuses a second).
+    public private(set) var meshConfig: MeshConfigPolicy?
 
     /// The AuthorizationPolicies that apply to a workload (its namespace's, selecting it,
     /// and the root namespace's).
@@ -109,6 +111,7 @@ public struct RouteTable: Sendable, Equatable {
         }
         for case .peerAuthentication(let p) in ordered { peerAuthentications.append(p) }
         for case .authorizationPolicy(let p) in ordered { authorizationPolicies.append(p) }
+        for case .meshConfig(let m) in ordered where meshConfig == nil { meshConfig = m }
         for case .retryBudget(let b) in ordered {
             if let host = b.host {
                 let fqdn = ConfigValidator.fqdn(host, namespace: b.metadata.namespace)
@@ -142,7 +145,7 @@ public struct RouteTable: Sendable, Equatable {
         }
     }
 
-    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty && healthChecks.isEmpty && breakers.isEmpty && retryBudgets.isEmpty && defaultRetryBudget == nil }
+    public var isEmpty: Bool { byHost.isEmpty && subsets.isEmpty && rateLimits.isEmpty && healthChecks.isEmpty && breakers.isEmpty && retryBudgets.isEmpty && defaultRetryBudget == nil && meshConfig == nil }
 
     /// A subset's own outlierDetection replaces the host's (Istio: each field of a subset's
     /// trafficPolicy overrides the same field of the DestinationRule's, as a whole).

@@ -344,6 +344,25 @@ public final class ServiceDirectory: Sendable {
         }
     }
 
+    /// The MeshConfig in force (nil: defaults, ALLOW_ANY).
+    public var meshConfig: MeshConfigPolicy? { state.withLock { $0.routes.meshConfig } }
+
+    /// Whether `ip` is in the mesh registry: a service's virtual IP, a service endpoint, or a
+    /// meshed workload's address (on this host or another).
+    public func isInRegistry(_ ip: IPAddress) -> Bool {
+        if peers.withLock({ $0[ip] != nil }) { return true }
+        return state.withLock { state in
+            guard let catalog = state.catalog else { return false }
+            if catalog.service(forVIP: ip) != nil { return true }
+            return catalog.entries.values.contains { $0.endpoints.contains { $0.ip == ip || $0.ipv6 == ip } }
+        }
+    }
+
+    /// The egress verdict for a new flow (see EgressDecision).
+    public func egressVerdict(_ flow: EgressFlow) -> EgressVerdict {
+        EgressDecision.decide(flow, policy: meshConfig, inRegistry: isInRegistry(flow.destination))
+    }
+
     /// The virtual IPs of a service, for the DNS proxy.
     public func lookup(name: String, namespace: String) -> (vip: IPAddress, vip6: IPAddress?)? {
         state.withLock { $0.catalog?.service(named: name, namespace: namespace).map { ($0.vip, $0.vip6) } }

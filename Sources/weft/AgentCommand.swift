@@ -28,6 +28,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Flag(help: "Do not capture DNS nor run the per-workload DNS proxy.") var noDns = false
     @Option(help: "NFQUEUE number for new non-TCP flows leaving workload namespaces (the agent gives each a verdict from MeshConfig's outboundTrafficPolicy), or none: UDP and ICMP leave unchecked.")
     var egressQueue: String = "15009"
+    @Flag(help: "Keep every capability the agent was started with (default: keep only CAP_NET_ADMIN and CAP_SYS_ADMIN, drop the rest at start).")
+    var keepCapabilities = false
     @Option(help: "State directory.") var stateDir: String = WeftDefaults.stateDirectory
     @Option(help: "Watched directory of Istio YAML (VirtualService, DestinationRule); its *.yaml/*.yml files, as a whole, are applied on every change.")
     var configDir: String?
@@ -239,6 +241,9 @@ struct AgentCommand: AsyncParsableCommand {
                 throw WeftError(.invalidArgument, "--token, --ca-pin, --node-name and --node-address are for joining a control plane: add --control HOST[:PORT]")
             }
             config.retryBudget = .init(ratio: retryBudgetRatio, minPerSecond: retryBudgetMinPerSecond, enabled: !noRetryBudget)
+            // Least privilege before anything starts: may re-execute this process with only
+            // CAP_NET_ADMIN and CAP_SYS_ADMIN (see AgentPrivileges).
+            try AgentPrivileges.enforce(keepAll: keepCapabilities, logger: Logger(label: "weft.agent"))
             try await runService(label: "weft.agent", level: level) { AgentService(config: config, logger: $0) }
         } catch {
             fail(error)

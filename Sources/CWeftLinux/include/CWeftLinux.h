@@ -118,3 +118,15 @@ int weft_nfq_next(struct weft_nfq *q, struct weft_nfq_packet *out, int timeout_m
 /* NF_ACCEPT (accept != 0) or NF_DROP for packet `id`. 0 or -errno. */
 int weft_nfq_verdict(struct weft_nfq *q, uint32_t id, int accept);
 void weft_nfq_close(struct weft_nfq *q);
+
+/* ---- the agent's own privileges ---- */
+
+/* The calling process's effective capability set as a bit mask (bit n = capability n),
+   from capget(2). UINT64_MAX on failure. */
+uint64_t weft_effective_capabilities(void);
+/* Keeps only the capabilities in `keep` (bit mask), for every thread: drops every other one
+   from the bounding set and clears ambient and inheritable, then re-executes /proc/self/exe
+   with `argv` — capabilities are per thread, and execve is what applies the new set to the
+   whole (new) process: root's permitted set after execve is its bounding set. Returns only
+   on failure, with -errno. */
+int weft_reexec_with_capabilities(uint64_t keep, char *const argv[]);

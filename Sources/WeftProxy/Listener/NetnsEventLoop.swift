@@ -82,8 +82,10 @@ public final class NetnsEventLoop: Sendable {
     ) -> EventLoopFuture<Channel> {
         let loop = self.loop
         return loop.flatSubmit {
+            // No SO_REUSEADDR: on a UDP socket it would let any process in the netns that
+            // also sets it bind the same address and port and take the datagrams (the app
+            // stealing its own DNS proxy's queries). EscapeTests tries it.
             DatagramBootstrap(group: loop)
-                .channelOption(.socketOption(.so_reuseaddr), value: 1)
                 .channelInitializer(initializer)
                 .bind(to: address)
         }

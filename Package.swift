@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .executable(name: "weft", targets: ["weft"]),
         .executable(name: "weft-control-bench", targets: ["WeftControlBench"]),
+        .executable(name: "weft-fuzz", targets: ["WeftFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -124,6 +125,17 @@ let package = Package(
                 "WeftControl", "WeftCore", "WeftIdentity",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // weft-fuzz: mutation fuzzing of the parsers that see untrusted bytes (docs/security.md).
+        .executableTarget(
+            name: "WeftFuzz",
+            dependencies: [
+                "WeftProxy", "WeftConfig", "WeftCore", "WeftTelemetry",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             ]
         ),
         .testTarget(name: "WeftNetnsTests", dependencies: ["WeftNetns", "WeftCore"]),

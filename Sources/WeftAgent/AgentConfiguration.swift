@@ -50,6 +50,8 @@ public struct AgentConfiguration: Sendable {
     public var drainTimeout: Duration = .seconds(10)
     /// HTTP/1.1 from apps: a whole request head within this of the connection being idle (nil: no limit).
     public var requestHeadersTimeout: Duration? = .seconds(60)
+    /// Open connections per workload and direction (outbound; inbound + tunnel); nil: no limit.
+    public var maxConnectionsPerWorkload: Int? = 4096
 
     /// Workload identities and the mesh tunnel (mTLS between meshed workloads). Off only
     /// with `--no-mtls` (for comparisons): then nothing has an identity.

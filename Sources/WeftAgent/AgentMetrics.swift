@@ -38,6 +38,7 @@ actor AgentMetrics {
             ("weft_plaintext_refused", "Plaintext connections refused by PeerAuthentication STRICT", [], c.plaintextRefused),
             ("weft_authorization_denied", "Requests or connections denied by AuthorizationPolicy", [], c.authzDenied),
             ("weft_connection_errors", "Connections refused or failed by the proxy", [], c.connectionErrors),
+            ("weft_connections_over_limit", "Connections refused at the per-workload connection limit", [], c.connectionsOverLimit),
             ("weft_trace_context_dropped", "Outbound requests without trace context made while serving a traced request", [],
              c.traceContextDropped),
         ] + c.egress.sorted { $0.key < $1.key }.map { key, value in

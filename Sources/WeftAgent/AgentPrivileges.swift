@@ -63,6 +63,20 @@ public enum AgentPrivileges {
                         hint: "start it with CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN, or pass --keep-capabilities")
     }
 
+    /// Raises the open-file soft limit to the hard one (systemd's default soft limit is 1024;
+    /// each proxied connection holds two descriptors). Returns the limit in force.
+    @discardableResult
+    public static func raiseOpenFileLimit() -> UInt64 {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { return UInt64(raised.rlim_cur) }
+        }
+        return UInt64(limit.rlim_cur)
+    }
+
     /// capability(7) names, by number.
     static let names = [
         "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",

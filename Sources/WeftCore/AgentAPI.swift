@@ -111,6 +111,8 @@ public struct TrafficCounters: Codable, Sendable, Equatable {
     public var plaintextInbound: Int = 0
     /// Outbound requests without trace context made while a traced request was being served.
     public var traceContextDropped: Int = 0
+    /// Connections refused at the per-workload connection limit.
+    public var connectionsOverLimit: Int = 0
     /// New flows leaving the netns outside the mesh (TCP to destinations outside the
     /// registry; every UDP, ICMP or other non-TCP flow), keyed "protocol/verdict", e.g.
     /// "udp/denied".

@@ -49,6 +49,8 @@ public final class ProxyCounters: Sendable {
     let tracedInbound = Counter()
     /// Outbound requests without trace context made while a traced one was being served.
     let traceContextDropped = Counter()
+    /// Connections refused because the workload's direction was at --max-connections-per-workload.
+    let connectionsOverLimit = Counter()
     /// Egress flows by protocol (tcp, udp, icmp, other) × verdict (allowed, denied).
     let egress: [Counter] = (0..<8).map { _ in Counter() }
     static let egressProtocols = ["tcp", "udp", "icmp", "other"]
@@ -95,6 +97,7 @@ public final class ProxyCounters: Sendable {
         c.authzDenied = authzDenied.current
         c.plaintextInbound = plaintextInbound.current
         c.traceContextDropped = traceContextDropped.current
+        c.connectionsOverLimit = connectionsOverLimit.current
         for (i, name) in Self.egressProtocols.enumerated() {
             for (j, verdict) in ["allowed", "denied"].enumerated() where egress[i * 2 + j].current > 0 {
                 c.egress["\(name)/\(verdict)"] = egress[i * 2 + j].current

@@ -39,7 +39,7 @@ public final class WorkloadProxy: Sendable {
     public static func start(
         spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
         directory: ServiceDirectory, dnsForwarder: DNSForwarder? = nil,
-        connectTimeout: TimeAmount = .seconds(10), requestHeadersTimeout: TimeAmount? = .seconds(60), retryBudget: RetryBudget.Settings = .init(), tls: WorkloadTLS? = nil,
+        connectTimeout: TimeAmount = .seconds(10), requestHeadersTimeout: TimeAmount? = .seconds(60), maxConnections: Int? = nil, retryBudget: RetryBudget.Settings = .init(), tls: WorkloadTLS? = nil,
         metrics: MeshMetrics? = nil, accessLog: AccessLog? = nil, tracer: Tracer? = nil, logger: Logger, now: Double
     ) async throws -> WorkloadProxy {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
@@ -49,7 +49,7 @@ public final class WorkloadProxy: Sendable {
         let (pool, h2Pool, budget, limiter, tunnels, accepted) = try await eventLoop.submit {
             (NIOLoopBound(UpstreamPool(), eventLoop: eventLoop), NIOLoopBound(H2UpstreamPool(), eventLoop: eventLoop),
              NIOLoopBound(RetryBudget(retryBudget), eventLoop: eventLoop), NIOLoopBound(ConnectionLimiter(), eventLoop: eventLoop),
-             NIOLoopBound(TunnelPool(), eventLoop: eventLoop), NIOLoopBound(AcceptedConnections(), eventLoop: eventLoop))
+             NIOLoopBound(TunnelPool(), eventLoop: eventLoop), NIOLoopBound(AcceptedConnections(limit: maxConnections), eventLoop: eventLoop))
         }.get()
         let counters = ProxyCounters()
         let context = WorkloadContext(spec: spec, loop: loop, counters: counters, connections: ConnectionLog(),
@@ -111,7 +111,12 @@ public final class WorkloadProxy: Sendable {
                 // Start after the channel is registered (the initializer's future resolves
                 // first); reads stay off until the upstream is connected and glued.
                 channel.eventLoop.execute {
-                    context.accepted.value.add(channel)
+                    guard context.accepted.value.admit(channel, outbound: direction == .outbound) else {
+                        context.counters.connectionsOverLimit.add(1)
+                        context.egress.noteOverLimit(direction: direction.rawValue, limit: context.accepted.value.limit ?? 0)
+                        channel.closeWithReset()
+                        return
+                    }
                     let local = channel.localAddress?.weftIP.map { OriginalDestination(ip: $0, port: port) } ?? listener
                     switch direction {
                     case .outbound: _ = Outbound.accept(channel, context: context, listener: local)

@@ -39,6 +39,8 @@ struct AgentCommand: AsyncParsableCommand {
     var drainTimeout: String = "10s"
     @Option(help: "HTTP/1.1 from apps: a connection must deliver a whole request head within this of being idle (accepted, or its last response sent), else 408 (bytes had come) or a quiet close (none had): slowloris and idle keep-alive. 0s: no limit.")
     var requestHeadersTimeout: String = "60s"
+    @Option(help: "Open connections each workload's proxy takes per direction (the app's outbound; inbound and tunnel together) before refusing new ones with a reset; 0: no limit. A flood from or to one workload cannot take the agent's file descriptors from the others.")
+    var maxConnectionsPerWorkload: Int = 4096
     @Option(help: "Retry budget: retries allowed per request sent to a service, over a 10 s window.") var retryBudgetRatio: Double = 0.2
     @Option(help: "Retry budget floor: retries per second always allowed to a service.") var retryBudgetMinPerSecond: Double = 3
     @Flag(help: "No retry budget: every configured retry is attempted (for comparison only; retries can then multiply across hops).")
@@ -191,6 +193,10 @@ struct AgentCommand: AsyncParsableCommand {
                 throw WeftError(.invalidArgument, "--request-headers-timeout \(requestHeadersTimeout): expected a duration up to 24h (e.g. 60s, 500ms), or 0s for no limit")
             }
             config.requestHeadersTimeout = headers == .zero ? nil : headers
+            guard maxConnectionsPerWorkload >= 0 else {
+                throw WeftError(.invalidArgument, "--max-connections-per-workload \(maxConnectionsPerWorkload): expected 0 (no limit) or more")
+            }
+            config.maxConnectionsPerWorkload = maxConnectionsPerWorkload == 0 ? nil : maxConnectionsPerWorkload
             guard (0...10).contains(retryBudgetRatio), retryBudgetMinPerSecond >= 0 else {
                 throw WeftError(.invalidArgument, "--retry-budget-ratio must be within 0...10 and --retry-budget-min-per-second at least 0")
             }
@@ -244,6 +250,7 @@ struct AgentCommand: AsyncParsableCommand {
             // Least privilege before anything starts: may re-execute this process with only
             // CAP_NET_ADMIN and CAP_SYS_ADMIN (see AgentPrivileges).
             try AgentPrivileges.enforce(keepAll: keepCapabilities, logger: Logger(label: "weft.agent"))
+            AgentPrivileges.raiseOpenFileLimit()
             try await runService(label: "weft.agent", level: level) { AgentService(config: config, logger: $0) }
         } catch {
             fail(error)

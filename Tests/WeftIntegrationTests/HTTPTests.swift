@@ -89,20 +89,28 @@ final class HTTPTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("HTTP/1.1 200"), r.stdout)
     }
 
+    /// Python: `exchange(raw)` sends raw bytes to web:80 and returns all that comes back
+    /// until the proxy closes (or 5 s of silence).
+    static let exchangePython = #"""
+        import socket
+        def exchange(raw):
+            s = socket.create_connection(("web", 80), timeout=5); s.sendall(raw)
+            data = b""
+            try:
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk: break
+                    data += chunk
+            except (socket.timeout, ConnectionResetError):
+                pass
+            return data
+
+        """#
+
     func testSmugglingAndBadInputAreRefused() throws {
-        let script = """
-            import socket
+        let script = Self.exchangePython + """
             def send(raw):
-                s = socket.create_connection(("web", 80), timeout=5); s.sendall(raw)
-                data = b""
-                try:
-                    while True:
-                        chunk = s.recv(4096)
-                        if not chunk: break
-                        data += chunk
-                except socket.timeout:
-                    pass
-                return data.split(b"\\r\\n")[0].decode()
+                return exchange(raw).split(b"\\r\\n")[0].decode()
             print("clte", send(b"POST / HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n"))
             print("h2c", send(b"GET / HTTP/1.1\\r\\nHost: web\\r\\nUpgrade: h2c\\r\\nHTTP2-Settings: AAMAAABkAAQAAP__\\r\\nConnection: Upgrade, HTTP2-Settings\\r\\n\\r\\n"))
             print("badchunk", send(b"POST / HTTP/1.1\\r\\nHost: web\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\nzz\\r\\nhello\\r\\n0\\r\\n\\r\\n"))
@@ -129,6 +137,66 @@ final class HTTPTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("garbage HTTP/1.1 400"), r.stdout)
         XCTAssertTrue(r.stdout.contains("ok HTTP/1.1 200"), "the proxy keeps serving after bad input: \(r.stdout)")
         XCTAssertTrue(r.stdout.contains("pipelined 3 1 True"), "pipelined requests answered in order: \(r.stdout)")
+    }
+
+    /// Mutations that request-desync tools (smuggler-style Transfer-Encoding and
+    /// Content-Length variants) use to make a proxy and a server disagree on where a request
+    /// ends. Each must be refused by the proxy, never forwarded; the good request after them
+    /// must still work. The body of each carries a second request ("GET /smuggled") that a
+    /// confused server would answer.
+    func testDesyncMutationsAreRefused() throws {
+        let script = Self.exchangePython + #"""
+            SMUG = b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n"
+            CASES = {
+                "te_space_before_colon": b"Transfer-Encoding : chunked\r\nContent-Length: 4\r\n",
+                "te_xchunked": b"Transfer-Encoding: xchunked\r\nContent-Length: 4\r\n",
+                "te_tab_and_cl": b"Transfer-Encoding:\tchunked\r\nContent-Length: 4\r\n",
+                "te_twice": b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n",
+                "te_chunked_identity": b"Transfer-Encoding: chunked, identity\r\n",
+                "te_identity": b"Transfer-Encoding: identity\r\nContent-Length: 4\r\n",
+                "te_obs_fold": b"Transfer-Encoding:\r\n chunked\r\nContent-Length: 4\r\n",
+                "te_vertical_tab": b"Transfer-Encoding:\x0bchunked\r\nContent-Length: 4\r\n",
+                "te_nul": b"Transfer-Encoding: chunked\x00\r\nContent-Length: 4\r\n",
+                "te_not_last": b"Transfer-Encoding: chunked, gzip\r\n",
+                "cl_plus": b"Content-Length: +4\r\n",
+                "cl_two_values": b"Content-Length: 4\r\nContent-Length: 40\r\n",
+                "cl_list": b"Content-Length: 4, 40\r\n",
+                "cl_hex": b"Content-Length: 0x4\r\n",
+                "cl_space_in_name": b"Content Length: 4\r\nTransfer-Encoding: chunked\r\n",
+                "cl_negative": b"Content-Length: -1\r\n",
+            }
+            def send(raw):
+                return exchange(raw)
+            for name, headers in CASES.items():
+                data = send(b"POST / HTTP/1.1\r\nHost: web\r\n" + headers + b"\r\n" + SMUG)
+                first = data.split(b"\r\n")[0].decode(errors="replace")
+                print(name, first.replace(" ", "_") or "closed", data.count(b"HTTP/1.1 200"))
+            # Chunked bodies that lie: a size that overflows, a chunk longer than its size, a missing CRLF.
+            for name, body in {"chunk_overflow": b"ffffffffffffffffffff\r\nx\r\n0\r\n\r\n",
+                               "chunk_too_long": b"3\r\nhello\r\n0\r\n\r\n",
+                               "chunk_no_crlf": b"5\r\nhello0\r\n\r\n"}.items():
+                data = send(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+                print(name, data.split(b"\r\n")[0].decode(errors="replace").replace(" ", "_") or "closed", data.count(b"HTTP/1.1 200"))
+            print("good", send(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").split(b"\r\n")[0].decode().replace(" ", "_"), 1)
+            """#
+        try script.write(toFile: mesh.dir + "/desync.py", atomically: true, encoding: .utf8)
+        chmod(mesh.dir + "/desync.py", 0o644)
+        let r = client("/usr/bin/python3 \(mesh.dir)/desync.py")
+        XCTAssertEqual(r.status, 0, r.output)
+        var refused = 0
+        for line in r.stdout.split(separator: "\n") {
+            let f = line.split(separator: " ").map(String.init)
+            guard f.count == 3 else { continue }
+            if f[0] == "good" {
+                XCTAssertEqual(f[1], "HTTP/1.1_200_OK", "the proxy keeps serving")
+                continue
+            }
+            XCTAssertTrue(f[1].hasPrefix("HTTP/1.1_400") || f[1].hasPrefix("HTTP/1.1_501") || f[1] == "closed", "\(f[0]) must be refused: \(f[1])")
+            XCTAssertEqual(f[2], "0", "\(f[0]): nothing may reach the server")
+            refused += 1
+        }
+        XCTAssertEqual(refused, 19, r.stdout)
+        print("desync mutations refused: \(refused)")
     }
 
     func testMeshErrorsAreAnsweredWithFlags() throws {

@@ -25,6 +25,14 @@ public final class EgressAuditor: Sendable {
         self.linesPerSecond = linesPerSecond
     }
 
+    /// A connection refused at the per-workload limit: logged within the same line budget.
+    public func noteOverLimit(direction: String, limit: Int) {
+        if take(now: NIODeadline.now().uptimeNanoseconds / 1_000_000_000) {
+            logger.warning("\(direction) connection refused: \(limit) connections already open (--max-connections-per-workload)",
+                           metadata: ["workload": "\(workload)"])
+        }
+    }
+
     /// The verdict for a new flow, counted and logged. A TCP flow to the registry is the
     /// mesh's ordinary business: neither counted nor logged here.
     public func check(_ flow: EgressFlow, nowSeconds: UInt64 = NIODeadline.now().uptimeNanoseconds / 1_000_000_000) -> EgressVerdict {
@@ -34,6 +42,19 @@ public final class EgressAuditor: Sendable {
         counters.countEgress(flow.proto, allowed: verdict.allowed)
         // Allowed TCP leaves a line in the access log; denials and non-TCP flows only here.
         if verdict.allowed, flow.proto == .tcp { return verdict }
+        if take(now: nowSeconds) {
+            let line = "egress \(flow) \(verdict.allowed ? "allowed" : "denied"): \(verdict.reason)"
+            if verdict.allowed {
+                logger.info("\(line)", metadata: ["workload": "\(workload)"])
+            } else {
+                logger.warning("\(line)", metadata: ["workload": "\(workload)"])
+            }
+        }
+        return verdict
+    }
+
+    /// Whether one more line may be logged this second (then a count of those that were not).
+    private func take(now nowSeconds: UInt64) -> Bool {
         let (log, suppressed) = budget.withLock { b -> (Bool, Int) in
             if b.second != nowSeconds {
                 let s = b.suppressed
@@ -48,17 +69,9 @@ public final class EgressAuditor: Sendable {
             return (false, 0)
         }
         if suppressed > 0 {
-            logger.notice("egress: \(suppressed) more flows not logged in the last second (see weft_egress_flows_total)",
+            logger.notice("\(suppressed) more egress or connection-limit lines not logged in the last second (see weft_egress_flows_total, weft_connections_over_limit_total)",
                           metadata: ["workload": "\(workload)"])
         }
-        if log {
-            let line = "egress \(flow) \(verdict.allowed ? "allowed" : "denied"): \(verdict.reason)"
-            if verdict.allowed {
-                logger.info("\(line)", metadata: ["workload": "\(workload)"])
-            } else {
-                logger.warning("\(line)", metadata: ["workload": "\(workload)"])
-            }
-        }
-        return verdict
+        return log
     }
 }

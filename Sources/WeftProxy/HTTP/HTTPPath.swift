@@ -40,6 +40,12 @@ enum HTTPPath {
             }
         }
         try sync.addHandler(drain)
+        // An HTTP/2 client that shuts its side is gone: no half-open connection (the capture
+        // listener allows half-closure for the byte path). Left half-open, its streams — and
+        // the upstream streams they hold — were never closed: a client could pin an
+        // upstream's whole stream budget by opening streams and hanging up (found by
+        // HTTP2ConformanceTests).
+        try downstream.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
         try downstream.syncOptions?.setOption(.autoRead, value: true)
     }
 }

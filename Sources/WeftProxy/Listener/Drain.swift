@@ -13,8 +13,31 @@ final class AcceptedConnections {
     private var channels: [ObjectIdentifier: Channel] = [:]
     private var waiters: [EventLoopPromise<Void>] = []
     private(set) var draining = false
+    /// Open connections allowed per direction (the app's own outbound; inbound and tunnel
+    /// together), nil: no limit. A flood in one direction leaves the other alone, and the
+    /// agent's file descriptors to the other workloads.
+    let limit: Int?
+    private var outbound = 0
+    private var toWorkload = 0
+    private var outboundIDs = Set<ObjectIdentifier>()
+
+    init(limit: Int? = nil) { self.limit = limit }
 
     var count: Int { channels.count }
+
+    /// Takes the connection, or refuses it (false) when its direction is at the limit.
+    func admit(_ channel: Channel, outbound isOutbound: Bool) -> Bool {
+        if let limit, (isOutbound ? outbound : toWorkload) >= limit { return false }
+        let id = ObjectIdentifier(channel)
+        if isOutbound {
+            outbound += 1
+            outboundIDs.insert(id)
+        } else {
+            toWorkload += 1
+        }
+        add(channel)
+        return true
+    }
 
     func add(_ channel: Channel) {
         let id = ObjectIdentifier(channel)
@@ -25,7 +48,8 @@ final class AcceptedConnections {
     }
 
     private func remove(_ id: ObjectIdentifier) {
-        channels[id] = nil
+        guard channels.removeValue(forKey: id) != nil else { return }
+        if outboundIDs.remove(id) != nil { outbound -= 1 } else if toWorkload > 0 { toWorkload -= 1 }
         if channels.isEmpty {
             let done = waiters
             waiters = []
@@ -73,6 +97,18 @@ final class HTTP2DrainHandler: ChannelInboundHandler, NIOHTTP2StreamDelegate, @u
     func streamClosed(_ id: HTTP2StreamID, channel: Channel) {
         open.remove(id)
         if draining, open.isEmpty { context?.close(promise: nil) }
+    }
+
+    /// The peer's GOAWAY: it opens no more streams, so the connection closes after its last
+    /// one (at once when none is open) — a client that said goodbye does not hold a
+    /// connection open.
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        context.fireChannelRead(data)
+        if case .goAway = frame.payload, !draining {
+            draining = true
+            if open.isEmpty { context.close(promise: nil) }
+        }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

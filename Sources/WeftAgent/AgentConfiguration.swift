@@ -52,6 +52,8 @@ public struct AgentConfiguration: Sendable {
     public var requestHeadersTimeout: Duration? = .seconds(60)
     /// Open connections per workload and direction (outbound; inbound + tunnel); nil: no limit.
     public var maxConnectionsPerWorkload: Int? = 4096
+    /// Proxied connections and HTTP exchanges idle this long are closed; nil: never.
+    public var idleTimeout: Duration? = .seconds(3600)
 
     /// Workload identities and the mesh tunnel (mTLS between meshed workloads). Off only
     /// with `--no-mtls` (for comparisons): then nothing has an identity.

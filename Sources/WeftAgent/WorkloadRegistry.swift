@@ -330,7 +330,8 @@ public actor WorkloadRegistry {
         let proxy = try await WorkloadProxy.start(
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
             directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout,
-            requestHeadersTimeout: config.requestHeadersTimeout.map(TimeAmount.init), maxConnections: config.maxConnectionsPerWorkload,
+            requestHeadersTimeout: config.requestHeadersTimeout.map(TimeAmount.init), idleTimeout: config.idleTimeout.map(TimeAmount.init),
+            maxConnections: config.maxConnectionsPerWorkload,
             retryBudget: config.retryBudget,
             tls: tls, metrics: config.metricsAddress == nil ? nil : metrics, accessLog: accessLog, tracer: tracer, logger: logger,
             now: Date().timeIntervalSince1970)

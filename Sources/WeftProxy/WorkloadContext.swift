@@ -18,6 +18,9 @@ public struct WorkloadContext: Sendable {
     /// once it is idle (accepted, or its last exchange over); nil: no limit. Slowloris clients
     /// get 408, silent keep-alive connections are closed.
     public let requestHeadersTimeout: TimeAmount?
+    /// A proxied connection (or HTTP exchange) with no byte read on either side for this long
+    /// is closed (checked once per period: closed after one to two periods); nil: never.
+    public let idleTimeout: TimeAmount?
     public let logger: Logger
     public let directory: ServiceDirectory
     /// Idle HTTP/1.1 upstream connections; only touched on the workload's loop.
@@ -82,7 +85,8 @@ extension WorkloadContext {
         return dial(target, proto: "tcp") { _ in }.flatMapThrowing { upstream in
             try Splice.join(downstream: downstream, upstream: upstream,
                             downstreamReceived: downstreamBytes, upstreamReceived: upstreamBytes,
-                            tcp: tcp.flatMap { TCPTally($0, telemetry: telemetry, downstream: downstream, upstream: target) })
+                            tcp: tcp.flatMap { TCPTally($0, telemetry: telemetry, downstream: downstream, upstream: target) },
+                            idleTimeout: idleTimeout)
             logger.debug("\(direction.rawValue) connection", metadata: ["client": "\(client)", "destination": "\(target)"])
         }.flatMapError { error in
             if let fallback, Self.isRefused(error) {

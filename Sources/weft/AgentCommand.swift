@@ -41,6 +41,8 @@ struct AgentCommand: AsyncParsableCommand {
     var requestHeadersTimeout: String = "60s"
     @Option(help: "Open connections each workload's proxy takes per direction (the app's outbound; inbound and tunnel together) before refusing new ones with a reset; 0: no limit. A flood from or to one workload cannot take the agent's file descriptors from the others.")
     var maxConnectionsPerWorkload: Int = 4096
+    @Option(help: "Close a proxied connection, or an HTTP exchange, when no byte has moved either way for this long (checked once per period, so after one to two periods): idle TCP connections and slow-read clients. 0s: never.")
+    var idleTimeout: String = "1h"
     @Option(help: "Retry budget: retries allowed per request sent to a service, over a 10 s window.") var retryBudgetRatio: Double = 0.2
     @Option(help: "Retry budget floor: retries per second always allowed to a service.") var retryBudgetMinPerSecond: Double = 3
     @Flag(help: "No retry budget: every configured retry is attempted (for comparison only; retries can then multiply across hops).")
@@ -197,6 +199,10 @@ struct AgentCommand: AsyncParsableCommand {
                 throw WeftError(.invalidArgument, "--max-connections-per-workload \(maxConnectionsPerWorkload): expected 0 (no limit) or more")
             }
             config.maxConnectionsPerWorkload = maxConnectionsPerWorkload == 0 ? nil : maxConnectionsPerWorkload
+            guard let idle = IstioDuration.parse(idleTimeout) ?? (idleTimeout == "0" ? .zero : nil), idle <= .seconds(7 * 86400) else {
+                throw WeftError(.invalidArgument, "--idle-timeout \(idleTimeout): expected a duration up to 168h (e.g. 1h, 300s, 500ms), or 0s for never")
+            }
+            config.idleTimeout = idle == .zero ? nil : idle
             guard (0...10).contains(retryBudgetRatio), retryBudgetMinPerSecond >= 0 else {
                 throw WeftError(.invalidArgument, "--retry-budget-ratio must be within 0...10 and --retry-budget-min-per-second at least 0")
             }

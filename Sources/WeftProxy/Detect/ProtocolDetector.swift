@@ -278,7 +278,7 @@ final class ProtocolDetector {
         do {
             try Splice.join(downstream: downstream, upstream: upstream,
                             downstreamReceived: workload.counters.bytesOutboundSent,
-                            upstreamReceived: workload.counters.bytesOutboundReceived)
+                            upstreamReceived: workload.counters.bytesOutboundReceived, idleTimeout: workload.idleTimeout)
         } catch {
             upstream.close(promise: nil)
             _ = workload.refuse(downstream, direction: .outbound, reason: "cannot join connections: \(error)")

@@ -23,6 +23,8 @@ final class GlueHandler {
     /// bytes (received), the upstream side's the response bytes (sent).
     private let tally: TCPTally?
     private let isDownstream: Bool
+    /// Shared by the pair when an idle timeout applies.
+    var idle: IdleWatch?
 
     private init(received: Counter?, tally: TCPTally?, isDownstream: Bool) {
         self.received = received
@@ -103,6 +105,7 @@ extension GlueHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data).readableBytes
         received?.add(bytes)
+        idle?.activity &+= 1
         if let tally {
             if isDownstream { tally.received(bytes) } else { tally.sent(bytes) }
         }

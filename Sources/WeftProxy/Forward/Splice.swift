@@ -10,11 +10,21 @@ enum Splice {
         upstream: Channel,
         downstreamReceived: Counter?,
         upstreamReceived: Counter?,
-        tcp: TCPTally? = nil
+        tcp: TCPTally? = nil,
+        idleTimeout: TimeAmount? = nil
     ) throws {
         downstream.eventLoop.preconditionInEventLoop()
         let (down, up) = GlueHandler.matchedPair(downstreamReceived: downstreamReceived, upstreamReceived: upstreamReceived,
                                                  tally: tcp)
+        if let idleTimeout {
+            // Idle both ways for a whole period: close both (a FIN each, as Envoy's TCP proxy).
+            let watch = IdleWatch.start(on: downstream, every: idleTimeout) {
+                downstream.close(promise: nil)
+                upstream.close(promise: nil)
+            }
+            down.idle = watch
+            up.idle = watch
+        }
         try downstream.pipeline.syncOperations.addHandler(down)
         try upstream.pipeline.syncOperations.addHandler(up)
         // Reads were off until both ends were glued (so no byte is read with nowhere to go);

@@ -97,6 +97,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// scheduled per request); when the connection became idle (nil: a request is on), and
     /// the bytes it had read then (more since: a request is arriving, slowly).
     private var headerTimer: Scheduled<Void>?
+    /// The idle timeout (--idle-timeout): reads from either side, looked at once per period.
+    private var idle: IdleWatch?
     private var idleSince: NIODeadline?
     private var readAtIdle = 0
     private var wire: WireBytesCounter?
@@ -122,6 +124,22 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             wire = try? context.pipeline.syncOperations.handler(type: WireBytesCounter.self)
             armHeaderTimer()
         }
+        if let period = workload.idleTimeout {
+            // Nothing read from the app or the upstream for a whole period: the exchange (or
+            // the idle connection) is over — a slow-read client included. An HTTP/2 stream
+            // is reset, an HTTP/1.1 connection closed.
+            let channel = context.channel
+            idle = IdleWatch.start(on: channel, every: period) { [weak self] in
+                guard let self else { return }
+                self.workload.logger.debug("HTTP connection idle for \(period.nanoseconds / 1_000_000) ms: closed",
+                                           metadata: ["workload": "\(self.workload.spec.name)"])
+                if case .streaming(let exchange) = self.state, exchange.responseHeadSent {
+                    channel.closeWithReset()
+                } else {
+                    channel.close(promise: nil)
+                }
+            }
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -129,6 +147,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     // MARK: - requests from the app
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        idle?.activity &+= 1
         handle(unwrapInboundIn(data), context: context)
     }
 
@@ -486,6 +505,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     // MARK: - responses from the upstream
 
     func upstreamRead(_ part: HTTPClientResponsePart) {
+        idle?.activity &+= 1
         guard case .streaming(var exchange) = state, let context else { return }
         switch part {
         case .head(let head):

@@ -262,7 +262,8 @@ private final class TunnelConnectServer: ChannelInboundHandler, RemovableChannel
                 try Splice.join(downstream: context.channel, upstream: app,
                                 downstreamReceived: workload.counters.bytesInboundReceived, upstreamReceived: workload.counters.bytesInboundSent,
                                 tcp: workload.inboundLabels(client: client, principal: peer.description, requestProtocol: "tcp")
-                                    .flatMap { TCPTally($0, telemetry: workload.telemetry, downstream: context.channel, upstream: target) })
+                                    .flatMap { TCPTally($0, telemetry: workload.telemetry, downstream: context.channel, upstream: target) },
+                                idleTimeout: workload.idleTimeout)
             }
             workload.logger.debug("inbound connection", metadata: ["client": "\(client.map { "\($0)" } ?? "?")", "destination": "\(target)",
                                                                    "peer": "\(peer)", "via": "tunnel"])

@@ -54,6 +54,8 @@ public struct AgentConfiguration: Sendable {
     public var maxConnectionsPerWorkload: Int? = 4096
     /// Proxied connections and HTTP exchanges idle this long are closed; nil: never.
     public var idleTimeout: Duration? = .seconds(3600)
+    /// HTTP request bodies larger than this get 413; nil: no limit.
+    public var maxRequestBodyBytes: Int?
 
     /// Workload identities and the mesh tunnel (mTLS between meshed workloads). Off only
     /// with `--no-mtls` (for comparisons): then nothing has an identity.

@@ -331,7 +331,7 @@ public actor WorkloadRegistry {
             spec: spec, nsfd: handle.fd, netnsCookie: handle.cookie, settings: config.capture,
             directory: directory, dnsForwarder: dnsForwarder, connectTimeout: config.connectTimeout,
             requestHeadersTimeout: config.requestHeadersTimeout.map(TimeAmount.init), idleTimeout: config.idleTimeout.map(TimeAmount.init),
-            maxConnections: config.maxConnectionsPerWorkload,
+            maxConnections: config.maxConnectionsPerWorkload, maxRequestBodyBytes: config.maxRequestBodyBytes,
             retryBudget: config.retryBudget,
             tls: tls, metrics: config.metricsAddress == nil ? nil : metrics, accessLog: accessLog, tracer: tracer, logger: logger,
             now: Date().timeIntervalSince1970)

@@ -21,6 +21,8 @@ public struct WorkloadContext: Sendable {
     /// A proxied connection (or HTTP exchange) with no byte read on either side for this long
     /// is closed (checked once per period: closed after one to two periods); nil: never.
     public let idleTimeout: TimeAmount?
+    /// Requests with a larger body get 413 (nil: no limit; bodies are streamed either way).
+    public let maxRequestBodyBytes: Int?
     public let logger: Logger
     public let directory: ServiceDirectory
     /// Idle HTTP/1.1 upstream connections; only touched on the workload's loop.

@@ -39,7 +39,7 @@ public final class WorkloadProxy: Sendable {
     public static func start(
         spec: WorkloadSpec, nsfd: Int32, netnsCookie: UInt64, settings: CaptureSettings,
         directory: ServiceDirectory, dnsForwarder: DNSForwarder? = nil,
-        connectTimeout: TimeAmount = .seconds(10), requestHeadersTimeout: TimeAmount? = .seconds(60), idleTimeout: TimeAmount? = .hours(1), maxConnections: Int? = nil, retryBudget: RetryBudget.Settings = .init(), tls: WorkloadTLS? = nil,
+        connectTimeout: TimeAmount = .seconds(10), requestHeadersTimeout: TimeAmount? = .seconds(60), idleTimeout: TimeAmount? = .hours(1), maxConnections: Int? = nil, maxRequestBodyBytes: Int? = nil, retryBudget: RetryBudget.Settings = .init(), tls: WorkloadTLS? = nil,
         metrics: MeshMetrics? = nil, accessLog: AccessLog? = nil, tracer: Tracer? = nil, logger: Logger, now: Double
     ) async throws -> WorkloadProxy {
         let loop = try await NetnsEventLoop.start(netns: spec.netns, nsfd: nsfd, expectedCookie: netnsCookie)
@@ -55,7 +55,8 @@ public final class WorkloadProxy: Sendable {
         let context = WorkloadContext(spec: spec, loop: loop, counters: counters, connections: ConnectionLog(),
                                       ports: ProxyPorts(settings),
                                       mark: settings.proxyMark, connectTimeout: connectTimeout,
-                                      requestHeadersTimeout: requestHeadersTimeout, idleTimeout: idleTimeout, logger: logger,
+                                      requestHeadersTimeout: requestHeadersTimeout, idleTimeout: idleTimeout,
+                                      maxRequestBodyBytes: maxRequestBodyBytes, logger: logger,
                                       directory: directory, upstreamPool: pool, h2Pool: h2Pool, retryBudget: budget, limiter: limiter,
                                       tls: tls, tunnels: tunnels, accepted: accepted, identity: tls?.identity?.description,
                                       telemetry: metrics == nil && accessLog == nil && tracer == nil ? nil

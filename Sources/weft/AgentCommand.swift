@@ -43,6 +43,8 @@ struct AgentCommand: AsyncParsableCommand {
     var maxConnectionsPerWorkload: Int = 4096
     @Option(help: "Close a proxied connection, or an HTTP exchange, when no byte has moved either way for this long (checked once per period, so after one to two periods): idle TCP connections and slow-read clients. 0s: never.")
     var idleTimeout: String = "1h"
+    @Option(help: "HTTP requests whose body is larger get 413 from the mesh (a declared Content-Length at once; a streamed body when it crosses the limit, or a reset once the response has started). 0: no limit (bodies are streamed, never buffered).")
+    var maxRequestBodyBytes: Int = 0
     @Option(help: "Retry budget: retries allowed per request sent to a service, over a 10 s window.") var retryBudgetRatio: Double = 0.2
     @Option(help: "Retry budget floor: retries per second always allowed to a service.") var retryBudgetMinPerSecond: Double = 3
     @Flag(help: "No retry budget: every configured retry is attempted (for comparison only; retries can then multiply across hops).")
@@ -203,6 +205,10 @@ struct AgentCommand: AsyncParsableCommand {
                 throw WeftError(.invalidArgument, "--idle-timeout \(idleTimeout): expected a duration up to 168h (e.g. 1h, 300s, 500ms), or 0s for never")
             }
             config.idleTimeout = idle == .zero ? nil : idle
+            guard maxRequestBodyBytes >= 0 else {
+                throw WeftError(.invalidArgument, "--max-request-body-bytes \(maxRequestBodyBytes): expected 0 (no limit) or more")
+            }
+            config.maxRequestBodyBytes = maxRequestBodyBytes == 0 ? nil : maxRequestBodyBytes
             guard (0...10).contains(retryBudgetRatio), retryBudgetMinPerSecond >= 0 else {
                 throw WeftError(.invalidArgument, "--retry-budget-ratio must be within 0...10 and --retry-budget-min-per-second at least 0")
             }

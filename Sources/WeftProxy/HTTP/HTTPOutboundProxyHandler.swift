@@ -79,6 +79,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private var slotHost: String?
     /// Whether the client wants the connection kept after the current request.
     private var requestKeepAlive = true
+    /// Request body bytes read so far (for --max-request-body-bytes).
+    private var requestBodyBytes = 0
     /// This request is one of a half-open breaker's probes: its first answer decides.
     private var breakerProbe = false
     private var retrySlotHost: String?
@@ -170,7 +172,13 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             pipelined.append(part)
             return
         }
-        if case .body(let b) = part { record?.requestBytes += b.readableBytes }
+        if case .body(let b) = part {
+            record?.requestBytes += b.readableBytes
+            if let limit = workload.maxRequestBodyBytes {
+                requestBodyBytes += b.readableBytes
+                if requestBodyBytes > limit, bodyOverLimit(limit, context: context) { return }
+            }
+        }
         switch (state, part) {
         case (.idle, .head(let head)):
             begin(head, context: context)
@@ -208,6 +216,25 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         if case .streaming(let exchange) = state { exchange.upstream.flush() }
     }
 
+    /// A streamed body (chunked, HTTP/2) went over the limit: 413 while no response has
+    /// started (the upstream request is abandoned), else the connection or stream is reset.
+    /// Returns whether the part must be dropped.
+    private func bodyOverLimit(_ limit: Int, context: ChannelHandlerContext) -> Bool {
+        switch state {
+        case .connecting, .streaming:
+            if case .streaming(let exchange) = state, exchange.responseHeadSent {
+                state = .discarding
+                release(exchange.upstream)
+                context.channel.closeWithReset()
+            } else {
+                fail(.payloadTooLarge, flags: "DPE", reason: "request body over the limit of \(limit) bytes (--max-request-body-bytes)", context: context)
+            }
+            return true
+        case .idle, .discarding, .answered:
+            return false
+        }
+    }
+
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         idleSince = nil  // the head is here; the timer, if any, looks again later
         workload.counters.httpRequests.add(1)
@@ -222,6 +249,11 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return fail(status, flags: "DPE", reason: reason, context: context)
         case .forward(let h):
             request = h
+        }
+        requestBodyBytes = 0
+        if let limit = workload.maxRequestBodyBytes, let declared = request.headers.first(name: "content-length").flatMap(Int.init), declared > limit {
+            return fail(.payloadTooLarge, flags: "DPE", reason: "request body of \(declared) bytes is over the limit of \(limit) (--max-request-body-bytes)",
+                        context: context)
         }
         if workload.telemetry?.accessLog != nil {
             if clientText == nil { clientText = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "-" }

@@ -25,6 +25,9 @@ struct Options {
     var runs = Int.max
     var seed: UInt64 = UInt64(UInt32.random(in: 1...UInt32.max))
     var out = "."
+    /// Runs one target once on this file (a crash input), without the crash handler: the
+    /// Swift runtime's backtrace shows where.
+    var replay: String?
 }
 
 func parseOptions() -> Options {
@@ -47,6 +50,7 @@ func parseOptions() -> Options {
         case "--runs": o.runs = Int(value(a)) ?? { fail("--runs: a number") }()
         case "--seed": o.seed = UInt64(value(a)) ?? { fail("--seed: a number") }()
         case "--out": o.out = value(a)
+        case "--replay": o.replay = value(a)
         case "-h", "--help":
             print("weft-fuzz [--target \(Targets.names.joined(separator: "|"))|all] [--seconds N per target] [--runs N] [--seed N] [--out DIR]")
             exit(0)
@@ -161,7 +165,10 @@ enum Targets {
                     ["\r\n", ": ", "Content-Length", "Transfer-Encoding", "chunked", "Host", "Connection", "close", "keep-alive",
                      "Upgrade", "HTTP/1.1", "HTTP/1.0", "0\r\n\r\n", "ffffffff", "te", "trailers", "x-forwarded-for", " ", "\t"].map(b))
         case "http2-server", "http2-client":
-            return ([http2Seed(client: name == "http2-server")],
+            // Regression seed: a response `:status: ""` crashed swift-nio-http2's client codec.
+            let emptyStatus: [UInt8] = [0, 0, 0x0c, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0x64, 0, 4, 0, 1, 0, 0,
+                                        0, 0, 0x0a, 1, 4, 0, 0, 0, 1, 0, 7] + Array(":status".utf8) + [0]
+            return ([http2Seed(client: name == "http2-server")] + (name == "http2-client" ? [emptyStatus] : []),
                     [[0, 0, 0, 4, 0, 0, 0, 0, 0], [0, 0, 8, 6, 0, 0, 0, 0, 0], [0, 0, 4, 3, 0, 0, 0, 0, 1], [0, 0, 0, 9, 0, 0, 0, 0, 1],
                      [0, 0, 4, 8, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff], [0x82, 0x86, 0x84], [0x3f, 0xe1, 0x1f], [0xff, 0xff, 0xff, 0x0f]])
         case "config":
@@ -274,12 +281,40 @@ enum Targets {
         }
     }
 
-    /// Collects what the HTTP/1.1 decoder produced and runs the proxy's checks on each head.
+    /// Routes with every kind of match (exact, prefix, regex on uri; headers; method; port)
+    /// and a rewrite: each decoded request is routed through them as the proxy does.
+    static let routes: RouteTable = {
+        let yaml = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: r, namespace: shop}
+            spec:
+              hosts: [payments]
+              http:
+              - match: [{uri: {regex: "/v[0-9]+/(charge|refund)/.*"}, method: {exact: POST}, headers: {x-canary: {prefix: "ye"}}}]
+                rewrite: {uri: /internal/}
+                route: [{destination: {host: payments, subset: v2}, weight: 30}, {destination: {host: payments, subset: v1}, weight: 70}]
+              - match: [{uri: {prefix: /api}, port: 3000, headers: {authorization: {regex: "Bearer [A-Za-z0-9._-]+"}}}]
+                route: [{destination: {host: payments, subset: v1}}]
+              - match: [{uri: {exact: /health}}]
+                route: [{destination: {host: payments}}]
+            """
+        return RouteTable(resources: ConfigParser.parse(yaml: yaml, file: "routes.yaml").resources)
+    }()
+
+    /// Collects what the HTTP/1.1 decoder produced and runs the proxy's checks on each head:
+    /// the header policy, then routing.
     final class HeadSink: ChannelInboundHandler {
         typealias InboundIn = HTTPServerRequestPart
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             if case .head(let head) = unwrapInboundIn(data) {
-                _ = HTTPHeaderPolicy.request(head, client: nil, requestID: { "fuzz" })
+                guard case .forward(let request) = HTTPHeaderPolicy.request(head, client: nil, requestID: { "fuzz" }) else { return }
+                var headers: [String: String] = [:]
+                for (name, value) in request.headers where headers[name.lowercased()] == nil { headers[name.lowercased()] = value }
+                let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.uri
+                let facts = RequestFacts(method: request.method.rawValue, path: path, headers: headers, port: 3000)
+                _ = Targets.routes.decide(host: "payments.shop.svc.cluster.local", facts: facts, random: 0.5)
+                _ = RouteTable.rewritePath(path, rewrite: "/internal/", match: .prefix("/v1"))
             }
         }
         func errorCaught(context: ChannelHandlerContext, error: Error) {}
@@ -314,7 +349,7 @@ enum Targets {
                 }
                 let stream = mux.createStreamChannel { stream in
                     stream.eventLoop.makeCompletedFuture {
-                        try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+                        try UpstreamHTTP2Stream.addDecoding(to: stream.pipeline.syncOperations)  // as the proxy's pool
                     }
                 }
                 channel.embeddedEventLoop.run()
@@ -344,6 +379,13 @@ enum Targets {
 // MARK: - main
 
 let options = parseOptions()
+if let replay = options.replay {
+    guard let data = FileManager.default.contents(atPath: replay), options.targets.count == 1 else { fail("--replay FILE needs one --target and a readable FILE") }
+    let input = [UInt8](data)
+    for split in [input.count, 1, 7] { Targets.run(options.targets[0], input, split: max(split, 1)) }
+    say("replayed \(input.count) bytes on \(options.targets[0]): no crash")
+    exit(0)
+}
 installCrashHandler()
 var total = 0
 for (i, name) in options.targets.enumerated() {

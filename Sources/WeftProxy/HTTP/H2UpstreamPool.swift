@@ -24,7 +24,7 @@ final class H2UpstreamPool {
             let promise = loop.makePromise(of: Channel.self)
             mux.createStreamChannel(promise: promise) { stream in
                 stream.eventLoop.makeCompletedFuture {
-                    try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+                    try UpstreamHTTP2Stream.addDecoding(to: stream.pipeline.syncOperations)
                     try stream.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
                 }
             }
@@ -62,6 +62,7 @@ final class H2UpstreamPool {
             }
             try sync.addHandler(watcher)
             try sync.addHandler(drain)
+            try sync.addHandler(CloseWhenPeerEnds())
         }.whenComplete { result in
             let pool = bound.value
             switch result {
@@ -109,6 +110,72 @@ final class H2UpstreamPool {
     func drain() {
         for case .ready(let channel, _) in entries.values { channel.pipeline.fireUserInboundEventTriggered(ProxyDrainEvent()) }
         entries.removeAll()
+    }
+}
+
+/// How an upstream HTTP/2 stream's responses are decoded (the proxy's pool and weft-fuzz use
+/// this one function, so the fuzzer runs what the proxy runs).
+public enum UpstreamHTTP2Stream {
+    public static func addDecoding(to pipeline: ChannelPipeline.SynchronousOperations) throws {
+        try pipeline.addHandler(ResponseStatusGuard())
+        try pipeline.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+    }
+}
+
+/// Before NIO's HTTP/1-shaped client codec on an upstream stream: a response whose `:status`
+/// is not three digits is a stream error (RST_STREAM, the request gets 503), never passed on.
+/// swift-nio-http2 (1.x) force-unwraps the first character of `:status` when it classifies a
+/// response, so an upstream answering `:status: ""` crashed the whole agent — found by
+/// weft-fuzz (`http2-client`).
+final class ResponseStatusGuard: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTP2Frame.FramePayload
+
+    struct MalformedStatus: Error, CustomStringConvertible {
+        let value: String
+        var description: String { "upstream sent a malformed :status \"\(value.prefix(16))\"" }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .headers(let h) = unwrapInboundIn(data) {
+            for value in h.headers[":status"] where !Self.valid(value) {
+                context.fireErrorCaught(MalformedStatus(value: value))
+                context.close(promise: nil)
+                return
+            }
+        }
+        context.fireChannelRead(data)
+    }
+
+    static func valid(_ status: String) -> Bool {
+        let u = status.utf8
+        return u.count == 3 && u.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
+    }
+}
+
+/// Last on an upstream HTTP/2 connection: a connection error (NIO's handler reports it
+/// after its GOAWAY) or the upstream ending its side (a FIN, or END_STREAM when the
+/// connection runs inside a mesh-tunnel stream) closes the connection, so every request on
+/// it fails over at once. Without it, a connection carried by a tunnel stream stayed open
+/// after the upstream closed or broke the protocol, and its requests hung (found by
+/// HTTP2ConformanceTests' hostile upstream).
+final class CloseWhenPeerEnds: ChannelInboundHandler {
+    typealias InboundIn = Any
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, case .inputClosed = e {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
     }
 }
 

@@ -138,8 +138,12 @@ final class NodeReader {
         let units: [(String, Double)] = [("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("ns", 1e-9), ("h", 3600), ("m", 60), ("s", 1)]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
             let number = text.dropLast(suffix.count)
-            guard !number.isEmpty, number.allSatisfy({ $0.isNumber || $0 == "." }), let v = Double(number), v >= 0 else { return nil }
-            return .nanoseconds(Int64((v * scale * 1e9).rounded()))
+            guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }), let v = Double(number), v >= 0 else { return nil }
+            // At most ~31 years: beyond, the nanoseconds do not fit an Int64 (converting
+            // them trapped — a config file could crash the agent; found by weft-fuzz).
+            let nanos = (v * scale * 1e9).rounded()
+            guard nanos.isFinite, nanos <= 1e18 else { return nil }
+            return .nanoseconds(Int64(nanos))
         }
         return nil
     }

@@ -425,3 +425,28 @@ final class MeshConfigParserTests: XCTestCase {
         XCTAssertTrue(cross.contains { $0.severity == .error && "\($0)".contains("more than one MeshConfig") }, "\(cross)")
     }
 }
+
+final class DurationParsingTests: XCTestCase {
+    /// A duration too large for Int64 nanoseconds is an error, not a trap (weft-fuzz found the
+    /// trap: `perTryTimeout: 199999999999999999999s` crashed the parser).
+    func testHugeAndOddDurationsAreRefused() {
+        XCTAssertEqual(IstioDuration.parse("1.5s"), .milliseconds(1500))
+        XCTAssertEqual(IstioDuration.parse("100us"), .microseconds(100))
+        for bad in ["199999999999999999999s", "1e400s", "99999999999h", "٣s", "-1s", "s", "1.2.3s", "inf s"] {
+            XCTAssertNil(IstioDuration.parse(bad), bad)
+        }
+        let r = ConfigParser.parse(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: r}
+            spec:
+              hosts: [web]
+              http:
+              - route: [{destination: {host: web}}]
+                retries: {attempts: 2, perTryTimeout: 199999999999999999999s}
+            """, file: "d.yaml")
+        XCTAssertTrue(r.resources.isEmpty)
+        XCTAssertTrue(r.diagnostics.contains { "\($0)".contains("d.yaml:8") && "\($0)".contains("must be a duration") }, "\(r.diagnostics)")
+    }
+}
+

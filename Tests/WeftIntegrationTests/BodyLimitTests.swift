@@ -4,14 +4,8 @@ import XCTest
 /// `--max-request-body-bytes` (1,000 here): a larger declared body gets 413 at once, a
 /// chunked one when it crosses the limit; neither reaches the server; a body under the
 /// limit goes through.
-final class BodyLimitTests: XCTestCase {
-    var mesh: MeshHarness!
-
-    override func setUpWithError() throws { mesh = try MeshHarness.start(agentArgs: ["--max-request-body-bytes", "1000"]) }
-    override func tearDown() {
-        mesh?.shutdown()
-        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
-    }
+final class BodyLimitTests: MeshTestCase {
+    override var agentArgs: [String] { ["--max-request-body-bytes", "1000"] }
 
     func testOversizedBodiesGet413AndNeverReachTheServer() throws {
         try HTTPTests.echoApp.write(toFile: mesh.dir + "/echo.py", atomically: true, encoding: .utf8)

@@ -4,14 +4,8 @@ import XCTest
 /// A connection flood from one workload hits its own limit (--max-connections-per-workload)
 /// and is refused with resets, counted and logged; another workload calling the same
 /// service at the same time is not affected.
-final class ConnectionFloodTests: XCTestCase {
-    var mesh: MeshHarness!
-
-    override func setUpWithError() throws { mesh = try MeshHarness.start(agentArgs: ["--max-connections-per-workload", "40"]) }
-    override func tearDown() {
-        mesh?.shutdown()
-        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
-    }
+final class ConnectionFloodTests: MeshTestCase {
+    override var agentArgs: [String] { ["--max-connections-per-workload", "40"] }
 
     static let server = #"""
     import sys, http.server

@@ -6,15 +6,12 @@ import XCTest
 /// ICMP go through NFQUEUE, where the agent gives each new flow a verdict; with no agent to
 /// answer, they fail closed. "Outside" is a server on the host side of the harness's bridge
 /// (its gateway address); the mesh side is a workload answering UDP echo.
-final class EgressTests: XCTestCase {
-    var mesh: MeshHarness!
+final class EgressTests: MeshTestCase {
     var outside: MeshHarness.Background?
 
-    override func setUpWithError() throws { mesh = try MeshHarness.start() }
     override func tearDown() {
         if let outside, outside.process.isRunning { outside.process.terminate() }
-        mesh?.shutdown()
-        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
+        super.tearDown()
     }
 
     /// Applies the mesh's MeshConfig through the agent.

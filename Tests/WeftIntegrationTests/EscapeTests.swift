@@ -3,15 +3,12 @@ import XCTest
 
 /// No bypass, least privilege: a meshed app tries the usual ways around its proxy, and the
 /// agent's own privileges are checked.
-final class EscapeTests: XCTestCase {
-    var mesh: MeshHarness!
+final class EscapeTests: MeshTestCase {
     var outside: MeshHarness.Background?
 
-    override func setUpWithError() throws { mesh = try MeshHarness.start() }
     override func tearDown() {
         if let outside, outside.process.isRunning { outside.process.terminate() }
-        mesh?.shutdown()
-        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
+        super.tearDown()
     }
 
     /// Run as the wrapped app: one line per attempt, `NAME ok|refused DETAIL`.

@@ -5,14 +5,8 @@ import XCTest
 /// that never ends) gets 408 and its connection closed; a keep-alive connection left idle and
 /// a connection that never says anything are closed; a request whose head came at once is
 /// never cut, however long the server takes to answer.
-final class SlowClientTests: XCTestCase {
-    var mesh: MeshHarness!
-
-    override func setUpWithError() throws { mesh = try MeshHarness.start(agentArgs: ["--request-headers-timeout", "1s"]) }
-    override func tearDown() {
-        mesh?.shutdown()
-        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
-    }
+final class SlowClientTests: MeshTestCase {
+    override var agentArgs: [String] { ["--request-headers-timeout", "1s"] }
 
     static let server = #"""
     import sys, time, http.server

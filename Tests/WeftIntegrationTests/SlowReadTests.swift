@@ -4,14 +4,8 @@ import XCTest
 /// `--idle-timeout` (2 s here): a client that stops reading a large response is cut off once
 /// nothing moves (backpressure meanwhile keeps the agent from buffering the response), an
 /// idle TCP connection is closed, and a slow but steady response is never cut.
-final class SlowReadTests: XCTestCase {
-    var mesh: MeshHarness!
-
-    override func setUpWithError() throws { mesh = try MeshHarness.start(agentArgs: ["--idle-timeout", "2s"]) }
-    override func tearDown() {
-        mesh?.shutdown()
-        if let mesh { XCTAssertEqual(mesh.ourNetns(), [], "teardown must leave no netns") }
-    }
+final class SlowReadTests: MeshTestCase {
+    override var agentArgs: [String] { ["--idle-timeout", "2s"] }
 
     static let server = #"""
     import sys, time, socket, threading, http.server

@@ -80,6 +80,8 @@ public struct AgentConfiguration: Sendable {
     /// OTLP/gRPC collector for spans, HOST:PORT (nil: no tracing), and the share of new
     /// traces sampled, in percent (Istio's default: 1).
     public var tracingCollector: String?
+    /// TLS to the collector (`--tracing-collector-tls`, `-ca`, `-cert`, `-key`); nil: plaintext.
+    public var tracingCollectorTLS: CollectorTLS?
     public var traceSamplingPercent: Double = 1
 
     public init() {}

@@ -63,7 +63,7 @@ public struct AgentService: Service {
                 throw WeftError(.invalidArgument, "--access-log: \(error)")
             }
         }
-        let tracer = config.tracingCollector.map { Tracer(collector: $0, sampling: config.traceSamplingPercent / 100) }
+        let tracer = config.tracingCollector.map { Tracer(collector: $0, sampling: config.traceSamplingPercent / 100, tls: config.tracingCollectorTLS) }
         let registry = try WorkloadRegistry(config: config, logger: logger, dnsForwarder: forwarder, identities: identities, accessLog: accessLog,
                                             tracer: tracer)
         let exporting = tracer.map { t in Task { await t.runExporter(logger: logger) } }
@@ -129,7 +129,7 @@ public struct AgentService: Service {
                                                    "podCIDR": "\(config.podCIDR)", "version": "\(WeftVersion.current)",
                                                    "metrics": "\(config.metricsAddress ?? "off")", "admin": "\(config.adminAddress ?? "off")",
                                                    "accessLog": "\(config.accessLog.map { "\($0) (\(config.accessLogFormat.rawValue))" } ?? "off")",
-                                                   "tracing": "\(config.tracingCollector.map { "\($0) at \(config.traceSamplingPercent)%" } ?? "off")"])
+                                                   "tracing": "\(config.tracingCollector.map { "\($0)\(config.tracingCollectorTLS == nil ? "" : " (TLS)") at \(config.traceSamplingPercent)%" } ?? "off")"])
         SystemdNotify.send("READY=1\nSTATUS=serving \(config.socketPath)")
         let reloads = HangupReloads(logger: logger) { [config, logger, accessLog] in
             SystemdNotify.send("RELOADING=1")

@@ -36,9 +36,10 @@ enum Inbound {
                 let policies = context.directory.authorizationPolicies(namespace: context.spec.namespace.rawValue, labels: context.spec.labels)
                 if !policies.isEmpty || context.telemetry?.tracer != nil {
                     let client = downstream.remoteAddress?.weftIP
-                    let isHTTP = context.spec.ports.contains { $0.targetPort == original.port && $0.proto == .http }
-                    if isHTTP {
-                        return gated(downstream, to: target, context: context, client: client, port: original.port, policies: policies)
+                    let declared = context.spec.ports.first { $0.targetPort == original.port }?.proto
+                    if declared == .http || declared == .http2 || declared == .grpc {
+                        return gated(downstream, to: target, context: context, client: client, port: original.port, policies: policies,
+                                     http2: declared != .http)
                     }
                     let check = AuthorizationRequest(principal: nil, sourceIP: client, port: original.port)
                     let decision = InboundAuthorization.decideConnection(check, policies: policies)
@@ -61,10 +62,15 @@ enum Inbound {
 
     /// Plaintext HTTP under AuthorizationPolicy: dial the app, then the per-request gate.
     private static func gated(_ downstream: Channel, to target: OriginalDestination, context: WorkloadContext, client: IPAddress?,
-                              port: UInt16, policies: [AuthorizationPolicy]) -> EventLoopFuture<Void> {
-        context.dial(target, proto: "http/1.1") { _ in }.flatMapThrowing { app in
-            try InboundAuthorization.startGate(downstream: downstream, app: app, workload: context, principal: nil, source: client,
-                                               port: port, policies: policies)
+                              port: UInt16, policies: [AuthorizationPolicy], http2: Bool) -> EventLoopFuture<Void> {
+        context.dial(target, proto: http2 ? "h2c" : "http/1.1") { _ in }.flatMapThrowing { app in
+            if http2 {
+                try InboundAuthorization.startHTTP2Gate(downstream: downstream, app: app, workload: context, principal: nil, source: client,
+                                                        port: port, policies: policies)
+            } else {
+                try InboundAuthorization.startGate(downstream: downstream, app: app, workload: context, principal: nil, source: client,
+                                                   port: port, policies: policies)
+            }
         }.flatMapError { error in
             context.refuse(downstream, direction: .inbound, reason: "upstream \(target): \(WorkloadContext.describe(error))")
         }

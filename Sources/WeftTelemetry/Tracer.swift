@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 import Logging
+import NIOSSL
 import Synchronization
 
 /// Spans of the whole agent on their way to an OTLP/gRPC collector. Finishing a span only
@@ -12,6 +13,8 @@ public final class Tracer: Sendable {
     /// Share of new traces sampled, 0...1 (a caller's sampled flag is always followed).
     public let sampling: Double
     public let collector: String
+    /// How the exporter secures its connection to the collector (nil: plaintext).
+    public let collectorTLS: CollectorTLS?
     private let queue = Mutex<[SpanRecord]>([])
     private let droppedSpans = Atomic<Int>(0)
     private let exportedSpans = Atomic<Int>(0)
@@ -19,9 +22,10 @@ public final class Tracer: Sendable {
     static let maxQueued = 4096
     static let batch = 512
 
-    public init(collector: String, sampling: Double) {
+    public init(collector: String, sampling: Double, tls: CollectorTLS? = nil) {
         self.collector = collector
         self.sampling = min(1, max(0, sampling))
+        self.collectorTLS = tls
     }
 
     public var dropped: Int { droppedSpans.load(ordering: .relaxed) }
@@ -72,11 +76,13 @@ public final class Tracer: Sendable {
         }
     }
 
-    /// Runs until cancelled: batches to `collector` (HOST:PORT, plaintext gRPC) every second.
+    /// Runs until cancelled: batches to `collector` (HOST:PORT; gRPC over TLS when
+    /// `collectorTLS` is set, else plaintext) every second.
     public func runExporter(logger: Logger) async {
         let (host, port) = Self.split(collector)
         do {
-            let transport = try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: .plaintext,
+            let security = collectorTLS.map { $0.transportSecurity } ?? .plaintext
+            let transport = try HTTP2ClientTransport.Posix(target: Self.target(host: host, port: port), transportSecurity: security,
                                                            config: .defaults { c in
                 c.backoff = .init(initial: .milliseconds(200), max: .seconds(5), multiplier: 2, jitter: 0.2)
             })
@@ -116,6 +122,15 @@ public final class Tracer: Sendable {
 
     static let export = MethodDescriptor(fullyQualifiedService: "opentelemetry.proto.collector.trace.v1.TraceService", method: "Export")
 
+    /// An IP literal is an address target: a name target would put the IP in TLS's SNI,
+    /// which TLS forbids (the collector's certificate is then checked against the IP).
+    static func target(host: String, port: Int) -> any ResolvableTarget {
+        var v4 = in_addr(), v6 = in6_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 { return .ipv4(address: host, port: port) }
+        if inet_pton(AF_INET6, host, &v6) == 1 { return .ipv6(address: host, port: port) }
+        return .dns(host: host, port: port)
+    }
+
     static func split(_ address: String) -> (String, Int) {
         if address.hasPrefix("["), let close = address.firstIndex(of: "]") {
             return (String(address[address.index(after: address.startIndex)..<close]),
@@ -126,6 +141,65 @@ public final class Tracer: Sendable {
         }
         return (address, 4317)
     }
+}
+
+/// TLS to the OTLP collector: the server's certificate is verified (chain and name) against
+/// `caFile`'s certificates, or the system's trust store without one; `certFile` + `keyFile`
+/// are a client certificate for collectors that require one (mTLS).
+public struct CollectorTLS: Sendable, Equatable {
+    public var caFile: String?
+    public var certFile: String?
+    public var keyFile: String?
+
+    public init(caFile: String? = nil, certFile: String? = nil, keyFile: String? = nil) {
+        self.caFile = caFile
+        self.certFile = certFile
+        self.keyFile = keyFile
+    }
+
+    /// Checks the files before the agent starts (the exporter would only find out at its
+    /// first connection): the CA and certificate are PEM certificates, the key a PEM private
+    /// key that only its owner can read, and a certificate comes with its key.
+    public func validate() throws -> CollectorTLS {
+        if (certFile == nil) != (keyFile == nil) {
+            throw CollectorTLSError("--tracing-collector-cert and --tracing-collector-key go together (a client certificate and its key)")
+        }
+        for (flag, file) in [("--tracing-collector-ca", caFile), ("--tracing-collector-cert", certFile)] {
+            guard let file else { continue }
+            let certificates: [NIOSSLCertificate]
+            do { certificates = try NIOSSLCertificate.fromPEMFile(file) } catch {
+                throw CollectorTLSError("\(flag) \(file): not a readable PEM certificate file (\(error))")
+            }
+            if certificates.isEmpty { throw CollectorTLSError("\(flag) \(file): no certificate in it") }
+        }
+        if let key = keyFile {
+            var st = stat()
+            guard stat(key, &st) == 0 else { throw CollectorTLSError("--tracing-collector-key \(key): \(String(cString: strerror(errno)))") }
+            if st.st_mode & 0o077 != 0 {
+                throw CollectorTLSError("--tracing-collector-key \(key): readable by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it")
+            }
+            do { _ = try NIOSSLPrivateKey(file: key, format: .pem) } catch {
+                throw CollectorTLSError("--tracing-collector-key \(key): not a readable PEM private key (\(error))")
+            }
+        }
+        return self
+    }
+
+    var transportSecurity: HTTP2ClientTransport.Posix.TransportSecurity {
+        let configure: (inout HTTP2ClientTransport.Posix.TransportSecurity.TLS) -> Void = { tls in
+            if let ca = caFile { tls.trustRoots = .certificates([.file(path: ca, format: .pem)]) }
+            tls.serverCertificateVerification = .fullVerification
+        }
+        if let cert = certFile, let key = keyFile {
+            return .mTLS(certificateChain: [.file(path: cert, format: .pem)], privateKey: .file(path: key, format: .pem), configure: configure)
+        }
+        return .tls(configure: configure)
+    }
+}
+
+public struct CollectorTLSError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// Messages that are already protobuf bytes.

@@ -78,6 +78,14 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Access log format: json, or text (Envoy's default format).") var accessLogFormat: String = "json"
     @Option(help: "Send spans to this OTLP/gRPC collector, HOST:PORT (W3C trace context is propagated and started when it is set).")
     var tracingCollector: String?
+    @Flag(help: "Export spans over TLS (the collector's certificate verified against the system's trust store, or --tracing-collector-ca).")
+    var tracingCollectorTls = false
+    @Option(help: "PEM file of the CA certificates the collector's certificate must chain to (implies --tracing-collector-tls).")
+    var tracingCollectorCa: String?
+    @Option(help: "PEM client certificate for a collector that requires one (mTLS; with --tracing-collector-key).")
+    var tracingCollectorCert: String?
+    @Option(help: "PEM private key of --tracing-collector-cert (mode 600).")
+    var tracingCollectorKey: String?
     @Option(help: "Percent of new traces sampled (0-100; a caller's sampled flag is always followed).") var traceSampling: Double = 1
 
     /// "host", "host:port", "[v6]:port", "v6" → (host, port).
@@ -182,6 +190,17 @@ struct AgentCommand: AsyncParsableCommand {
                 }
             }
             config.tracingCollector = tracingCollector
+            if tracingCollectorTls || tracingCollectorCa != nil || tracingCollectorCert != nil || tracingCollectorKey != nil {
+                guard tracingCollector != nil else {
+                    throw WeftError(.invalidArgument, "--tracing-collector-tls/-ca/-cert/-key need --tracing-collector HOST:PORT")
+                }
+                do {
+                    config.tracingCollectorTLS = try CollectorTLS(caFile: tracingCollectorCa, certFile: tracingCollectorCert,
+                                                                  keyFile: tracingCollectorKey).validate()
+                } catch let error as CollectorTLSError {
+                    throw WeftError(.invalidArgument, error.description)
+                }
+            }
             config.traceSamplingPercent = traceSampling
             config.adminAddress = adminAddress == "none" ? nil : adminAddress
             config.podCIDR = cidr

@@ -258,6 +258,44 @@ extension MTLSTests {
         XCTAssertGreaterThanOrEqual(denied, 8)
         XCTAssertTrue(mesh.agentLog.contains("denied by AuthorizationPolicy shop/deny-blocked"), mesh.agentLog.suffix(3000).description)
     }
+
+    /// gRPC (HTTP/2) is authorized call by call, like HTTP/1.1: on one connection, an allowed
+    /// method succeeds and another is PERMISSION_DENIED (HTTP 403 on that stream only), and a
+    /// plaintext caller's call is refused the same way.
+    func testAuthorizationPolicyAppliesToEachGRPCCall() throws {
+        try ProtocolTests.grpcServer.write(toFile: mesh.dir + "/grpc_server.py", atomically: true, encoding: .utf8)
+        try #"""
+        import sys, grpc
+        ch = grpc.insecure_channel(sys.argv[1])
+        for method in ["Say", "Count", "Say"]:
+            try:
+                call = ch.unary_unary if method == "Say" else ch.unary_stream
+                r = call("/weft.Test/" + method)(b"2", timeout=10)
+                print(method, "ok" if method == "Say" else ",".join(x.decode() for x in r))
+            except grpc.RpcError as e:
+                print(method, e.code().name)
+        """#.write(toFile: mesh.dir + "/grpc_calls.py", atomically: true, encoding: .utf8)
+        _ = try mesh.startWeft(["run", "--name", mesh.name("greeter"), "--service", "greeter", "--namespace", "shop",
+                                "--port", "50051/grpc", "--label", "app=greeter", "--",
+                                "/usr/bin/python3", mesh.dir + "/grpc_server.py", "50051", "a"])
+        try mesh.waitForListener(netns: mesh.name("greeter"), port: 50051)
+        try apply("""
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: say-only, namespace: shop}
+            spec:
+              selector: {matchLabels: {app: greeter}}
+              rules:
+              - to: [{operation: {paths: [/weft.Test/Say]}}]
+            """)
+        let r = mesh.weft(["run", "--name", mesh.name("gc"), "--service", "client", "--namespace", "shop", "--",
+                           "/usr/bin/python3", mesh.dir + "/grpc_calls.py", "greeter.shop:50051"], timeout: 60)
+        XCTAssertEqual(r.stdout.split(separator: "\n"), ["Say ok", "Count PERMISSION_DENIED", "Say ok"], r.output)
+        let ip = try XCTUnwrap(try mesh.workload(mesh.name("greeter"))?.spec.podIP)
+        let plain = mesh.run(["/usr/bin/python3", mesh.dir + "/grpc_calls.py", "\(ip):50051"])
+        XCTAssertEqual(plain.stdout.split(separator: "\n"), ["Say ok", "Count PERMISSION_DENIED", "Say ok"], plain.output)
+        XCTAssertTrue(mesh.agentLog.contains("POST /weft.Test/Count denied by AuthorizationPolicy shop/say-only"), mesh.agentLog.suffix(3000).description)
+    }
 }
 
 extension MTLSTests {

@@ -57,7 +57,13 @@ final class TracingTests: XCTestCase {
     server = grpc.server(futures.ThreadPoolExecutor(4))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService",
         {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) > 3:  # TLS: CERT KEY [CA: client certificates required]
+        cert, key = open(sys.argv[3], "rb").read(), open(sys.argv[4], "rb").read()
+        ca = open(sys.argv[5], "rb").read() if len(sys.argv) > 5 else None
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                                                  require_client_auth=ca is not None))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     open(sys.argv[2], "w").write(str(port))
     server.wait_for_termination()
@@ -82,14 +88,23 @@ final class TracingTests: XCTestCase {
         guard FileManager.default.fileExists(atPath: "/usr/lib/python3/dist-packages/grpc") else {
             throw XCTSkip("SKIPPED: python3-grpcio is not installed; run scripts/setup-deps")
         }
+        let (process, port) = try Self.startReceiver(spansFile: spansFile)
+        receiver = process
+        mesh = try MeshHarness.start(agentArgs: ["--tracing-collector", "127.0.0.1:\(port)", "--trace-sampling", "100"])
+        try Self.front.write(toFile: mesh.dir + "/front.py", atomically: true, encoding: .utf8)
+        try ControlPlaneTests.app.write(toFile: mesh.dir + "/back.py", atomically: true, encoding: .utf8)
+    }
+
+    /// The OTLP receiver writing spans to `spansFile`; `tls`: CERT KEY [CA] (TLS, and client
+    /// certificates required with a CA). Returns it and its port.
+    static func startReceiver(spansFile: String, tls: [String] = []) throws -> (Process, Int) {
         let script = NSTemporaryDirectory() + "weft-otlp-\(UUID().uuidString.prefix(8)).py", portFile = script + ".port"
-        try Self.receiverSource.write(toFile: script, atomically: true, encoding: .utf8)
+        try receiverSource.write(toFile: script, atomically: true, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        p.arguments = [script, spansFile, portFile]
+        p.arguments = [script, spansFile, portFile] + tls
         p.standardError = FileHandle.nullDevice
         try p.run()
-        receiver = p
         var port = 0
         for _ in 0..<100 where port == 0 {
             usleep(100_000)
@@ -97,10 +112,17 @@ final class TracingTests: XCTestCase {
         }
         try? FileManager.default.removeItem(atPath: script)
         try? FileManager.default.removeItem(atPath: portFile)
-        guard port > 0 else { throw HarnessError("the OTLP receiver did not start") }
-        mesh = try MeshHarness.start(agentArgs: ["--tracing-collector", "127.0.0.1:\(port)", "--trace-sampling", "100"])
-        try Self.front.write(toFile: mesh.dir + "/front.py", atomically: true, encoding: .utf8)
-        try ControlPlaneTests.app.write(toFile: mesh.dir + "/back.py", atomically: true, encoding: .utf8)
+        guard port > 0 else {
+            p.terminate()
+            throw HarnessError("the OTLP receiver did not start")
+        }
+        return (p, port)
+    }
+
+    static func spans(in file: String) -> [[String: Any]] {
+        ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
     }
 
     override func tearDown() {
@@ -122,11 +144,7 @@ final class TracingTests: XCTestCase {
         return front
     }
 
-    func spans() -> [[String: Any]] {
-        ((try? String(contentsOfFile: spansFile, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {
-            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
-        }
-    }
+    func spans() -> [[String: Any]] { Self.spans(in: spansFile) }
 
     func testSpansLinkParentToChildAcrossTwoHops() throws {
         let front = try startFrontAndBack("propagate"), client = mesh.name("cli")
@@ -155,6 +173,56 @@ final class TracingTests: XCTestCase {
         XCTAssertEqual((clientToFront["attrs"] as? [String: Any])?["http.status_code"] as? Int, 200)
         XCTAssertEqual((frontServer["attrs"] as? [String: Any])?["peer.principal"] as? String, "spiffe://weft.local/ns/default/sa/client")
         XCTAssertLessThanOrEqual(clientToFront["start"] as? Int ?? 0, frontServer["start"] as? Int ?? 0)
+    }
+
+    /// gRPC (HTTP/2 through the tunnel): the destination's proxy serves the caller's HTTP/2
+    /// stream by stream, so every call gets a server span, child of the caller's client span,
+    /// with its gRPC status; a failed call (NOT_FOUND) is not a server error.
+    func testGRPCCallsGetAServerSpanEach() throws {
+        let server = mesh.name("greeter"), client = mesh.name("gcli")
+        try ProtocolTests.grpcServer.write(toFile: mesh.dir + "/grpc_server.py", atomically: true, encoding: .utf8)
+        try #"""
+        import grpc
+        ch = grpc.insecure_channel("greeter:50051")
+        print("say", ch.unary_unary("/weft.Test/Say")(b"x", timeout=10).decode())
+        print("count", ",".join(x.decode() for x in ch.unary_stream("/weft.Test/Count")(b"3", timeout=10)))
+        try:
+            ch.unary_unary("/weft.Test/Fail")(b"", timeout=10)
+        except grpc.RpcError as e:
+            print("fail", e.code().name)
+        """#.write(toFile: mesh.dir + "/grpc_calls.py", atomically: true, encoding: .utf8)
+        _ = try mesh.startWeft(["run", "--name", server, "--service", "greeter", "--port", "50051/grpc", "--",
+                                "/usr/bin/python3", mesh.dir + "/grpc_server.py", "50051", "a"])
+        try mesh.waitForListener(netns: server, port: 50051)
+        let r = mesh.weft(["run", "--name", client, "--service", "gclient", "--", "/usr/bin/python3", mesh.dir + "/grpc_calls.py"], timeout: 60)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("say hello x") && r.output.contains("count 0,1,2") && r.output.contains("fail NOT_FOUND"), r.output)
+        var all: [[String: Any]] = []
+        try mesh.waitUntil("six spans at the receiver", timeout: 15) {
+            all = self.spans()
+            return all.count >= 6
+        }
+        let clients = all.filter { $0["kind"] as? Int == 3 }, servers = all.filter { $0["kind"] as? Int == 2 }
+        XCTAssertEqual(clients.count, 3, "\(all)")
+        XCTAssertEqual(servers.count, 3, "one server span per call, not per connection: \(all)")
+        for s in servers {
+            let parent = clients.first { $0["span"] as? String == s["parent"] as? String }
+            XCTAssertNotNil(parent, "each server span is the child of a client span: \(all)")
+            XCTAssertEqual(parent?["trace"] as? String, s["trace"] as? String)
+            XCTAssertEqual(s["service"] as? String, "greeter.default")
+            XCTAssertTrue((s["name"] as? String)?.hasPrefix("greeter.default.svc.cluster.local:50051") == true, "\(s)")
+            let attrs = s["attrs"] as? [String: Any] ?? [:]
+            XCTAssertEqual(attrs["peer.principal"] as? String, "spiffe://weft.local/ns/default/sa/gclient")
+            XCTAssertEqual(attrs["http.status_code"] as? Int, 200)
+        }
+        func grpcStatus(_ spans: [[String: Any]], _ path: String) -> Int? {
+            (spans.first { ($0["attrs"] as? [String: Any])?["http.url"] as? String == path }?["attrs"] as? [String: Any])?["rpc.grpc.status_code"] as? Int
+        }
+        for spans in [clients, servers] {
+            XCTAssertEqual(grpcStatus(spans, "/weft.Test/Say"), 0, "\(spans)")
+            XCTAssertEqual(grpcStatus(spans, "/weft.Test/Count"), 0, "\(spans)")
+            XCTAssertEqual(grpcStatus(spans, "/weft.Test/Fail"), 5, "\(spans)")
+        }
     }
 
     func testAWorkloadThatDropsTheContextIsReported() throws {

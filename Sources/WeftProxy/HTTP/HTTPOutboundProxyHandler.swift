@@ -1126,10 +1126,12 @@ extension HTTPOutboundProxyHandler {
             ]
             if let id = r.requestID { attributes.append(("guid:x-request-id", .string(id))) }
             if let d = r.destination { attributes.append(("peer.address", .string("\(d.target)"))) }
+            if let grpc = Int(r.grpcStatus) { attributes.append(("rpc.grpc.status_code", .int(Int64(grpc)))) }
             tracer.finish(SpanRecord(traceID: t.context.traceID, spanID: t.context.spanID, parentSpanID: t.parent,
                                      name: "\(labels.service.host):\(original.port)/*", kind: .client, startNanos: r.startWallNanos,
                                      endNanos: RequestRecord.wallNanos(), attributes: attributes,
-                                     isError: labels.responseCode >= 500 || labels.responseCode == 0, service: telemetry.spanService))
+                                     isError: labels.responseCode >= 500 || labels.responseCode == 0 || (Int(r.grpcStatus) ?? 0) != 0,
+                                     service: telemetry.spanService))
         }
         if let log = telemetry.accessLog, let d = r.described {
             var e = RequestLogEntry(startTime: d.startTime, method: d.method, path: d.path, httpProtocol: d.httpProtocol, authority: d.authority,

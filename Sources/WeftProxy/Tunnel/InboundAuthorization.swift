@@ -139,8 +139,12 @@ final class AuthorizationGate: ChannelDuplexHandler {
 
     fileprivate func forward(_ part: HTTPServerResponsePart, flush: Bool) {
         guard let context else { return }
-        if case .head(let head) = part { span?.status = Int(head.status.code) }
-        if case .end = part {
+        if case .head(let head) = part {
+            span?.status = Int(head.status.code)
+            span?.noteGRPCStatus(head.headers)  // a trailers-only gRPC answer
+        }
+        if case .end(let trailers) = part {
+            if let trailers { span?.noteGRPCStatus(trailers) }
             finishServerSpan(status: nil)
             lastEnd = context.writeAndFlush(wrapOutboundOut(part))
         } else if flush {
@@ -159,7 +163,7 @@ final class AuthorizationGate: ChannelDuplexHandler {
 }
 
 /// The app side: responses go back to the caller as they come.
-private final class AppResponseRelay: ChannelDuplexHandler {
+final class AppResponseRelay: ChannelDuplexHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
@@ -206,6 +210,20 @@ struct ServerSpan {
     let method: String
     let path: String
     var status = 0
+    /// `grpc-status` of a gRPC answer (trailers, or the head of a trailers-only one).
+    var grpcStatus: Int?
+
+    mutating func noteGRPCStatus(_ headers: HTTPHeaders) {
+        if let value = headers.first(name: "grpc-status"), let code = Int(value) { grpcStatus = code }
+    }
+
+    /// A server span is an error for a 5xx (or no answer), and for the gRPC codes that mean
+    /// the server failed (OpenTelemetry's convention for gRPC servers), not the caller.
+    static func isError(status: Int, grpcStatus: Int?) -> Bool {
+        if status >= 500 || status == 0 { return true }
+        guard let grpc = grpcStatus else { return false }
+        return [2, 4, 12, 13, 14, 15].contains(grpc)  // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS
+    }
 }
 
 extension AuthorizationGate {
@@ -240,8 +258,9 @@ extension AuthorizationGate {
             ("component", .string("proxy")),
         ]
         if let principal { attributes.append(("peer.principal", .string(principal))) }
+        if let grpc = s.grpcStatus { attributes.append(("rpc.grpc.status_code", .int(Int64(grpc)))) }
         tracer.finish(SpanRecord(traceID: s.context.traceID, spanID: s.context.spanID, parentSpanID: s.parent,
                                  name: "\(service):\(port)/*", kind: .server, startNanos: s.startNanos, endNanos: RequestRecord.wallNanos(),
-                                 attributes: attributes, isError: code >= 500 || code == 0, service: telemetry.spanService))
+                                 attributes: attributes, isError: ServerSpan.isError(status: code, grpcStatus: s.grpcStatus), service: telemetry.spanService))
     }
 }

@@ -199,9 +199,10 @@ private final class TunnelConnectServer: ChannelInboundHandler, RemovableChannel
         // request by request (403s), anything else once, now.
         let policies = workload.directory.authorizationPolicies(namespace: workload.spec.namespace.rawValue, labels: workload.spec.labels)
         let proto = request.headers.first(name: TunnelConfig.protocolHeader) ?? "unknown"
-        // With tracing on, HTTP/1.1 goes through the gate too: it makes the server spans.
-        if !policies.isEmpty || workload.telemetry?.tracer != nil, proto == "http/1.1" {
+        // With tracing on, HTTP goes through the gate too: it makes the server spans.
+        if !policies.isEmpty || workload.telemetry?.tracer != nil, proto == "http/1.1" || proto == "h2c" {
             gatePolicies = policies
+            gateHTTP2 = proto == "h2c"
         } else {
             let check = AuthorizationRequest(principal: peer.description, sourceIP: client, port: original.port)
             let decision = InboundAuthorization.decideConnection(check, policies: policies)
@@ -217,6 +218,8 @@ private final class TunnelConnectServer: ChannelInboundHandler, RemovableChannel
 
     /// Set when this stream's requests go through the authorization gate.
     private var gatePolicies: [AuthorizationPolicy]?
+    /// The gated stream carries HTTP/2 (each of its streams is gated).
+    private var gateHTTP2 = false
     private var port: UInt16 = 0
 
     private func connect(_ context: ChannelHandlerContext, to target: OriginalDestination, original: OriginalDestination,
@@ -255,7 +258,10 @@ private final class TunnelConnectServer: ChannelInboundHandler, RemovableChannel
             let sync = context.pipeline.syncOperations
             sync.removeHandler(context: context, promise: nil)
             try sync.addHandler(TunnelStreamCodec())
-            if let policies = gatePolicies {
+            if let policies = gatePolicies, gateHTTP2 {
+                try InboundAuthorization.startHTTP2Gate(downstream: context.channel, app: app, workload: workload, principal: peer.description,
+                                                        source: client, port: port, policies: policies)
+            } else if let policies = gatePolicies {
                 try InboundAuthorization.startGate(downstream: context.channel, app: app, workload: workload, principal: peer.description,
                                                    source: client, port: port, policies: policies)
             } else {

@@ -44,6 +44,13 @@ extension ConfigParser {
                                                     unsupported: ["uriRegexRewrite": "regex rewrites are not supported yet"]) {
             route.rewrite = HTTPRewrite(uri: rf["uri"].flatMap { r.string($0, "rewrite.uri") },
                                         authority: rf["authority"].flatMap { r.string($0, "rewrite.authority") })
+            // They replace the request line's target and the Host header.
+            if let uri = route.rewrite?.uri, !HTTPFieldSyntax.isRequestTarget(uri), let n = rf["uri"] {
+                r.error(n, "\(what).rewrite.uri \(HTTPFieldSyntax.quoted(uri)) has a space or control character")
+            }
+            if let authority = route.rewrite?.authority, !HTTPFieldSyntax.isRequestTarget(authority) || authority.contains("/"), let n = rf["authority"] {
+                r.error(n, "\(what).rewrite.authority \(HTTPFieldSyntax.quoted(authority)) is not a host[:port]")
+            }
         }
         if let h = f["headers"] { route.headers = headers(h, "\(what).headers", r) }
         if let t = f["timeout"] { route.timeout = r.duration(t, "\(what).timeout") }
@@ -140,10 +147,27 @@ extension ConfigParser {
         func ops(_ n: Node, _ w: String) -> HeaderOperations? {
             guard let o = r.fields(n, w, allowed: ["set", "add", "remove"]) else { return nil }
             var h = HeaderOperations()
-            if let s = o["set"] { h.set = r.stringMap(s, "\(w).set") ?? [:] }
-            if let a = o["add"] { h.add = r.stringMap(a, "\(w).add") ?? [:] }
-            if let rm = o["remove"] { h.remove = r.stringList(rm, "\(w).remove") ?? [] }
+            if let s = o["set"] { h.set = checked(r.stringMap(s, "\(w).set") ?? [:], s, "\(w).set") }
+            if let a = o["add"] { h.add = checked(r.stringMap(a, "\(w).add") ?? [:], a, "\(w).add") }
+            if let rm = o["remove"] {
+                h.remove = r.stringList(rm, "\(w).remove") ?? []
+                for name in h.remove where !HTTPFieldSyntax.isToken(name) {
+                    r.error(rm, "\(w).remove: \(HTTPFieldSyntax.quoted(name)) is not a valid header name")
+                }
+            }
             return h
+        }
+        // Names and values go onto the wire as written: one that is not a header name, or a
+        // value with a line break or control character, would split or corrupt the message.
+        func checked(_ map: [String: String], _ n: Node, _ w: String) -> [String: String] {
+            for (name, value) in map.sorted(by: { $0.key < $1.key }) {
+                if !HTTPFieldSyntax.isToken(name) {
+                    r.error(n, "\(w): \(HTTPFieldSyntax.quoted(name)) is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)")
+                } else if !HTTPFieldSyntax.isFieldValue(value) {
+                    r.error(n, "\(w).\(name): the value \(HTTPFieldSyntax.quoted(value)) has a line break or control character")
+                }
+            }
+            return map
         }
         return Headers(request: f["request"].flatMap { ops($0, "\(what).request") },
                        response: f["response"].flatMap { ops($0, "\(what).response") })

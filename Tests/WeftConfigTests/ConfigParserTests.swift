@@ -71,6 +71,22 @@ final class ConfigParserTests: XCTestCase {
         return (r.diagnostics + ConfigValidator.validate(r.resources)).filter { $0.severity == .error }.map(\.description)
     }
 
+    /// Header operations and rewrites go onto the wire as written (the relay does not check
+    /// them again): names must be tokens, values free of line breaks and control characters.
+    func testHeaderOperationsAndRewritesMustBeValidHTTP() {
+        func vs(_ route: String) -> String {
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - \(route)\n    route: [{destination: {host: web}}]\n"
+        }
+        XCTAssertEqual(errors(vs(#"headers: {request: {set: {x-ok: "a\tb", x-too: "\u00e9"}}}"#)), [])
+        XCTAssertEqual(errors(vs(#"headers: {request: {set: {x-a: "v\r\nx-injected: 1"}}}"#)),
+                       [#"f.yaml:7:30: error: http[0].headers.request.set.x-a: the value "v\u{d}\u{a}x-injected: 1" has a line break or control character"#])
+        XCTAssertEqual(errors(vs(#"headers: {response: {add: {"x a": "1"}}}"#)).first?.contains(#""x a" is not a valid header name"#), true)
+        XCTAssertEqual(errors(vs(#"headers: {request: {remove: ["x:a"]}}"#)).first?.contains(#""x:a" is not a valid header name"#), true)
+        XCTAssertEqual(errors(vs(#"rewrite: {uri: "/a b"}"#)).first?.contains(#"rewrite.uri "/a b" has a space"#), true)
+        XCTAssertEqual(errors(vs(#"rewrite: {authority: "evil/x"}"#)).first?.contains("is not a host[:port]"), true)
+        XCTAssertEqual(errors(vs(#"rewrite: {uri: /v2/, authority: "web.other:8080"}"#)), [])
+    }
+
     func testErrorsCarryFileLineAndReason() {
         let typo = """
             apiVersion: networking.istio.io/v1

@@ -55,6 +55,25 @@ final class HTTPHeaderPolicyTests: XCTestCase {
         XCTAssertEqual(keep.headers["x-request-id"], ["given"], "an incoming request id is kept")
     }
 
+    /// The one-pass read of the request's headers agrees with the rules when headers repeat,
+    /// differ in case, or are named in Connection (then removed before the mesh adds its own).
+    func testMeshHeadersAfterRepeatsCaseAndConnectionNames() throws {
+        guard case .forward(let twice) = verdict([("X-Forwarded-For", "192.0.2.1"), ("x-forwarded-for", "192.0.2.2"),
+                                                  ("X-Request-Id", ""), ("x-request-id", "second"), ("X-Forwarded-Proto", "https")]) else {
+            return XCTFail("must forward")
+        }
+        XCTAssertEqual(twice.headers["x-forwarded-for"], ["192.0.2.1, 192.0.2.2, 10.0.0.9"])
+        XCTAssertEqual(twice.headers["x-request-id"], ["rid-1"], "the first x-request-id is empty: a new one replaces both")
+        XCTAssertEqual(twice.headers["x-forwarded-proto"], ["https"])
+        guard case .forward(let named) = verdict([("connection", "x-forwarded-for, X-Request-ID, x-forwarded-proto"), ("x-forwarded-for", "192.0.2.1"),
+                                                  ("x-request-id", "given"), ("x-forwarded-proto", "https")]) else {
+            return XCTFail("must forward")
+        }
+        XCTAssertEqual(named.headers["x-forwarded-for"], ["10.0.0.9"], "the hop's own x-forwarded-for went with Connection")
+        XCTAssertEqual(named.headers["x-request-id"], ["rid-1"])
+        XCTAssertEqual(named.headers["x-forwarded-proto"], ["http"])
+    }
+
     func testResponseHopByHopIsStripped() {
         let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: HTTPHeaders([("connection", "close"), ("keep-alive", "x"), ("x-app", "1")]))
         let kept = HTTPHeaderPolicy.response(head, keepClientAlive: true)

@@ -1,3 +1,4 @@
+import NIOHTTP1
 import WeftConfig
 import WeftCore
 import XCTest
@@ -84,5 +85,20 @@ final class RouteTableTests: XCTestCase {
               http: [{match: [{uri: {prefix: /v2}}], route: [{destination: {host: api}}]}]
             """)
         XCTAssertEqual(t.decide(host: "api.default.svc.cluster.local", facts: facts("/v1"), random: 0), .noMatch(virtualService: "default/api"))
+    }
+}
+
+/// A request's facts look its headers up where they are (case-insensitive, the first value),
+/// as the hand-made facts' lowercased dictionary does.
+final class RequestFactsTests: XCTestCase {
+    func testHeadersAreLookedUpInTheRequest() {
+        let facts = RequestFacts(method: "GET", path: "/", head: HTTPHeaders([("X-User", "ann"), ("x-user", "bob"), ("Cookie", "a=1")]), port: 80)
+        XCTAssertEqual(facts.header("x-user"), "ann")
+        XCTAssertEqual(facts.header("X-USER"), "ann")
+        XCTAssertEqual(facts.header("cookie"), "a=1")
+        XCTAssertNil(facts.header("x-missing"))
+        XCTAssertTrue(facts.headers.isEmpty)
+        let made = RequestFacts(method: "GET", path: "/", headers: ["x-user": "cy"], port: 80)
+        XCTAssertEqual(made.header("X-User"), "cy")
     }
 }

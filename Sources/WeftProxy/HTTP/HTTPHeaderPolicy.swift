@@ -19,12 +19,31 @@ public enum HTTPHeaderPolicy {
         guard h.count <= maxHeaderCount else {
             return .reject(.requestHeaderFieldsTooLarge, "more than \(maxHeaderCount) header fields")
         }
-        let bytes = h.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+        // One pass over the headers gathers what the rules below look at (most requests
+        // carry none of them: nothing is allocated then).
+        var bytes = 0
+        var lengthValues: [String] = [], codingValues: [String] = [], upgradeValues: [String] = [], teValues: [String] = []
+        var forwardedFor: [String] = []
+        var http2Settings = false, forwardedProto = false, firstRequestID: String?
+        for (name, value) in h {
+            bytes += name.utf8.count + value.utf8.count + 4
+            switch name.utf8.count {
+            case 2 where asciiCaseInsensitiveEquals(name, "te"): teValues.append(value)
+            case 7 where asciiCaseInsensitiveEquals(name, "upgrade"): upgradeValues.append(value)
+            case 12 where asciiCaseInsensitiveEquals(name, "x-request-id"): if firstRequestID == nil { firstRequestID = value }
+            case 14 where asciiCaseInsensitiveEquals(name, "content-length"): lengthValues.append(value)
+            case 14 where asciiCaseInsensitiveEquals(name, "http2-settings"): http2Settings = true
+            case 15 where asciiCaseInsensitiveEquals(name, "x-forwarded-for"): forwardedFor.append(value)
+            case 17 where asciiCaseInsensitiveEquals(name, "transfer-encoding"): codingValues.append(value)
+            case 17 where asciiCaseInsensitiveEquals(name, "x-forwarded-proto"): forwardedProto = true
+            default: break
+            }
+        }
         guard bytes <= maxHeaderBytes else {
             return .reject(.requestHeaderFieldsTooLarge, "headers larger than \(maxHeaderBytes) bytes")
         }
-        let lengths = h["content-length"].flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
-        let codings = h["transfer-encoding"].flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() } }
+        let lengths = lengthValues.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        let codings = codingValues.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() } }
         if !lengths.isEmpty && !codings.isEmpty {
             return .reject(.badRequest, "both Content-Length and Transfer-Encoding (request smuggling)")
         }
@@ -36,8 +55,8 @@ public enum HTTPHeaderPolicy {
         if !codings.isEmpty && codings != ["chunked"] {
             return .reject(.badRequest, "unsupported Transfer-Encoding \(codings.joined(separator: ", ")) (only chunked)")
         }
-        let upgrade = h["upgrade"].joined(separator: ",").lowercased()
-        if upgrade.contains("h2c") || h.contains(name: "http2-settings") {
+        let upgrade = upgradeValues.joined(separator: ",").lowercased()
+        if upgrade.contains("h2c") || http2Settings {
             return .reject(.badRequest, "HTTP/2 upgrade (h2c) is not allowed through the mesh; use prior knowledge")
         }
         if !upgrade.isEmpty {
@@ -50,17 +69,26 @@ public enum HTTPHeaderPolicy {
         out.version = .http1_1
         // TE is hop-by-hop, but "trailers" in it says the client accepts trailers; the mesh
         // forwards trailers, so it says the same upstream (gRPC servers require it).
-        let acceptsTrailers = h["te"].contains { value in
+        let acceptsTrailers = teValues.contains { value in
             value.lowercased().split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).hasPrefix("trailers") }
         }
-        stripHopByHop(&out.headers)
+        if stripHopByHop(&out.headers) {
+            // The client named end-to-end headers in Connection: they are gone, look again.
+            forwardedFor = out.headers["x-forwarded-for"]
+            forwardedProto = out.headers.contains(name: "x-forwarded-proto")
+            firstRequestID = out.headers.first(name: "x-request-id")
+        }
         if acceptsTrailers { out.headers.add(name: "te", value: "trailers") }
         if let client {
-            let prior = out.headers["x-forwarded-for"].joined(separator: ", ")
-            out.headers.replaceOrAdd(name: "x-forwarded-for", value: prior.isEmpty ? "\(client)" : "\(prior), \(client)")
+            if forwardedFor.isEmpty {
+                out.headers.add(name: "x-forwarded-for", value: "\(client)")
+            } else {
+                let prior = forwardedFor.joined(separator: ", ")
+                out.headers.replaceOrAdd(name: "x-forwarded-for", value: prior.isEmpty ? "\(client)" : "\(prior), \(client)")
+            }
         }
-        if !out.headers.contains(name: "x-forwarded-proto") { out.headers.add(name: "x-forwarded-proto", value: "http") }
-        if out.headers["x-request-id"].first?.isEmpty ?? true {
+        if !forwardedProto { out.headers.add(name: "x-forwarded-proto", value: "http") }
+        if firstRequestID?.isEmpty ?? true {
             out.headers.replaceOrAdd(name: "x-request-id", value: requestID())
         }
         return .forward(out)
@@ -77,7 +105,9 @@ public enum HTTPHeaderPolicy {
 
     /// On every request and response, in one pass that allocates nothing when (as usual)
     /// the message carries no hop-by-hop header but `connection`.
-    static func stripHopByHop(_ headers: inout HTTPHeaders) {
+    /// Returns whether headers named in `Connection` were removed too.
+    @discardableResult
+    static func stripHopByHop(_ headers: inout HTTPHeaders) -> Bool {
         var present = false
         var named: [String] = []
         for (name, value) in headers where hopByHopNames.contains(where: { asciiCaseInsensitiveEquals(name, $0) }) {
@@ -89,8 +119,17 @@ public enum HTTPHeaderPolicy {
                 if text != "transfer-encoding", text != "content-length", !text.isEmpty { named.append(text) }
             }
         }
-        guard present else { return }
-        for name in hopByHopNames + named { headers.remove(name: name) }
+        guard present else { return false }
+        // One rebuild instead of a scan per name to remove.
+        var kept = HTTPHeaders()
+        kept.reserveCapacity(headers.count)
+        for (name, value) in headers {
+            if hopByHopNames.contains(where: { asciiCaseInsensitiveEquals(name, $0) }) { continue }
+            if !named.isEmpty, named.contains(where: { asciiCaseInsensitiveEquals(name, $0) }) { continue }
+            kept.add(name: name, value: value)
+        }
+        headers = kept
+        return !named.isEmpty
     }
 
     /// ASCII case-insensitive comparison without allocating (header names are ASCII).

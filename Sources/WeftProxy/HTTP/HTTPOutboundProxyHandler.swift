@@ -442,7 +442,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 // One read per readiness event (see HTTPPath); TCP channels only.
                 try channel.syncOptions?.setOption(.maxMessagesPerRead, value: 1)
             }, initializer: { channel in
-                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                // Request heads were parsed by NIO's decoder or come from checked config: no
+                // second validation pass (see HTTPPath.startHTTP1).
+                try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
                 try channel.pipeline.syncOperations.addHandler(UpstreamHTTPHandler())
             })
         case .http2(let pool):
@@ -464,10 +466,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     }
 
     static func facts(_ head: HTTPRequestHead, port: UInt16) -> RequestFacts {
-        var headers: [String: String] = [:]
-        for (name, value) in head.headers where headers[name.lowercased()] == nil { headers[name.lowercased()] = value }
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-        return RequestFacts(method: head.method.rawValue, path: path, headers: headers, port: port)
+        return RequestFacts(method: head.method.rawValue, path: path, head: head.headers, port: port)
     }
 
     /// The route's rewrite and request header operations, in Istio's order (route, then

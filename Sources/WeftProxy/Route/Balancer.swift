@@ -33,9 +33,9 @@ public enum Balancer {
         guard case .consistentHash(let key)? = policy else { return nil }
         switch key {
         case .header(let name):
-            return facts.headers[name]
+            return facts.header(name)
         case .cookie(let name, _):
-            guard let cookies = facts.headers["cookie"] else { return nil }
+            guard let cookies = facts.header("cookie") else { return nil }
             for pair in cookies.split(separator: ";") {
                 let kv = pair.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
                 if kv.count == 2, kv[0] == name { return kv[1] }

@@ -54,7 +54,7 @@ public struct RateLimiter: Sendable {
                 switch limit.key {
                 case .sourceIP: value = client.map { "\($0)" } ?? "-"
                 case .sourceIdentity: value = facts.sourceIdentity ?? "-"
-                case .header(let name): value = facts.headers[name] ?? "-"
+                case .header(let name): value = facts.header(name) ?? "-"
                 case .service: value = "*"
                 }
                 out.append((policy, limit, "\(policy.metadata.namespace)/\(policy.metadata.name)/\(limit.name)/\(value)"))

@@ -1,3 +1,4 @@
+import NIOHTTP1
 import WeftConfig
 import WeftCore
 
@@ -5,8 +6,11 @@ import WeftCore
 public struct RequestFacts: Sendable {
     public var method: String
     public var path: String
-    /// Lowercased names.
+    /// Lowercased names (facts made by hand; a request's are looked up in `head`).
     public var headers: [String: String]
+    /// The request's own headers, looked up only when a match, hash or limit asks (most
+    /// requests never need them: no per-request dictionary of every header).
+    var head: HTTPHeaders?
     public var port: UInt16
     /// The calling workload's address (for consistentHash.useSourceIp).
     public var sourceIP: IPAddress?
@@ -21,6 +25,18 @@ public struct RequestFacts: Sendable {
         self.headers = headers
         self.port = port
         self.sourceIP = sourceIP
+    }
+
+    /// A request's facts, its headers kept as they are.
+    init(method: String, path: String, head: HTTPHeaders, port: UInt16) {
+        self.init(method: method, path: path, headers: [:], port: port)
+        self.head = head
+    }
+
+    /// The first value of a header (names case-insensitive).
+    public func header(_ name: String) -> String? {
+        if let head { return head.first(name: name) }
+        return headers[name.lowercased()]
     }
 }
 
@@ -221,7 +237,7 @@ public struct RouteTable: Sendable, Equatable {
         if let uri = m.uri, !matches(uri, facts.path) { return false }
         if let method = m.method, !matches(method, facts.method) { return false }
         for (name, match) in m.headers {
-            guard let value = facts.headers[name], matches(match, value) else { return false }
+            guard let value = facts.header(name), matches(match, value) else { return false }
         }
         return true
     }

@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "weft", targets: ["weft"]),
         .executable(name: "weft-control-bench", targets: ["WeftControlBench"]),
         .executable(name: "weft-fuzz", targets: ["WeftFuzz"]),
+        .executable(name: "weft-nio-relay", targets: ["WeftNIORelay"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -126,6 +127,16 @@ let package = Package(
                 "WeftControl", "WeftCore", "WeftIdentity",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // bench/l7.sh: the least an HTTP/1.1 proxy built on NIO's codecs does (the floor under
+        // Weft's L7 path; docs/performance.md).
+        .executableTarget(
+            name: "WeftNIORelay",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // weft-fuzz: mutation fuzzing of the parsers that see untrusted bytes (docs/security.md).

@@ -37,9 +37,17 @@ enum Inbound {
                 if !policies.isEmpty || context.telemetry?.tracer != nil {
                     let client = downstream.remoteAddress?.weftIP
                     let declared = context.spec.ports.first { $0.targetPort == original.port }?.proto
-                    if declared == .http || declared == .http2 || declared == .grpc {
+                    if declared == .http2 || declared == .grpc {
                         return gated(downstream, to: target, context: context, client: client, port: original.port, policies: policies,
-                                     http2: declared != .http)
+                                     http2: true)
+                    }
+                    if declared == .http {
+                        // HTTP/1.1 or h2c: the caller's first bytes tell.
+                        let port = original.port
+                        let sniffer = PrefaceSniffer { http2 in
+                            gated(downstream, to: target, context: context, client: client, port: port, policies: policies, http2: http2)
+                        }
+                        return downstream.eventLoop.makeCompletedFuture { try downstream.pipeline.syncOperations.addHandler(sniffer) }
                     }
                     let check = AuthorizationRequest(principal: nil, sourceIP: client, port: original.port)
                     let decision = InboundAuthorization.decideConnection(check, policies: policies)

@@ -225,6 +225,31 @@ final class TracingTests: XCTestCase {
         }
     }
 
+    /// A plaintext caller (outside the mesh, PERMISSIVE) of ports declared `/http`: with
+    /// tracing on the destination serves them per request, and the caller's first bytes pick
+    /// the gate — h2c with prior knowledge is served as HTTP/2 (it got a 400 from the
+    /// HTTP/1.1 gate before), HTTP/1.1 as before; each request gets a server span.
+    func testPlaintextH2cAndHTTP11OnAnHTTPPortAreBothServed() throws {
+        guard let nghttpd = HostTool.find("nghttpd") else { throw XCTSkip("nghttpd is not installed (scripts/setup-deps installs it)") }
+        let server = mesh.name("dual")
+        try FileManager.default.createDirectory(atPath: mesh.dir + "/www", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        FileManager.default.createFile(atPath: mesh.dir + "/www/h2.txt", contents: Data("over h2c\n".utf8), attributes: [.posixPermissions: 0o644])
+        _ = try mesh.startWeft(["run", "--name", server, "--service", "dual", "--port", "8000/http", "--port", "8001/http", "--", "sh", "-c",
+                                "/usr/bin/python3 \(mesh.dir)/back.py 8001 & exec \(nghttpd) --no-tls -d \(mesh.dir)/www 8000"])
+        try mesh.waitForListener(netns: server, port: 8000)
+        try mesh.waitForListener(netns: server, port: 8001)
+        let ip = try XCTUnwrap(try mesh.workload(server)?.spec.podIP)
+        let h2 = mesh.run(["curl", "-sS", "-m", "10", "--http2-prior-knowledge", "-w", " %{http_version} %{http_code}", "http://\(ip):8000/h2.txt"])
+        XCTAssertEqual(h2.stdout, "over h2c\n 2 200", h2.output)
+        let h1 = mesh.run(["curl", "-sS", "-m", "10", "-w", " %{http_version} %{http_code}", "http://\(ip):8001/"])
+        XCTAssertEqual(h1.stdout, "ok\n 1.1 200", h1.output)
+        try mesh.waitUntil("a server span for each request", timeout: 15) {
+            self.spans().filter { $0["kind"] as? Int == 2 }.count >= 2
+        }
+        let paths = Set(spans().filter { $0["kind"] as? Int == 2 }.compactMap { ($0["attrs"] as? [String: Any])?["http.url"] as? String })
+        XCTAssertEqual(paths, ["/h2.txt", "/"])
+    }
+
     func testAWorkloadThatDropsTheContextIsReported() throws {
         let front = try startFrontAndBack("drop"), client = mesh.name("cli")
         let r = mesh.weft(["run", "--name", client, "--service", "client", "--", "sh", "-c",

@@ -38,3 +38,17 @@ final class ProtocolSniffTests: XCTestCase {
         XCTAssertEqual(sniff("GET /" + String(repeating: "a", count: ProtocolSniff.maxRequestLine)), .detected(.opaque))
     }
 }
+
+/// The inbound gate's choice between HTTP/2 and HTTP/1.1 on a port declared `/http`.
+final class PrefaceSnifferTests: XCTestCase {
+    func testThePrefaceDecidesAsSoonAsItCan() {
+        let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+        XCTAssertEqual(PrefaceSniffer.isHTTP2(preface), true)
+        XCTAssertEqual(PrefaceSniffer.isHTTP2(preface + [0, 0, 0x12]), true, "the first frame may follow in the same read")
+        XCTAssertNil(PrefaceSniffer.isHTTP2(Array(preface.prefix(10))), "a prefix of the preface: wait")
+        XCTAssertNil(PrefaceSniffer.isHTTP2([UInt8]()))
+        XCTAssertEqual(PrefaceSniffer.isHTTP2(Array("GET / HTTP/1.1\r\n".utf8)), false)
+        XCTAssertEqual(PrefaceSniffer.isHTTP2(Array("POST".utf8)), false, "P then O: not the preface")
+        XCTAssertEqual(PrefaceSniffer.isHTTP2(Array("PRI * HTTP/1.1".utf8)), false)
+    }
+}

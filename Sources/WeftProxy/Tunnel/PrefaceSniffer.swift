@@ -43,11 +43,13 @@ final class PrefaceSniffer: ChannelInboundHandler, RemovableChannelHandler {
         guard !done else { return }
         guard let http2 = Self.isHTTP2(buffered!.readableBytesView) else { return context.read() }
         done = true
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         decided(http2).whenComplete { result in
+            let (sniffer, context) = bound.value
             guard case .success = result else { return context.close(promise: nil) }
-            if let bytes = self.buffered {
-                self.buffered = nil
-                context.fireChannelRead(self.wrapInboundOut(bytes))
+            if let bytes = sniffer.buffered {
+                sniffer.buffered = nil
+                context.fireChannelRead(sniffer.wrapInboundOut(bytes))
                 context.fireChannelReadComplete()
             }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)

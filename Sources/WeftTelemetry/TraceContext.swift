@@ -38,8 +38,30 @@ public struct TraceContext: Equatable, Sendable {
         return TraceContext(traceID: trace, spanID: span, sampled: flags & 1 == 1, random: flags & 2 == 2)
     }
 
-    public var traceparent: String { "00-\(Self.hex(traceID))-\(Self.hex(spanID))-0\((sampled ? 1 : 0) | (random ? 2 : 0))" }
+    /// `00-<trace id>-<span id>-<flags>`, written in one go (this runs for every request).
+    public var traceparent: String {
+        let flags = UInt8(ascii: "0") + (sampled ? 1 : 0) + (random ? 2 : 0)
+        return String(unsafeUninitializedCapacity: 3 + traceID.count * 2 + 1 + spanID.count * 2 + 3) { out in
+            var i = 0
+            func put(_ b: UInt8) { out[i] = b; i += 1 }
+            func hex(_ bytes: [UInt8]) {
+                for b in bytes {
+                    put(Self.digits[Int(b >> 4)])
+                    put(Self.digits[Int(b & 0xf)])
+                }
+            }
+            put(UInt8(ascii: "0")); put(UInt8(ascii: "0")); put(UInt8(ascii: "-"))
+            hex(traceID)
+            put(UInt8(ascii: "-"))
+            hex(spanID)
+            put(UInt8(ascii: "-")); put(UInt8(ascii: "0")); put(flags)
+            return i
+        }
+    }
+
     public var traceIDHex: String { Self.hex(traceID) }
+
+    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// The same trace, with `span` as the parent the next hop sees.
     public func child(_ span: [UInt8]) -> TraceContext { TraceContext(traceID: traceID, spanID: span, sampled: sampled, random: random) }
@@ -59,14 +81,15 @@ public struct TraceContext: Equatable, Sendable {
     }
 
     public static func hex(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        out.reserveCapacity(bytes.count * 2)
-        for b in bytes {
-            out.append(digits[Int(b >> 4)])
-            out.append(digits[Int(b & 0xf)])
+        String(unsafeUninitializedCapacity: bytes.count * 2) { out in
+            var i = 0
+            for b in bytes {
+                out[i] = digits[Int(b >> 4)]
+                out[i + 1] = digits[Int(b & 0xf)]
+                i += 2
+            }
+            return i
         }
-        return String(decoding: out, as: UTF8.self)
     }
 
     /// The context of a request from all its `traceparent` values: nil when there is none,

@@ -32,7 +32,14 @@ public final class Tracer: Sendable {
     public var exported: Int { exportedSpans.load(ordering: .relaxed) }
     public var failed: Int { failedExports.load(ordering: .relaxed) }
 
-    public func sampleNewTrace() -> Bool { sampling >= 1 || (sampling > 0 && Double.random(in: 0..<1) < sampling) }
+    /// Whether a new trace is sampled, at the configured rate (drawn from the ID generator:
+    /// `Double.random` would be a getrandom() system call per request).
+    public func sampleNewTrace() -> Bool {
+        if sampling >= 1 { return true }
+        if sampling <= 0 { return false }
+        let draw = Self.idGenerator.withLock { $0.next() }
+        return Double(draw >> 11) * 0x1p-53 < sampling
+    }
 
     public static func newTraceID() -> [UInt8] { randomBytes(16) }
     public static func newSpanID() -> [UInt8] { randomBytes(8) }
@@ -45,17 +52,19 @@ public final class Tracer: Sendable {
     }()
 
     static func randomBytes(_ n: Int) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(n)
-        while out.count < n {
-            var v: UInt64 = idGenerator.withLock { generator in generator.next() }
-            if v == 0 { continue }
-            for _ in 0..<8 where out.count < n {
-                out.append(UInt8(v & 0xff))
-                v >>= 8
+        idGenerator.withLock { generator in
+            var out: [UInt8] = []
+            out.reserveCapacity(n)
+            while out.count < n {
+                var v = generator.next()
+                if v == 0 { continue }
+                for _ in 0..<8 where out.count < n {
+                    out.append(UInt8(v & 0xff))
+                    v >>= 8
+                }
             }
+            return out
         }
-        return out
     }
 
     public func finish(_ span: SpanRecord) {

@@ -57,4 +57,39 @@ final class AccessLogFormatTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("/nonexistent-dir/x.log"), "\(error)")
         }
     }
+
+    /// Numbers are written digit by digit: zero, negatives and the extremes stay valid JSON.
+    func testIntegersAreExact() throws {
+        var out: [UInt8] = []
+        var o = JSONLine(&out)
+        o.int("zero", 0)
+        o.int("negative", -12)
+        o.int("max", Int.max)
+        o.int("min", Int.min)
+        o.finish(&out)
+        XCTAssertEqual(String(decoding: out, as: UTF8.self),
+                       #"{"zero":0,"negative":-12,"max":9223372036854775807,"min":-9223372036854775808}"#)
+    }
+
+    /// The data path only queues entries; the writer formats them in order. Past the bound,
+    /// entries are dropped and counted, never blocking the caller.
+    func testQueuedEntriesAreBoundedAndKeepTheirOrder() throws {
+        let path = NSTemporaryDirectory() + "weft-al-\(UUID().uuidString).log"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let log = try AccessLog(destination: path, format: .text, maxPending: 3, writerThread: false)
+        for i in 0..<5 {
+            var e = entry()
+            e.requestID = "r\(i)"
+            log.request(e)
+        }
+        XCTAssertEqual(log.dropped, 2)
+        log.flush()
+        var e = entry()
+        e.requestID = "r5"
+        log.request(e)
+        log.close()
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.map { $0.contains("\"r0\"") }, [true, false, false, false])
+        XCTAssertEqual(lines.compactMap { line in ["r0", "r1", "r2", "r5"].first { line.contains("\"\($0)\"") } }, ["r0", "r1", "r2", "r5"])
+    }
 }

@@ -61,6 +61,16 @@ final class TraceContextTests: XCTestCase {
         XCTAssertEqual(TraceContext.parse("00-12345678901234567890123456789012-1234567890123456-01")?.random, false)
     }
 
+    /// New traces are sampled at the configured share (drawn from the ID generator, not a
+    /// system call per request): 0 and 1 exactly, 25 % within two points over 40,000 draws.
+    func testSamplingFollowsTheRate() {
+        XCTAssertFalse((0..<1000).contains { _ in Tracer(collector: "127.0.0.1:4317", sampling: 0).sampleNewTrace() })
+        XCTAssertTrue((0..<1000).allSatisfy { _ in Tracer(collector: "127.0.0.1:4317", sampling: 1).sampleNewTrace() })
+        let quarter = Tracer(collector: "127.0.0.1:4317", sampling: 0.25)
+        let sampled = (0..<40_000).filter { _ in quarter.sampleNewTrace() }.count
+        XCTAssertEqual(Double(sampled) / 40_000, 0.25, accuracy: 0.02)
+    }
+
     func testOneTraceparentOnly() {
         let a = "00-12345678901234567890123456789011-1234567890123456-01", b = "00-12345678901234567890123456789012-1234567890123456-01"
         XCTAssertNotNil(TraceContext.parse(values: [a]))

@@ -109,8 +109,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     /// What the metrics will say about the current request (recorded once, when it ends).
     private var record: RequestRecord?
     /// The labels and series of the last request's destination (see recordRequest).
-    fileprivate var labelCache: (target: OriginalDestination, workload: String, proto: String, generation: Int, labels: MeshLabels)?
-    fileprivate var seriesCache: (labels: MeshLabels, series: MeshMetrics.RequestSeries)?
+    fileprivate var labelCache: LabelCache?
+    fileprivate var seriesCache: SeriesCache?
 
     init(workload: WorkloadContext, original: OriginalDestination, upstreams: Upstreams) {
         self.workload = workload
@@ -1103,7 +1103,7 @@ extension HTTPOutboundProxyHandler {
             } ?? MeshLabels(reporter: .source, source: telemetry.source, destination: .unknown,
                             service: ServiceLabels(host: "\(original.ip)", name: "PassthroughCluster", namespace: "unknown"),
                             requestProtocol: proto, securityPolicy: "none")
-            if let d = r.destination { labelCache = (d.target, d.workload, proto, generation, labels) }
+            if let d = r.destination { labelCache = LabelCache(target: d.target, workload: d.workload, proto: proto, generation: generation, labels: labels) }
         }
         labels.responseCode = status ?? r.status
         labels.responseFlags = flags ?? "-"
@@ -1113,7 +1113,7 @@ extension HTTPOutboundProxyHandler {
             let series: MeshMetrics.RequestSeries
             if let cached = seriesCache, cached.labels == labels { series = cached.series } else {
                 series = metrics.requestSeries(labels)
-                seriesCache = (labels, series)
+                seriesCache = SeriesCache(labels: labels, series: series)
             }
             metrics.record(series, durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
         }
@@ -1141,16 +1141,45 @@ extension HTTPOutboundProxyHandler {
             e.requestID = d.requestID
             e.forwardedFor = d.forwardedFor
             e.downstreamAddress = d.client
-            e.upstreamHost = r.destination.map { "\($0.target)" }
+            e.upstream = r.destination?.target
             e.routeName = r.routeName
-            e.traceID = r.trace.map { $0.context.traceIDHex }
+            e.trace = r.trace?.context
             log.request(e)
         }
     }
 }
 
-/// One request as the metrics see it.
-struct RequestRecord {
+/// The labels of the last destination a connection's requests went to, and the metric
+/// series of the last label set (classes: checked and read per request without copying).
+final class LabelCache {
+    let target: OriginalDestination
+    let workload: String
+    let proto: String
+    let generation: Int
+    let labels: MeshLabels
+
+    init(target: OriginalDestination, workload: String, proto: String, generation: Int, labels: MeshLabels) {
+        self.target = target
+        self.workload = workload
+        self.proto = proto
+        self.generation = generation
+        self.labels = labels
+    }
+}
+
+final class SeriesCache {
+    let labels: MeshLabels
+    let series: MeshMetrics.RequestSeries
+
+    init(labels: MeshLabels, series: MeshMetrics.RequestSeries) {
+        self.labels = labels
+        self.series = series
+    }
+}
+
+/// One request as the metrics see it. A class: the handler fills it in as the exchange goes
+/// and the telemetry reads it at the end, without copying its many fields.
+final class RequestRecord {
     struct Destination {
         let workload: String
         let service: ServiceKey
@@ -1162,7 +1191,10 @@ struct RequestRecord {
     let startWallNanos = RequestRecord.wallNanos()
     let isGRPC: Bool
     let method: String
-    let path: String
+    /// The request target as sent; `path` (without the query) is only worked out for the
+    /// spans that are sampled.
+    let uri: String
+    var path: String { uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? uri }
     var requestID: String?
     /// This hop's client span: its context (sent on as `traceparent`) and its parent.
     struct Trace {
@@ -1177,8 +1209,9 @@ struct RequestRecord {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
     var routeName: String?
-    /// What the access log prints (only gathered when it is on).
-    struct Described {
+    /// What the access log prints (only gathered when it is on; a class, read at the end
+    /// without copying its fields).
+    final class Described {
         let startTime: Date
         let method: String
         let path: String
@@ -1188,14 +1221,23 @@ struct RequestRecord {
         let requestID: String?
         let forwardedFor: String?
         let client: String?
+
+        init(_ head: HTTPRequestHead, http2: Bool, client: String?) {
+            startTime = Date()
+            method = head.method.rawValue
+            path = head.uri
+            httpProtocol = http2 ? "HTTP/2" : "HTTP/1.1"
+            authority = head.headers.first(name: "host") ?? "-"
+            userAgent = head.headers.first(name: "user-agent")
+            requestID = head.headers.first(name: "x-request-id")
+            forwardedFor = head.headers.first(name: "x-forwarded-for")
+            self.client = client
+        }
     }
     var described: Described?
 
-    mutating func describe(_ head: HTTPRequestHead, http2: Bool, client: String?) {
-        described = Described(startTime: Date(), method: head.method.rawValue, path: head.uri, httpProtocol: http2 ? "HTTP/2" : "HTTP/1.1",
-                              authority: head.headers.first(name: "host") ?? "-", userAgent: head.headers.first(name: "user-agent"),
-                              requestID: head.headers.first(name: "x-request-id"), forwardedFor: head.headers.first(name: "x-forwarded-for"),
-                              client: client)
+    func describe(_ head: HTTPRequestHead, http2: Bool, client: String?) {
+        described = Described(head, http2: http2, client: client)
     }
     var requestBytes: Int
     var responseBytes = 0
@@ -1206,11 +1248,11 @@ struct RequestRecord {
     init(_ head: HTTPRequestHead) {
         isGRPC = head.headers.first(name: "content-type")?.hasPrefix("application/grpc") ?? false
         method = head.method.rawValue
-        path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        uri = head.uri
         requestBytes = Self.size(head.headers) + head.uri.utf8.count + head.method.rawValue.utf8.count + 12
     }
 
-    mutating func response(_ head: HTTPResponseHead) {
+    func response(_ head: HTTPResponseHead) {
         status = Int(head.status.code)
         responseBytes += Self.size(head.headers) + 15
         if let s = head.headers.first(name: "grpc-status") { grpcStatus = s }

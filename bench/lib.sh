@@ -11,11 +11,12 @@ bench_prepare() {
   echo .build/release/weft
 }
 
-# bench_args SCRIPT ARGS...: the flags every bench script takes; sets DURATION (10), ROUNDS (3),
+# bench_args SCRIPT ARGS...: the flags every bench script takes; sets DURATION (10, or
+# $BENCH_DEFAULT_DURATION), ROUNDS (3, or $BENCH_DEFAULT_ROUNDS),
 # CONNS (32, wrk connections where a script uses them) and WEFT (empty: build a release).
 bench_args() {
   local name=$1; shift
-  DURATION=10; ROUNDS=3; CONNS=32; WEFT=""
+  DURATION=${BENCH_DEFAULT_DURATION:-10}; ROUNDS=${BENCH_DEFAULT_ROUNDS:-3}; CONNS=32; WEFT=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --duration) DURATION=$2; shift 2 ;;

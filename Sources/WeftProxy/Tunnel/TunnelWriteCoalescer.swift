@@ -5,7 +5,8 @@ import NIOCore
 /// small writes of a flush into one buffer, so TLS seals one record where it would seal one
 /// per write. HTTP/2 writes every DATA frame as two buffers (its 9-byte header, then the
 /// payload), and NIOSSL makes a TLS record of each write: without this, a request costs twice
-/// the records, AEAD seals and TLS overhead bytes. Writes larger than one record pass through untouched (no copy), in order.
+/// the records, AEAD seals and TLS overhead bytes. Writes larger than one record pass through
+/// untouched (no copy), in order.
 final class TunnelWriteCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = IOData
     typealias OutboundOut = IOData

@@ -53,8 +53,9 @@ public struct WorkloadContext: Sendable {
     }
 }
 
-/// The agent's metrics and access log (either may be off), and one workload's labels in them.
-public struct WorkloadTelemetry: Sendable {
+/// The agent's metrics and access log (either may be off), and one workload's labels in them
+/// (a class: read on every request without copying its fields).
+public final class WorkloadTelemetry: Sendable {
     public let metrics: MeshMetrics?
     public let accessLog: AccessLog?
     public let tracer: Tracer?

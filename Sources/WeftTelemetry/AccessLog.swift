@@ -24,13 +24,15 @@ public struct RequestLogEntry: Sendable {
     public var upstream: OriginalDestination?
     public var routeName: String?
     public var downstreamAddress: String?
-    public var labels: MeshLabels
+    /// Who talked to whom (rendered once per label set: see AccessLogPeers).
+    public var peers: AccessLogPeers
     /// The trace ID in hex; when nil, `trace`'s is printed (formatted by the writer).
     public var traceID: String?
     public var trace: TraceContext?
 
     public init(startTime: Date, method: String, path: String, httpProtocol: String, authority: String, responseCode: Int,
-                responseFlags: String, bytesReceived: Int, bytesSent: Int, durationMilliseconds: Double, labels: MeshLabels) {
+                responseFlags: String, grpcStatus: String = "", bytesReceived: Int, bytesSent: Int, durationMilliseconds: Double,
+                peers: AccessLogPeers) {
         self.startTime = startTime
         self.method = method
         self.path = path
@@ -38,11 +40,44 @@ public struct RequestLogEntry: Sendable {
         self.authority = authority
         self.responseCode = responseCode
         self.responseFlags = responseFlags
-        grpcStatus = labels.grpcStatus
+        self.grpcStatus = grpcStatus
         self.bytesReceived = bytesReceived
         self.bytesSent = bytesSent
         self.durationMilliseconds = durationMilliseconds
-        self.labels = labels
+        self.peers = peers
+    }
+
+    /// With the peers rendered from `labels` now (callers that log many requests between
+    /// the same peers keep an AccessLogPeers instead).
+    public init(startTime: Date, method: String, path: String, httpProtocol: String, authority: String, responseCode: Int,
+                responseFlags: String, bytesReceived: Int, bytesSent: Int, durationMilliseconds: Double, labels: MeshLabels) {
+        self.init(startTime: startTime, method: method, path: path, httpProtocol: httpProtocol, authority: authority,
+                  responseCode: responseCode, responseFlags: responseFlags, grpcStatus: labels.grpcStatus, bytesReceived: bytesReceived,
+                  bytesSent: bytesSent, durationMilliseconds: durationMilliseconds, peers: AccessLogPeers(labels))
+    }
+}
+
+/// The fields of an access-log line that depend only on who talks to whom (reporter,
+/// source and destination workload, namespace and principal, connection security policy
+/// and upstream cluster), rendered as JSON once per label set: a connection's requests to
+/// the same destination share one, so the writer copies these bytes instead of escaping
+/// nine strings per line, and the data path hands over one reference instead of the labels.
+public final class AccessLogPeers: Sendable {
+    /// `"upstream_cluster":"…","reporter":"…",…` (no braces).
+    let json: [UInt8]
+
+    public init(_ l: MeshLabels) {
+        var b = LogLineBuffer(capacity: 512)
+        b.string("upstream_cluster", l.service.host)
+        b.string("reporter", l.reporter.rawValue)
+        b.string("source_workload", l.source.workload)
+        b.string("source_namespace", l.source.namespace)
+        b.string("source_principal", l.source.principal)
+        b.string("destination_workload", l.destination.workload)
+        b.string("destination_namespace", l.destination.namespace)
+        b.string("destination_principal", l.destination.principal)
+        b.string("connection_security_policy", l.securityPolicy)
+        json = b.bytes
     }
 }
 
@@ -69,31 +104,44 @@ public struct ConnectionLogEntry: Sendable {
 }
 
 /// The access log: one line per HTTP request or TCP connection, JSON (default) or Envoy's
-/// default text format, to stdout or a file. The data path only queues the entry (its
-/// fields, no formatting); a writer thread formats what is queued and writes it every
-/// 100 ms, so a request's proxy thread neither formats nor waits on the disk. If
-/// `maxPending` entries are waiting (the disk cannot keep up), new ones are dropped and
-/// counted rather than blocking traffic.
+/// default text format, to stdout or a file. The data path formats each line into a
+/// shared buffer (bytes written through a pointer, nothing allocated: cheaper than queueing
+/// the entry's ~20 fields for another thread, which also freed their memory across threads);
+/// a writer thread takes the buffer and writes it every 100 ms, so a request's thread never
+/// waits on the disk. If `maxPending` lines are waiting (the disk cannot keep up), new ones
+/// are dropped and counted rather than blocking traffic.
 public final class AccessLog: Sendable {
     public enum Format: String, Sendable {
         case json, text
     }
 
-    private enum Entry: Sendable {
-        case request(RequestLogEntry)
-        case connection(ConnectionLogEntry)
-    }
-
     public let format: Format
     public let destination: String
-    /// The descriptor written to; replaced by reopen() (log rotation). Held while a batch is
-    /// formatted and written, so batches reach the file in the order they were queued.
-    private let fd: Mutex<Int32>
-    private let queue = Mutex<[Entry]>([])
+    /// Lines formatted and not yet written, and how many. The data path formats each line
+    /// straight into this buffer under the lock (well under a microsecond, no allocation);
+    /// the writer swaps it for an empty one.
+    private struct Pending: ~Copyable {
+        var buffer = LogLineBuffer()
+        var lines = 0
+    }
+
+    /// What the writer owns: the descriptor written to (replaced by reopen(), log rotation)
+    /// and the buffer it swaps with the pending one (both keep their memory, so neither side
+    /// allocates, or faults in fresh pages, per batch). Held while a batch is written, so
+    /// batches reach the file in order.
+    private struct Writer: ~Copyable {
+        var fd: Int32
+        var buffer = LogLineBuffer()
+
+        init(fd: Int32) { self.fd = fd }
+    }
+
+    private let writer: Mutex<Writer>
+    private let pending = Mutex(Pending())
     private let stopped = Atomic<Bool>(false)
     private let droppedLines = Atomic<Int>(0)
-    /// At most this many entries wait for the writer by default (about 10 MiB; at 10,000
-    /// requests/s the writer takes ~1,000 every 100 ms).
+    /// At most this many lines wait for the writer by default (about 12 MiB of JSON; at
+    /// 10,000 requests/s the writer takes ~1,000 every 100 ms).
     public static let defaultMaxPending = 16 * 1024
     let maxPending: Int
     private let hasWriter: Bool
@@ -105,7 +153,7 @@ public final class AccessLog: Sendable {
         self.destination = destination
         self.maxPending = maxPending
         hasWriter = writerThread
-        fd = Mutex(try Self.open(destination))
+        writer = Mutex(Writer(fd: try Self.open(destination)))
         guard writerThread else { return }
         let thread = Thread { [self] in self.run() }
         thread.name = "weft-access-log"
@@ -121,39 +169,44 @@ public final class AccessLog: Sendable {
         return fd
     }
 
-    /// After logrotate moved the file away (SIGHUP to the agent): what is queued goes to
+    /// After logrotate moved the file away (SIGHUP to the agent): what is pending goes to
     /// the old file, new lines to a new one at the same path. Stdout is left as it is.
     public func reopen() throws {
         guard destination != "stdout" else { return }
         let fresh = try Self.open(destination)
-        fd.withLock { current in
-            writeOut(takeQueued(), to: current)
-            Glibc.close(current)
-            current = fresh
+        writer.withLock { w in
+            writePending(&w)
+            Glibc.close(w.fd)
+            w.fd = fresh
         }
     }
 
     public var dropped: Int { droppedLines.load(ordering: .relaxed) }
 
-    public func request(_ e: RequestLogEntry) { enqueue(.request(e)) }
+    /// Formats the line into the pending buffer (or drops and counts it when `maxPending`
+    /// lines already wait: the disk cannot keep up, and traffic must not wait for it).
+    public func request(_ e: RequestLogEntry) {
+        add { buffer, format in
+            if format == .json { Self.appendJSON(e, to: &buffer) } else { buffer.append(Self.text(e)) }
+        }
+    }
 
-    public func connection(_ e: ConnectionLogEntry) { enqueue(.connection(e)) }
+    public func connection(_ e: ConnectionLogEntry) {
+        add { buffer, format in
+            if format == .json { Self.appendJSON(e, to: &buffer) } else { buffer.append(Self.text(e)) }
+        }
+    }
 
-    private func enqueue(_ entry: Entry) {
-        let ok = queue.withLock { q -> Bool in
-            guard q.count < maxPending else { return false }
-            q.append(entry)
+    private func add(_ line: (inout LogLineBuffer, Format) -> Void) {
+        let format = format
+        let ok = pending.withLock { p -> Bool in
+            guard p.lines < maxPending else { return false }
+            line(&p.buffer, format)
+            p.buffer.append(0x0a)
+            p.lines += 1
             return true
         }
         if !ok { droppedLines.add(1, ordering: .relaxed) }
-    }
-
-    private func takeQueued() -> [Entry] {
-        queue.withLock { q -> [Entry] in
-            let out = q
-            q.removeAll(keepingCapacity: true)
-            return out
-        }
     }
 
     private func run() {
@@ -163,88 +216,64 @@ public final class AccessLog: Sendable {
             if done { break }
             usleep(100_000)
         }
-        _ = fd.withLock { Glibc.close($0) }
+        writer.withLock { _ = Glibc.close($0.fd) }
     }
 
-    /// Formats and writes what is queued now (the writer thread does it every 100 ms).
+    /// Writes what is pending now (the writer thread does it every 100 ms).
     public func flush() {
-        fd.withLock { fd in writeOut(takeQueued(), to: fd) }
+        writer.withLock { writePending(&$0) }
     }
 
-    private func writeOut(_ entries: [Entry], to fd: Int32) {
-        guard !entries.isEmpty else { return }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(entries.count * 800)
-        for entry in entries {
-            switch (entry, format) {
-            case (.request(let e), .json): Self.appendJSON(e, to: &bytes)
-            case (.request(let e), .text): bytes.append(contentsOf: Self.text(e).utf8)
-            case (.connection(let e), .json): Self.appendJSON(e, to: &bytes)
-            case (.connection(let e), .text): bytes.append(contentsOf: Self.text(e).utf8)
-            }
-            bytes.append(0x0a)
+    private func writePending(_ w: inout Writer) {
+        pending.withLock { p in
+            swap(&p.buffer, &w.buffer)
+            p.lines = 0
         }
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, bytes.count - offset) }
-            if n <= 0 {
-                if n < 0, errno == EINTR { continue }
-                break
+        let fd = w.fd
+        w.buffer.withBytes { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if n <= 0 {
+                    if n < 0, errno == EINTR { continue }
+                    break
+                }
+                offset += n
             }
-            offset += n
         }
+        w.buffer.removeAll()
     }
 
     /// Flushes and stops the writer.
     public func close() {
         stopped.store(true, ordering: .relaxed)
         flush()
-        if !hasWriter { _ = fd.withLock { Glibc.close($0) } }
+        if !hasWriter { writer.withLock { _ = Glibc.close($0.fd) } }
     }
 
     // MARK: - formats
 
-    /// RFC 3339 UTC with milliseconds, e.g. 2026-11-24T17:11:23.890Z (formatted by hand:
-    /// this runs once per request; the date and time up to the second are kept for the
-    /// requests of the same second).
+    /// RFC 3339 UTC with milliseconds, e.g. 2026-11-24T17:11:23.890Z.
     static func time(_ d: Date) -> String {
-        var t = time_t(d.timeIntervalSince1970.rounded(.down))
-        let ms = Int((d.timeIntervalSince1970 - Double(t)) * 1000) % 1000
-        let prefix = lastSecond.withLock { cached -> String in
-            if cached.second == t { return cached.text }
-            var tm = Glibc.tm()
-            gmtime_r(&t, &tm)
-            let text = "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2))"
-            cached = (t, text)
-            return text
-        }
-        return prefix + "." + pad(ms, 3) + "Z"
+        var b = LogLineBuffer(capacity: 32)
+        b.timestamp(d)
+        return String(decoding: b.bytes, as: UTF8.self)
     }
 
-    private static let lastSecond = Mutex<(second: time_t, text: String)>((-1, ""))
-
-    private static func pad(_ v: Int, _ n: Int) -> String {
-        let s = String(v)
-        return s.utf8.count >= n ? s : String(repeating: "0", count: n - s.utf8.count) + s
+    static func json(_ e: RequestLogEntry) -> String {
+        var b = LogLineBuffer(capacity: 1024)
+        appendJSON(e, to: &b)
+        return String(decoding: b.bytes, as: UTF8.self)
     }
 
-    static func json(_ e: RequestLogEntry) -> String { String(decoding: jsonBytes(e), as: UTF8.self) }
-    static func json(_ e: ConnectionLogEntry) -> String { String(decoding: jsonBytes(e), as: UTF8.self) }
-
-    static func jsonBytes(_ e: RequestLogEntry) -> [UInt8] {
-        var out: [UInt8] = []
-        appendJSON(e, to: &out)
-        return out
+    static func json(_ e: ConnectionLogEntry) -> String {
+        var b = LogLineBuffer(capacity: 1024)
+        appendJSON(e, to: &b)
+        return String(decoding: b.bytes, as: UTF8.self)
     }
 
-    static func jsonBytes(_ e: ConnectionLogEntry) -> [UInt8] {
-        var out: [UInt8] = []
-        appendJSON(e, to: &out)
-        return out
-    }
-
-    static func appendJSON(_ e: RequestLogEntry, to out: inout [UInt8]) {
-        var o = JSONLine(&out)
+    static func appendJSON(_ e: RequestLogEntry, to o: inout LogLineBuffer) {
+        o.openObject()
         o.time("start_time", e.startTime)
         o.string("method", e.method)
         o.string("path", e.path)
@@ -259,17 +288,16 @@ public final class AccessLog: Sendable {
         o.string("user_agent", e.userAgent)
         o.string("x_forwarded_for", e.forwardedFor)
         o.string("request_id", e.requestID)
-        o.string("upstream_host", e.upstreamHost ?? e.upstream?.description)
-        o.string("upstream_cluster", e.labels.service.host)
+        if let host = e.upstreamHost { o.string("upstream_host", host) } else { o.address("upstream_host", e.upstream) }
         o.string("route_name", e.routeName)
         o.string("downstream_remote_address", e.downstreamAddress)
-        o.string("trace_id", e.traceID ?? e.trace?.traceIDHex)
-        o.peers(e.labels)
-        o.finish(&out)
+        if let id = e.traceID { o.string("trace_id", id) } else { o.hex("trace_id", e.trace?.traceID) }
+        o.fields(e.peers.json)
+        o.closeObject()
     }
 
-    static func appendJSON(_ e: ConnectionLogEntry, to out: inout [UInt8]) {
-        var o = JSONLine(&out)
+    static func appendJSON(_ e: ConnectionLogEntry, to o: inout LogLineBuffer) {
+        o.openObject()
         o.time("start_time", e.startTime)
         o.string("protocol", "tcp")
         o.string("response_flags", "-")
@@ -277,10 +305,9 @@ public final class AccessLog: Sendable {
         o.int("bytes_sent", e.bytesSent)
         o.int("duration", Int(e.durationMilliseconds.rounded()))
         o.string("upstream_host", e.upstreamHost)
-        o.string("upstream_cluster", e.labels.service.host)
         o.string("downstream_remote_address", e.downstreamAddress)
-        o.peers(e.labels)
-        o.finish(&out)
+        o.fields(AccessLogPeers(e.labels).json)
+        o.closeObject()
     }
 
     /// Envoy's default format:
@@ -309,92 +336,4 @@ public final class AccessLog: Sendable {
 public struct AccessLogError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { message }
-}
-
-/// One JSON object written straight into the writer's buffer (the batch of lines being
-/// written), keys in the order given; strings escaped per RFC 8259 (only the bytes that
-/// must be); nil values left out. Strings are copied in bulk, numbers written digit by digit:
-/// this runs once per request.
-struct JSONLine {
-    private var bytes: [UInt8]
-    private var first = true
-
-    /// Takes `out` over (appended to); `finish` hands it back with the closing brace.
-    init(_ out: inout [UInt8]) {
-        bytes = out
-        out = []
-        bytes.append(UInt8(ascii: "{"))  // growth is left to append (geometric): reserving here would copy the batch per line
-    }
-
-    mutating func finish(_ out: inout [UInt8]) {
-        bytes.append(UInt8(ascii: "}"))
-        out = bytes
-        bytes = []
-    }
-
-    private mutating func key(_ k: StaticString) {
-        if !first { bytes.append(UInt8(ascii: ",")) }
-        first = false
-        bytes.append(UInt8(ascii: "\""))
-        k.withUTF8Buffer { bytes.append(contentsOf: $0) }
-        bytes.append(UInt8(ascii: "\""))
-        bytes.append(UInt8(ascii: ":"))
-    }
-
-    mutating func int(_ k: StaticString, _ v: Int) {
-        key(k)
-        appendDigits(v)
-    }
-
-    private mutating func appendDigits(_ v: Int) {
-        if v < 0 { bytes.append(UInt8(ascii: "-")) }
-        var rest = v.magnitude
-        let start = bytes.count
-        repeat {
-            bytes.append(UInt8(ascii: "0") + UInt8(rest % 10))
-            rest /= 10
-        } while rest > 0
-        bytes[start...].reverse()
-    }
-
-    /// RFC 3339 UTC with milliseconds (AccessLog.time).
-    mutating func time(_ k: StaticString, _ d: Date) {
-        string(k, AccessLog.time(d))
-    }
-
-    mutating func string(_ k: StaticString, _ v: String?) {
-        guard var v else { return }
-        key(k)
-        bytes.append(UInt8(ascii: "\""))
-        v.withUTF8 { utf8 in
-            if !utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c }) {
-                bytes.append(contentsOf: utf8)
-                return
-            }
-            let hex = Array("0123456789abcdef".utf8)
-            for b in utf8 {
-                switch b {
-                case 0x22: bytes.append(contentsOf: [0x5c, 0x22])
-                case 0x5c: bytes.append(contentsOf: [0x5c, 0x5c])
-                case 0x0a: bytes.append(contentsOf: [0x5c, UInt8(ascii: "n")])
-                case 0x0d: bytes.append(contentsOf: [0x5c, UInt8(ascii: "r")])
-                case 0x09: bytes.append(contentsOf: [0x5c, UInt8(ascii: "t")])
-                case ..<0x20: bytes.append(contentsOf: [0x5c, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 0xf)]])
-                default: bytes.append(b)
-                }
-            }
-        }
-        bytes.append(UInt8(ascii: "\""))
-    }
-
-    mutating func peers(_ l: MeshLabels) {
-        string("reporter", l.reporter.rawValue)
-        string("source_workload", l.source.workload)
-        string("source_namespace", l.source.namespace)
-        string("source_principal", l.source.principal)
-        string("destination_workload", l.destination.workload)
-        string("destination_namespace", l.destination.namespace)
-        string("destination_principal", l.destination.principal)
-        string("connection_security_policy", l.securityPolicy)
-    }
 }

@@ -19,12 +19,19 @@ public final class MeshMetrics: Sendable {
     static let sizeBuckets: [Double] = [1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000]
 
     /// One request series; callers that see the same labels again may keep it and record
-    /// into it directly (no lookup).
-    public struct RequestSeries: Sendable {
+    /// into it directly (no lookup). A class: kept and handed around as one reference.
+    public final class RequestSeries: Sendable {
         let requests: Counter
         let duration: ValueHistogram
         let requestBytes: ValueHistogram
         let responseBytes: ValueHistogram
+
+        init(requests: Counter, duration: ValueHistogram, requestBytes: ValueHistogram, responseBytes: ValueHistogram) {
+            self.requests = requests
+            self.duration = duration
+            self.requestBytes = requestBytes
+            self.responseBytes = responseBytes
+        }
     }
 
     /// One TCP series' counters; a connection keeps it and counts into it.

@@ -110,7 +110,6 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private var record: RequestRecord?
     /// The labels and series of the last request's destination (see recordRequest).
     fileprivate var labelCache: LabelCache?
-    fileprivate var seriesCache: SeriesCache?
 
     init(workload: WorkloadContext, original: OriginalDestination, upstreams: Upstreams) {
         self.workload = workload
@@ -1090,37 +1089,35 @@ extension HTTPOutboundProxyHandler {
         guard let r = record, let telemetry = workload.telemetry else { return }
         record = nil
         let proto = r.isGRPC ? "grpc" : "http"
-        // A keep-alive connection mostly goes to the same few endpoints: their labels (and the
-        // series below) are kept for the next request instead of being looked up again.
-        var labels: MeshLabels
+        // A keep-alive connection mostly goes to the same few endpoints: their labels (with
+        // the metric series and the access log's rendering of them) are kept for the next
+        // request instead of being worked out again.
+        let peers: LabelCache
         let generation = workload.directory.generation
         if let d = r.destination, let cached = labelCache, cached.target == d.target, cached.workload == d.workload, cached.proto == proto,
            cached.generation == generation {
-            labels = cached.labels
+            peers = cached
         } else {
-            labels = r.destination.flatMap {
+            let labels = r.destination.flatMap {
                 workload.outboundLabels(target: $0.target, service: $0.service, host: $0.host, workload: $0.workload, requestProtocol: proto)
             } ?? MeshLabels(reporter: .source, source: telemetry.source, destination: .unknown,
                             service: ServiceLabels(host: "\(original.ip)", name: "PassthroughCluster", namespace: "unknown"),
                             requestProtocol: proto, securityPolicy: "none")
-            if let d = r.destination { labelCache = LabelCache(target: d.target, workload: d.workload, proto: proto, generation: generation, labels: labels) }
+            peers = LabelCache(target: r.destination?.target, workload: r.destination?.workload ?? "", proto: proto, generation: generation,
+                               labels: labels)
+            if r.destination != nil { labelCache = peers }
         }
-        labels.responseCode = status ?? r.status
-        labels.responseFlags = flags ?? "-"
-        labels.grpcStatus = r.grpcStatus
+        let responseCode = status ?? r.status
+        let responseFlags = flags ?? "-"
         let elapsed = Double((NIODeadline.now() - r.started).nanoseconds) / 1e6
         if let metrics = telemetry.metrics {
-            let series: MeshMetrics.RequestSeries
-            if let cached = seriesCache, cached.labels == labels { series = cached.series } else {
-                series = metrics.requestSeries(labels)
-                seriesCache = SeriesCache(labels: labels, series: series)
-            }
-            metrics.record(series, durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
+            metrics.record(peers.series(in: metrics, code: responseCode, flags: responseFlags, grpcStatus: r.grpcStatus),
+                           durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
         }
         if let tracer = telemetry.tracer, let t = r.trace, t.context.sampled {
             var attributes: [(String, SpanRecord.Attribute)] = [
-                ("http.method", .string(r.method)), ("http.url", .string(r.path)), ("http.status_code", .int(Int64(labels.responseCode))),
-                ("response_flags", .string(labels.responseFlags)), ("upstream_cluster", .string(labels.service.host)),
+                ("http.method", .string(r.method)), ("http.url", .string(r.path)), ("http.status_code", .int(Int64(responseCode))),
+                ("response_flags", .string(responseFlags)), ("upstream_cluster", .string(peers.labels.service.host)),
                 ("istio.canonical_service", .string(telemetry.source.app)), ("istio.namespace", .string(telemetry.source.namespace)),
                 ("component", .string("proxy")), ("request_size", .int(Int64(r.requestBytes))), ("response_size", .int(Int64(r.responseBytes))),
             ]
@@ -1128,15 +1125,16 @@ extension HTTPOutboundProxyHandler {
             if let d = r.destination { attributes.append(("peer.address", .string("\(d.target)"))) }
             if let grpc = Int(r.grpcStatus) { attributes.append(("rpc.grpc.status_code", .int(Int64(grpc)))) }
             tracer.finish(SpanRecord(traceID: t.context.traceID, spanID: t.context.spanID, parentSpanID: t.parent,
-                                     name: "\(labels.service.host):\(original.port)/*", kind: .client, startNanos: r.startWallNanos,
+                                     name: "\(peers.labels.service.host):\(original.port)/*", kind: .client, startNanos: r.startWallNanos,
                                      endNanos: RequestRecord.wallNanos(), attributes: attributes,
-                                     isError: labels.responseCode >= 500 || labels.responseCode == 0 || (Int(r.grpcStatus) ?? 0) != 0,
+                                     isError: responseCode >= 500 || responseCode == 0 || (Int(r.grpcStatus) ?? 0) != 0,
                                      service: telemetry.spanService))
         }
         if let log = telemetry.accessLog, let d = r.described {
             var e = RequestLogEntry(startTime: d.startTime, method: d.method, path: d.path, httpProtocol: d.httpProtocol, authority: d.authority,
-                                    responseCode: labels.responseCode, responseFlags: labels.responseFlags, bytesReceived: r.requestBytes,
-                                    bytesSent: r.responseBytes, durationMilliseconds: elapsed, labels: labels)
+                                    responseCode: responseCode, responseFlags: responseFlags, grpcStatus: r.grpcStatus,
+                                    bytesReceived: r.requestBytes, bytesSent: r.responseBytes, durationMilliseconds: elapsed,
+                                    peers: peers.logPeers)
             e.userAgent = d.userAgent
             e.requestID = d.requestID
             e.forwardedFor = d.forwardedFor
@@ -1149,31 +1147,49 @@ extension HTTPOutboundProxyHandler {
     }
 }
 
-/// The labels of the last destination a connection's requests went to, and the metric
-/// series of the last label set (classes: checked and read per request without copying).
+/// The labels of the last destination a connection's requests went to (without the
+/// response's), the metric series of its last response and the access log's rendering of
+/// it: a class, checked and read per request without copying the ~20 label strings.
 final class LabelCache {
-    let target: OriginalDestination
+    let target: OriginalDestination?
     let workload: String
     let proto: String
     let generation: Int
     let labels: MeshLabels
+    /// The last response's series and what it was for (kept apart, not as an optional tuple:
+    /// compared in place on every request, never copied out).
+    private var lastSeries: MeshMetrics.RequestSeries?
+    private var lastCode = -1
+    private var lastFlags = ""
+    private var lastGRPCStatus = ""
+    private var peers: AccessLogPeers?
 
-    init(target: OriginalDestination, workload: String, proto: String, generation: Int, labels: MeshLabels) {
+    init(target: OriginalDestination?, workload: String, proto: String, generation: Int, labels: MeshLabels) {
         self.target = target
         self.workload = workload
         self.proto = proto
         self.generation = generation
         self.labels = labels
     }
-}
 
-final class SeriesCache {
-    let labels: MeshLabels
-    let series: MeshMetrics.RequestSeries
+    /// The series of these labels with this response (looked up when it differs from the last).
+    func series(in metrics: MeshMetrics, code: Int, flags: String, grpcStatus: String) -> MeshMetrics.RequestSeries {
+        if let lastSeries, lastCode == code, lastFlags == flags, lastGRPCStatus == grpcStatus { return lastSeries }
+        var full = labels
+        full.responseCode = code
+        full.responseFlags = flags
+        full.grpcStatus = grpcStatus
+        let series = metrics.requestSeries(full)
+        (lastSeries, lastCode, lastFlags, lastGRPCStatus) = (series, code, flags, grpcStatus)
+        return series
+    }
 
-    init(labels: MeshLabels, series: MeshMetrics.RequestSeries) {
-        self.labels = labels
-        self.series = series
+    /// The access log's fields for these peers, rendered on first use.
+    var logPeers: AccessLogPeers {
+        if let peers { return peers }
+        let made = AccessLogPeers(labels)
+        peers = made
+        return made
     }
 }
 
@@ -1227,10 +1243,21 @@ final class RequestRecord {
             method = head.method.rawValue
             path = head.uri
             httpProtocol = http2 ? "HTTP/2" : "HTTP/1.1"
-            authority = head.headers.first(name: "host") ?? "-"
-            userAgent = head.headers.first(name: "user-agent")
-            requestID = head.headers.first(name: "x-request-id")
-            forwardedFor = head.headers.first(name: "x-forwarded-for")
+            // One pass over the headers (the first of each, as first(name:) would give).
+            var host: String?, agent: String?, id: String?, xff: String?
+            for (name, value) in head.headers {
+                switch name.utf8.count {
+                case 4 where host == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "host"): host = value
+                case 10 where agent == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "user-agent"): agent = value
+                case 12 where id == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-request-id"): id = value
+                case 15 where xff == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-forwarded-for"): xff = value
+                default: break
+                }
+            }
+            authority = host ?? "-"
+            userAgent = agent
+            requestID = id
+            forwardedFor = xff
             self.client = client
         }
     }
@@ -1246,16 +1273,28 @@ final class RequestRecord {
     var destination: Destination?
 
     init(_ head: HTTPRequestHead) {
-        isGRPC = head.headers.first(name: "content-type")?.hasPrefix("application/grpc") ?? false
+        // One pass over the headers: their size on the wire and whether this is gRPC.
+        var bytes = 0
+        var contentType: String?
+        for (name, value) in head.headers {
+            bytes += name.utf8.count + value.utf8.count + 4
+            if contentType == nil, name.utf8.count == 12, HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "content-type") { contentType = value }
+        }
+        isGRPC = contentType?.hasPrefix("application/grpc") ?? false
         method = head.method.rawValue
         uri = head.uri
-        requestBytes = Self.size(head.headers) + head.uri.utf8.count + head.method.rawValue.utf8.count + 12
+        requestBytes = bytes + head.uri.utf8.count + method.utf8.count + 12
     }
 
     func response(_ head: HTTPResponseHead) {
         status = Int(head.status.code)
-        responseBytes += Self.size(head.headers) + 15
-        if let s = head.headers.first(name: "grpc-status") { grpcStatus = s }
+        var bytes = 0, grpc: String?
+        for (name, value) in head.headers {
+            bytes += name.utf8.count + value.utf8.count + 4
+            if grpc == nil, name.utf8.count == 11, HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "grpc-status") { grpc = value }
+        }
+        responseBytes += bytes + 15
+        if let grpc { grpcStatus = grpc }
     }
 
     /// Header bytes as on the wire (HTTP/1.1 framing).
@@ -1274,13 +1313,28 @@ extension HTTPOutboundProxyHandler {
     /// context while this workload serves a traced one means the app dropped it: counted and
     /// logged.
     fileprivate func startClientSpan(_ request: inout HTTPRequestHead, tracer: Tracer) -> RequestRecord.Trace {
-        let incoming = TraceContext.parse(values: request.headers["traceparent"])
+        // One pass over the headers for what is looked at below (most requests from apps
+        // that do not trace carry none of it).
+        var traceparents: [String] = [], hasTracestate = false, requestID: String?
+        for (name, value) in request.headers {
+            switch name.utf8.count {
+            case 10 where HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "tracestate"): hasTracestate = true
+            case 11 where HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "traceparent"): traceparents.append(value)
+            case 12 where requestID == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-request-id"): requestID = value
+            default: break
+            }
+        }
+        let incoming = TraceContext.parse(values: traceparents)
         let traceID = incoming?.traceID ?? Tracer.newTraceID()
         let context = TraceContext(traceID: traceID, spanID: Tracer.newSpanID(), sampled: incoming?.sampled ?? tracer.sampleNewTrace(),
                                    random: incoming?.random ?? true)
-        request.headers.replaceOrAdd(name: "traceparent", value: context.traceparent)
+        if traceparents.isEmpty {
+            request.headers.add(name: "traceparent", value: context.traceparent)
+        } else {
+            request.headers.replaceOrAdd(name: "traceparent", value: context.traceparent)
+        }
         if incoming == nil {
-            request.headers.remove(name: "tracestate")
+            if hasTracestate { request.headers.remove(name: "tracestate") }
             if workload.counters.tracedInbound.current > 0 {
                 workload.counters.traceContextDropped.add(1)
                 let n = workload.counters.traceContextDropped.current
@@ -1289,12 +1343,12 @@ extension HTTPOutboundProxyHandler {
                                             metadata: ["destination": "\(original)", "fix": "propagate traceparent/tracestate from inbound to outbound requests"])
                 }
             }
-        } else if request.headers.contains(name: "tracestate") {
+        } else if hasTracestate {
             let combined = TraceContext.combinedTracestate(request.headers["tracestate"])
             request.headers.remove(name: "tracestate")
             if let combined { request.headers.add(name: "tracestate", value: combined) }
         }
-        record?.requestID = request.headers.first(name: "x-request-id")
+        record?.requestID = requestID
         return RequestRecord.Trace(context: context, parent: incoming?.spanID ?? [])
     }
 }

@@ -1,0 +1,257 @@
+import Foundation
+import Glibc
+import WeftCore
+
+/// The access-log writer's output: a growing byte buffer that JSON objects and text lines
+/// are written straight into, then handed to `write(2)` in one piece per batch.
+///
+/// It runs once per logged request, so it is written for speed: bytes go through a raw
+/// pointer (one capacity check per field, not per byte, and no copy-on-write checks),
+/// strings are escaped per RFC 8259 only where they must be, integers are written digit by
+/// digit and timestamps reuse the date and time of the previous line when the second is the
+/// same. Noncopyable: it owns its memory, so handing it to another thread (the writer swaps
+/// buffers with the data path) hands over the memory too.
+struct LogLineBuffer: ~Copyable, @unchecked Sendable {
+    private var base: UnsafeMutablePointer<UInt8>
+    private var capacity: Int
+    private(set) var count = 0
+    /// No field written yet in the current object (no comma before the next).
+    private var first = true
+    /// The last second formatted (`YYYY-MM-DDTHH:MM:SS`) and its text.
+    private var cachedSecond: time_t = -1
+    private var cachedPrefix: [UInt8] = []
+
+    init(capacity: Int = 64 * 1024) {
+        self.capacity = max(capacity, 64)
+        base = .allocate(capacity: self.capacity)
+    }
+
+    deinit { base.deallocate() }
+
+    /// Room for `n` more bytes.
+    @inline(__always)
+    private mutating func reserve(_ n: Int) {
+        if count + n > capacity { grow(to: count + n) }
+    }
+
+    private mutating func grow(to needed: Int) {
+        var size = capacity * 2
+        while size < needed { size *= 2 }
+        let bigger = UnsafeMutablePointer<UInt8>.allocate(capacity: size)
+        bigger.update(from: base, count: count)
+        base.deallocate()
+        base = bigger
+        capacity = size
+    }
+
+    @inline(__always)
+    private mutating func put(_ b: UInt8) {
+        base[count] = b
+        count += 1
+    }
+
+    /// The bytes written so far.
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+
+    var bytes: [UInt8] { withBytes { Array($0) } }
+
+    /// Empties the buffer (its memory is kept for the next batch; one that grew past
+    /// `keep` bytes, a burst, is given back).
+    mutating func removeAll(keep: Int = 1 << 20) {
+        count = 0
+        first = true
+        if capacity > keep {
+            base.deallocate()
+            capacity = keep
+            base = .allocate(capacity: keep)
+        }
+    }
+
+    // MARK: - raw bytes and text
+
+    mutating func append(_ b: UInt8) {
+        reserve(1)
+        put(b)
+    }
+
+    mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        guard let from = bytes.baseAddress, !bytes.isEmpty else { return }
+        reserve(bytes.count)
+        (base + count).update(from: from.assumingMemoryBound(to: UInt8.self), count: bytes.count)
+        count += bytes.count
+    }
+
+    mutating func append(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { append($0) }
+    }
+
+    mutating func append(_ s: StaticString) {
+        s.withUTF8Buffer { append(UnsafeRawBufferPointer($0)) }
+    }
+
+    mutating func append(_ s: String) {
+        var s = s
+        s.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+    }
+
+    // MARK: - JSON objects
+
+    mutating func openObject() {
+        append(UInt8(ascii: "{"))
+        first = true
+    }
+
+    mutating func closeObject() {
+        append(UInt8(ascii: "}"))
+    }
+
+    /// `,"k":` (the comma from the second field on). Reserves `extra` bytes more for the value.
+    @inline(__always)
+    private mutating func key(_ k: StaticString, extra: Int) {
+        reserve(k.utf8CodeUnitCount + 4 + extra)
+        if !first { put(UInt8(ascii: ",")) }
+        first = false
+        put(UInt8(ascii: "\""))
+        (base + count).update(from: k.utf8Start, count: k.utf8CodeUnitCount)
+        count += k.utf8CodeUnitCount
+        put(UInt8(ascii: "\""))
+        put(UInt8(ascii: ":"))
+    }
+
+    /// Fields rendered before (`"a":1,"b":2`, see `AccessLogPeers`), copied as they are.
+    mutating func fields(_ rendered: [UInt8]) {
+        guard !rendered.isEmpty else { return }
+        if !first { append(UInt8(ascii: ",")) }
+        first = false
+        append(rendered)
+    }
+
+    mutating func int(_ k: StaticString, _ v: Int) {
+        key(k, extra: 20)
+        digits(v)
+    }
+
+    /// A string field, left out when nil.
+    mutating func string(_ k: StaticString, _ v: String?) {
+        guard var v else { return }
+        v.withUTF8 { utf8 in
+            key(k, extra: utf8.count + 2)
+            put(UInt8(ascii: "\""))
+            escaped(utf8)
+            reserve(1)
+            put(UInt8(ascii: "\""))
+        }
+    }
+
+    /// `utf8` as the inside of a JSON string: copied in bulk unless a byte must be escaped.
+    private mutating func escaped(_ utf8: UnsafeBufferPointer<UInt8>) {
+        guard utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c }) else {
+            if let from = utf8.baseAddress, !utf8.isEmpty {
+                reserve(utf8.count)
+                (base + count).update(from: from, count: utf8.count)
+                count += utf8.count
+            }
+            return
+        }
+        reserve(utf8.count * 6)
+        for b in utf8 {
+            switch b {
+            case 0x22: put(0x5c); put(0x22)
+            case 0x5c: put(0x5c); put(0x5c)
+            case 0x0a: put(0x5c); put(UInt8(ascii: "n"))
+            case 0x0d: put(0x5c); put(UInt8(ascii: "r"))
+            case 0x09: put(0x5c); put(UInt8(ascii: "t"))
+            case ..<0x20:
+                put(0x5c); put(UInt8(ascii: "u")); put(0x30); put(0x30)
+                put(Self.hexDigits[Int(b >> 4)]); put(Self.hexDigits[Int(b & 0xf)])
+            default: put(b)
+            }
+        }
+    }
+
+    /// RFC 3339 UTC with milliseconds, e.g. `"2026-11-24T17:11:23.890Z"`.
+    mutating func time(_ k: StaticString, _ d: Date) {
+        key(k, extra: 2)
+        put(UInt8(ascii: "\""))
+        timestamp(d)
+        reserve(1)
+        put(UInt8(ascii: "\""))
+    }
+
+    /// The timestamp alone (no quotes): the text format uses it too.
+    mutating func timestamp(_ d: Date) {
+        let since1970 = d.timeIntervalSince1970
+        var t = time_t(since1970.rounded(.down))
+        let ms = min(max(Int((since1970 - Double(t)) * 1000), 0), 999)
+        if t != cachedSecond {
+            var tm = Glibc.tm()
+            gmtime_r(&t, &tm)
+            var p: [UInt8] = []
+            p.reserveCapacity(19)
+            func two(_ v: Int32) { p.append(UInt8(ascii: "0") + UInt8(v / 10 % 10)); p.append(UInt8(ascii: "0") + UInt8(v % 10)) }
+            let year = Int(tm.tm_year) + 1900
+            for divisor in [1000, 100, 10, 1] { p.append(UInt8(ascii: "0") + UInt8(year / divisor % 10)) }
+            p.append(UInt8(ascii: "-")); two(tm.tm_mon + 1); p.append(UInt8(ascii: "-")); two(tm.tm_mday)
+            p.append(UInt8(ascii: "T")); two(tm.tm_hour); p.append(UInt8(ascii: ":")); two(tm.tm_min)
+            p.append(UInt8(ascii: ":")); two(tm.tm_sec)
+            cachedSecond = t
+            cachedPrefix = p
+        }
+        append(cachedPrefix)
+        reserve(5)
+        put(UInt8(ascii: "."))
+        put(UInt8(ascii: "0") + UInt8(ms / 100))
+        put(UInt8(ascii: "0") + UInt8(ms / 10 % 10))
+        put(UInt8(ascii: "0") + UInt8(ms % 10))
+        put(UInt8(ascii: "Z"))
+    }
+
+    /// `"1.2.3.4:80"` or `"[::1]:80"`, left out when nil.
+    mutating func address(_ k: StaticString, _ d: OriginalDestination?) {
+        guard let d else { return }
+        guard case .v4(let v) = d.ip else { return string(k, d.description) }
+        key(k, extra: 24)
+        put(UInt8(ascii: "\""))
+        for shift in [24, 16, 8, 0] as [UInt32] {
+            digits(Int(v >> shift & 0xff))
+            put(shift == 0 ? UInt8(ascii: ":") : UInt8(ascii: "."))
+        }
+        digits(Int(d.port))
+        put(UInt8(ascii: "\""))
+    }
+
+    /// Bytes as lowercase hex (a trace ID), left out when nil.
+    mutating func hex(_ k: StaticString, _ bytes: [UInt8]?) {
+        guard let bytes else { return }
+        key(k, extra: bytes.count * 2 + 2)
+        put(UInt8(ascii: "\""))
+        for b in bytes {
+            put(Self.hexDigits[Int(b >> 4)])
+            put(Self.hexDigits[Int(b & 0xf)])
+        }
+        put(UInt8(ascii: "\""))
+    }
+
+    /// Decimal digits of `v` (room for 20 must be reserved).
+    @inline(__always)
+    private mutating func digits(_ v: Int) {
+        if v < 0 { put(UInt8(ascii: "-")) }
+        var rest = v.magnitude
+        var scratch: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for UInt64.max's 20 digits
+        let n = withUnsafeMutableBytes(of: &scratch) { tmp -> Int in
+            var i = tmp.count
+            repeat {
+                i -= 1
+                tmp[i] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            } while rest > 0
+            (base + count).update(from: tmp.baseAddress!.assumingMemoryBound(to: UInt8.self) + i, count: tmp.count - i)
+            return tmp.count - i
+        }
+        count += n
+    }
+
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+}

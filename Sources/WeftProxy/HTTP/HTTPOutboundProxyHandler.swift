@@ -1273,13 +1273,7 @@ final class RequestRecord {
     var destination: Destination?
 
     init(_ head: HTTPRequestHead) {
-        // One pass over the headers: their size on the wire and whether this is gRPC.
-        var bytes = 0
-        var contentType: String?
-        for (name, value) in head.headers {
-            bytes += name.utf8.count + value.utf8.count + 4
-            if contentType == nil, name.utf8.count == 12, HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "content-type") { contentType = value }
-        }
+        let (bytes, contentType) = Self.wireSize(head.headers, finding: "content-type")
         isGRPC = contentType?.hasPrefix("application/grpc") ?? false
         method = head.method.rawValue
         uri = head.uri
@@ -1288,18 +1282,22 @@ final class RequestRecord {
 
     func response(_ head: HTTPResponseHead) {
         status = Int(head.status.code)
-        var bytes = 0, grpc: String?
-        for (name, value) in head.headers {
-            bytes += name.utf8.count + value.utf8.count + 4
-            if grpc == nil, name.utf8.count == 11, HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "grpc-status") { grpc = value }
-        }
+        let (bytes, grpc) = Self.wireSize(head.headers, finding: "grpc-status")
         responseBytes += bytes + 15
         if let grpc { grpcStatus = grpc }
     }
 
-    /// Header bytes as on the wire (HTTP/1.1 framing).
-    static func size(_ headers: HTTPHeaders) -> Int {
-        headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+    /// In one pass over the headers: their bytes as on the wire (HTTP/1.1 framing) and the
+    /// first value of `name` (lowercase).
+    static func wireSize(_ headers: HTTPHeaders, finding name: String) -> (bytes: Int, value: String?) {
+        var bytes = 0
+        var found: String?
+        let length = name.utf8.count
+        for (n, v) in headers {
+            bytes += n.utf8.count + v.utf8.count + 4
+            if found == nil, n.utf8.count == length, HTTPHeaderPolicy.asciiCaseInsensitiveEquals(n, name) { found = v }
+        }
+        return (bytes, found)
     }
 }
 

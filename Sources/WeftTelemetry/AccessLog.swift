@@ -291,7 +291,7 @@ public final class AccessLog: Sendable {
         if let host = e.upstreamHost { o.string("upstream_host", host) } else { o.address("upstream_host", e.upstream) }
         o.string("route_name", e.routeName)
         o.string("downstream_remote_address", e.downstreamAddress)
-        if let id = e.traceID { o.string("trace_id", id) } else { o.hex("trace_id", e.trace?.traceID) }
+        if let id = e.traceID { o.string("trace_id", id) } else { o.traceID("trace_id", e.trace) }
         o.fields(e.peers.json)
         o.closeObject()
     }

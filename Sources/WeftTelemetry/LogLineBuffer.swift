@@ -50,6 +50,28 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
         count += 1
     }
 
+    /// Copies `n` bytes (room reserved). Most fields are short (keys, methods, addresses):
+    /// up to 32 bytes are copied as a few overlapping words, in line, instead of a call to
+    /// memmove each.
+    @inline(__always)
+    private mutating func copy(_ from: UnsafePointer<UInt8>, _ n: Int) {
+        let to = UnsafeMutableRawPointer(base + count)
+        let src = UnsafeRawPointer(from)
+        @inline(__always) func word<T: FixedWidthInteger>(_ t: T.Type, _ at: Int) {
+            to.storeBytes(of: src.loadUnaligned(fromByteOffset: at, as: T.self), toByteOffset: at, as: T.self)
+        }
+        switch n {
+        case 0: break
+        case 1: to.storeBytes(of: from[0], as: UInt8.self)
+        case 2...3: word(UInt16.self, 0); word(UInt16.self, n - 2)
+        case 4...7: word(UInt32.self, 0); word(UInt32.self, n - 4)
+        case 8...16: word(UInt64.self, 0); word(UInt64.self, n - 8)
+        case 17...32: word(UInt64.self, 0); word(UInt64.self, 8); word(UInt64.self, n - 16); word(UInt64.self, n - 8)
+        default: (base + count).update(from: from, count: n)
+        }
+        count += n
+    }
+
     /// The bytes written so far.
     func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try body(UnsafeRawBufferPointer(start: base, count: count))
@@ -79,8 +101,7 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
     mutating func append(_ bytes: UnsafeRawBufferPointer) {
         guard let from = bytes.baseAddress, !bytes.isEmpty else { return }
         reserve(bytes.count)
-        (base + count).update(from: from.assumingMemoryBound(to: UInt8.self), count: bytes.count)
-        count += bytes.count
+        copy(from.assumingMemoryBound(to: UInt8.self), bytes.count)
     }
 
     mutating func append(_ bytes: [UInt8]) {
@@ -114,8 +135,7 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
         if !first { put(UInt8(ascii: ",")) }
         first = false
         put(UInt8(ascii: "\""))
-        (base + count).update(from: k.utf8Start, count: k.utf8CodeUnitCount)
-        count += k.utf8CodeUnitCount
+        copy(k.utf8Start, k.utf8CodeUnitCount)
         put(UInt8(ascii: "\""))
         put(UInt8(ascii: ":"))
     }
@@ -150,8 +170,7 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
         guard utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c }) else {
             if let from = utf8.baseAddress, !utf8.isEmpty {
                 reserve(utf8.count)
-                (base + count).update(from: from, count: utf8.count)
-                count += utf8.count
+                copy(from, utf8.count)
             }
             return
         }
@@ -165,7 +184,7 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
             case 0x09: put(0x5c); put(UInt8(ascii: "t"))
             case ..<0x20:
                 put(0x5c); put(UInt8(ascii: "u")); put(0x30); put(0x30)
-                put(Self.hexDigits[Int(b >> 4)]); put(Self.hexDigits[Int(b & 0xf)])
+                put(Self.hexDigit(b >> 4)); put(Self.hexDigit(b & 0xf))
             default: put(b)
             }
         }
@@ -214,44 +233,55 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
         guard case .v4(let v) = d.ip else { return string(k, d.description) }
         key(k, extra: 24)
         put(UInt8(ascii: "\""))
-        for shift in [24, 16, 8, 0] as [UInt32] {
-            digits(Int(v >> shift & 0xff))
-            put(shift == 0 ? UInt8(ascii: ":") : UInt8(ascii: "."))
-        }
+        digits(Int(v >> 24))
+        put(UInt8(ascii: "."))
+        digits(Int(v >> 16 & 0xff))
+        put(UInt8(ascii: "."))
+        digits(Int(v >> 8 & 0xff))
+        put(UInt8(ascii: "."))
+        digits(Int(v & 0xff))
+        put(UInt8(ascii: ":"))
         digits(Int(d.port))
         put(UInt8(ascii: "\""))
     }
 
-    /// Bytes as lowercase hex (a trace ID), left out when nil.
-    mutating func hex(_ k: StaticString, _ bytes: [UInt8]?) {
-        guard let bytes else { return }
-        key(k, extra: bytes.count * 2 + 2)
+    /// A trace's ID as 32 lowercase hex digits, left out when nil.
+    mutating func traceID(_ k: StaticString, _ trace: TraceContext?) {
+        guard let trace else { return }
+        key(k, extra: 34)
         put(UInt8(ascii: "\""))
-        for b in bytes {
-            put(Self.hexDigits[Int(b >> 4)])
-            put(Self.hexDigits[Int(b & 0xf)])
-        }
+        hexWord(trace.traceHigh)
+        hexWord(trace.traceLow)
         put(UInt8(ascii: "\""))
     }
 
-    /// Decimal digits of `v` (room for 20 must be reserved).
+    /// `w`'s 16 lowercase hex digits (room reserved).
+    @inline(__always)
+    private mutating func hexWord(_ w: UInt64) {
+        for i in 0..<16 { put(Self.hexDigit(UInt8(truncatingIfNeeded: w >> (60 - 4 * UInt64(i))) & 0xf)) }
+    }
+
+    /// Decimal digits of `v` (room for 20 must be reserved), written in place from the last.
     @inline(__always)
     private mutating func digits(_ v: Int) {
         if v < 0 { put(UInt8(ascii: "-")) }
         var rest = v.magnitude
-        var scratch: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for UInt64.max's 20 digits
-        let n = withUnsafeMutableBytes(of: &scratch) { tmp -> Int in
-            var i = tmp.count
-            repeat {
-                i -= 1
-                tmp[i] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-            } while rest > 0
-            (base + count).update(from: tmp.baseAddress!.assumingMemoryBound(to: UInt8.self) + i, count: tmp.count - i)
-            return tmp.count - i
+        var n = 1
+        var t = rest
+        while t >= 10 {
+            t /= 10
+            n += 1
         }
+        var i = count + n
+        repeat {
+            i -= 1
+            base[i] = UInt8(ascii: "0") + UInt8(rest % 10)
+            rest /= 10
+        } while rest > 0
         count += n
     }
 
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+    /// The lowercase hex digit of `v` (0...15).
+    @inline(__always)
+    private static func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "a") - 10 + v }
 }

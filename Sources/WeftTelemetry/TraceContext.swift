@@ -1,22 +1,58 @@
 import Foundation
 
 /// W3C Trace Context (`traceparent`, version 00). Pure.
+///
+/// The IDs are kept as words (one made per request, so no arrays are allocated or freed for
+/// them); `traceID` and `spanID` are their bytes, as the wire and OTLP carry them.
 public struct TraceContext: Equatable, Sendable {
-    /// 16 bytes, not all zero.
-    public var traceID: [UInt8]
-    /// 8 bytes, not all zero: the span the next hop's spans are children of.
-    public var spanID: [UInt8]
+    /// The trace ID's 16 bytes as two big-endian words (`traceHigh`: bytes 0–7); not both zero.
+    public var traceHigh: UInt64
+    public var traceLow: UInt64
+    /// The span ID's 8 bytes as a big-endian word (not zero): the span the next hop's spans
+    /// are children of.
+    public var span: UInt64
     public var sampled: Bool
     /// Trace Context Level 2's `random` flag (0x02): the trace ID's right 7 bytes are random.
     /// Kept along a trace; set on traces Weft starts (its IDs are uniformly random: SplitMix64
-    /// seeded from the kernel's generator, see Tracer.randomBytes).
+    /// seeded from the kernel's generator, see Tracer.newIDs).
     public var random: Bool
 
+    /// 16 bytes.
+    public var traceID: [UInt8] {
+        get { Self.bytes(traceHigh) + Self.bytes(traceLow) }
+        set { (traceHigh, traceLow) = (Self.word(newValue, at: 0), Self.word(newValue, at: 8)) }
+    }
+
+    /// 8 bytes.
+    public var spanID: [UInt8] {
+        get { Self.bytes(span) }
+        set { span = Self.word(newValue, at: 0) }
+    }
+
+    /// From the IDs' bytes (16 and 8; shorter ones are read as if zero-padded on the right).
     public init(traceID: [UInt8], spanID: [UInt8], sampled: Bool, random: Bool = false) {
-        self.traceID = traceID
-        self.spanID = spanID
+        self.init(traceHigh: Self.word(traceID, at: 0), traceLow: Self.word(traceID, at: 8), span: Self.word(spanID, at: 0),
+                  sampled: sampled, random: random)
+    }
+
+    public init(traceHigh: UInt64, traceLow: UInt64, span: UInt64, sampled: Bool, random: Bool = false) {
+        self.traceHigh = traceHigh
+        self.traceLow = traceLow
+        self.span = span
         self.sampled = sampled
         self.random = random
+    }
+
+    /// The big-endian word of `bytes[at..<at+8]` (missing bytes are zero).
+    static func word(_ bytes: [UInt8], at: Int) -> UInt64 {
+        var w: UInt64 = 0
+        for i in at..<at + 8 { w = w << 8 | UInt64(i < bytes.count ? bytes[i] : 0) }
+        return w
+    }
+
+    /// The 8 bytes of a big-endian word.
+    public static func bytes(_ w: UInt64) -> [UInt8] {
+        (0..<8).map { UInt8(truncatingIfNeeded: w >> (56 - 8 * $0)) }
     }
 
     /// Parses a `traceparent` header; nil when it is not a valid one (the spec then says:
@@ -41,30 +77,40 @@ public struct TraceContext: Equatable, Sendable {
     /// `00-<trace id>-<span id>-<flags>`, written in one go (this runs for every request).
     public var traceparent: String {
         let flags = UInt8(ascii: "0") + (sampled ? 1 : 0) + (random ? 2 : 0)
-        return String(unsafeUninitializedCapacity: 3 + traceID.count * 2 + 1 + spanID.count * 2 + 3) { out in
-            var i = 0
-            func put(_ b: UInt8) { out[i] = b; i += 1 }
-            func hex(_ bytes: [UInt8]) {
-                for b in bytes {
-                    put(Self.digits[Int(b >> 4)])
-                    put(Self.digits[Int(b & 0xf)])
-                }
-            }
-            put(UInt8(ascii: "0")); put(UInt8(ascii: "0")); put(UInt8(ascii: "-"))
-            hex(traceID)
-            put(UInt8(ascii: "-"))
-            hex(spanID)
-            put(UInt8(ascii: "-")); put(UInt8(ascii: "0")); put(flags)
-            return i
+        return String(unsafeUninitializedCapacity: 55) { out in
+            out[0] = UInt8(ascii: "0"); out[1] = UInt8(ascii: "0"); out[2] = UInt8(ascii: "-")
+            Self.writeHex(traceHigh, to: out, at: 3)
+            Self.writeHex(traceLow, to: out, at: 19)
+            out[35] = UInt8(ascii: "-")
+            Self.writeHex(span, to: out, at: 36)
+            out[52] = UInt8(ascii: "-"); out[53] = UInt8(ascii: "0"); out[54] = flags
+            return 55
         }
     }
 
-    public var traceIDHex: String { Self.hex(traceID) }
+    /// The 32 hex digits of the trace ID.
+    public var traceIDHex: String {
+        String(unsafeUninitializedCapacity: 32) { out in
+            Self.writeHex(traceHigh, to: out, at: 0)
+            Self.writeHex(traceLow, to: out, at: 16)
+            return 32
+        }
+    }
 
-    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    /// `w`'s 16 lowercase hex digits into `out[at..<at+16]`.
+    @inline(__always)
+    static func writeHex(_ w: UInt64, to out: UnsafeMutableBufferPointer<UInt8>, at: Int) {
+        for i in 0..<16 { out[at + i] = digit(UInt8(truncatingIfNeeded: w >> (60 - 4 * UInt64(i))) & 0xf) }
+    }
+
+    /// The lowercase hex digit of `v` (0...15).
+    @inline(__always)
+    static func digit(_ v: UInt8) -> UInt8 { v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "a") - 10 + v }
 
     /// The same trace, with `span` as the parent the next hop sees.
-    public func child(_ span: [UInt8]) -> TraceContext { TraceContext(traceID: traceID, spanID: span, sampled: sampled, random: random) }
+    public func child(_ span: [UInt8]) -> TraceContext {
+        TraceContext(traceHigh: traceHigh, traceLow: traceLow, span: Self.word(span, at: 0), sampled: sampled, random: random)
+    }
 
     static func hex<S: StringProtocol>(_ s: S, count: Int) -> [UInt8]? {
         guard s.utf8.count == count * 2, s.allSatisfy(\.isHexLowercase) else { return nil }
@@ -84,8 +130,8 @@ public struct TraceContext: Equatable, Sendable {
         String(unsafeUninitializedCapacity: bytes.count * 2) { out in
             var i = 0
             for b in bytes {
-                out[i] = digits[Int(b >> 4)]
-                out[i + 1] = digits[Int(b & 0xf)]
+                out[i] = digit(b >> 4)
+                out[i + 1] = digit(b & 0xf)
                 i += 2
             }
             return i

@@ -41,8 +41,36 @@ public final class Tracer: Sendable {
         return Double(draw >> 11) * 0x1p-53 < sampling
     }
 
-    public static func newTraceID() -> [UInt8] { randomBytes(16) }
-    public static func newSpanID() -> [UInt8] { randomBytes(8) }
+    /// This hop's span context: the caller's trace continued with a new span (its sampled
+    /// and random flags kept), or a new trace sampled at the configured rate.
+    public func context(continuing incoming: TraceContext?) -> TraceContext {
+        if let incoming {
+            return TraceContext(traceHigh: incoming.traceHigh, traceLow: incoming.traceLow, span: Self.newSpan(), sampled: incoming.sampled,
+                                random: incoming.random)
+        }
+        let ids = Self.newIDs()
+        return TraceContext(traceHigh: ids.traceHigh, traceLow: ids.traceLow, span: ids.span, sampled: sampleNewTrace(), random: true)
+    }
+
+    /// A new trace ID (two words, not both zero) and span ID (not zero), drawn together.
+    public static func newIDs() -> (traceHigh: UInt64, traceLow: UInt64, span: UInt64) {
+        idGenerator.withLock { g in
+            var high = g.next(), low = g.next()
+            while high | low == 0 { (high, low) = (g.next(), g.next()) }
+            var span = g.next()
+            while span == 0 { span = g.next() }
+            return (high, low, span)
+        }
+    }
+
+    /// A new span ID (not zero).
+    public static func newSpan() -> UInt64 {
+        idGenerator.withLock { g in
+            var span = g.next()
+            while span == 0 { span = g.next() }
+            return span
+        }
+    }
 
     /// IDs need to be unique and uniformly random, not secret: a SplitMix64 stream seeded
     /// from the kernel's generator, instead of a getrandom() system call per ID (per request).
@@ -50,22 +78,6 @@ public final class Tracer: Sendable {
         var kernel = SystemRandomNumberGenerator()
         return Mutex(SplitMix64(seed: kernel.next()))
     }()
-
-    static func randomBytes(_ n: Int) -> [UInt8] {
-        idGenerator.withLock { generator in
-            var out: [UInt8] = []
-            out.reserveCapacity(n)
-            while out.count < n {
-                var v = generator.next()
-                if v == 0 { continue }
-                for _ in 0..<8 where out.count < n {
-                    out.append(UInt8(v & 0xff))
-                    v >>= 8
-                }
-            }
-            return out
-        }
-    }
 
     public func finish(_ span: SpanRecord) {
         let kept = queue.withLock { q -> Bool in

@@ -124,4 +124,22 @@ final class RequestIDTests: XCTestCase {
         var one = RequestIDGenerator(), two = RequestIDGenerator()
         XCTAssertNotEqual(one.uuidString(), two.uuidString())
     }
+
+    /// Header names compare ASCII case-insensitively, letters only ("[" is not "{"), whatever
+    /// their length (small strings are stored inline, longer ones on the heap).
+    func testHeaderNamesCompareIgnoringASCIICase() {
+        let eq = HTTPHeaderPolicy.asciiCaseInsensitiveEquals
+        XCTAssertTrue(eq("X-Request-ID", "x-request-id"))
+        XCTAssertTrue(eq("CONTENT-LENGTH", "content-length"))
+        XCTAssertTrue(eq("X-A-Very-Long-Header-Name-Stored-On-The-Heap", "x-a-very-long-header-name-stored-on-the-heap"))
+        XCTAssertTrue(eq("", ""))
+        XCTAssertFalse(eq("x-request-ie", "x-request-id"))
+        XCTAssertFalse(eq("x-request-id ", "x-request-id"))
+        XCTAssertFalse(eq("[", "{"), "0x5b and 0x7b differ only in the case bit but are not letters")
+        XCTAssertFalse(eq("te@", "te`"))
+        XCTAssertFalse(eq("h\u{e9}st", "h\u{c9}st"), "only ASCII folds")
+        let long = String(repeating: "Ab", count: 40)
+        XCTAssertTrue(eq(long, long.lowercased()))
+        XCTAssertFalse(eq(long, long.lowercased() + "x"))
+    }
 }

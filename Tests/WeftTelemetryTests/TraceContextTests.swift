@@ -90,4 +90,32 @@ final class TraceContextTests: XCTestCase {
         XCTAssertTrue(hex.contains("3003"), "field 6 (kind) = CLIENT")
         XCTAssertTrue(bytes.count > 100)
     }
+
+    /// The IDs are kept as big-endian words: the bytes, the header and the words agree.
+    func testIDsAsWordsAndBytesAgree() throws {
+        let c = try XCTUnwrap(TraceContext.parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
+        XCTAssertEqual(c.traceHigh, 0x4bf9_2f35_77b3_4da6)
+        XCTAssertEqual(c.traceLow, 0xa3ce_929d_0e0e_4736)
+        XCTAssertEqual(c.span, 0x00f0_67aa_0ba9_02b7)
+        XCTAssertEqual(c.traceID, [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36])
+        XCTAssertEqual(c.spanID, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        XCTAssertEqual(c.traceIDHex, "4bf92f3577b34da6a3ce929d0e0e4736")
+        XCTAssertEqual(TraceContext(traceID: c.traceID, spanID: c.spanID, sampled: true), c)
+        var d = c
+        d.spanID = [1, 2, 3, 4, 5, 6, 7, 8]
+        XCTAssertEqual(d.traceparent, "00-4bf92f3577b34da6a3ce929d0e0e4736-0102030405060708-01")
+    }
+
+    func testNewIDsAreNeverZeroAndDiffer() {
+        var seen = Set<UInt64>()
+        for _ in 0..<1000 {
+            let ids = Tracer.newIDs()
+            XCTAssertNotEqual(ids.traceHigh | ids.traceLow, 0)
+            XCTAssertNotEqual(ids.span, 0)
+            seen.insert(ids.traceLow)
+        }
+        XCTAssertEqual(seen.count, 1000)
+        let c = TraceContext(traceHigh: 0, traceLow: 1, span: 0xff, sampled: false, random: true)
+        XCTAssertEqual(c.traceparent, "00-00000000000000000000000000000001-00000000000000ff-02")
+    }
 }

@@ -108,6 +108,8 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private var lease: EndpointLease?
     /// What the metrics will say about the current request (recorded once, when it ends).
     private var record: RequestRecord?
+    /// The record this connection's requests reuse (made on the first one).
+    private var recordStorage: RequestRecord?
     /// The labels and series of the last request's destination (see recordRequest).
     fileprivate var labelCache: LabelCache?
 
@@ -237,7 +239,12 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         idleSince = nil  // the head is here; the timer, if any, looks again later
         workload.counters.httpRequests.add(1)
-        if workload.telemetry != nil { record = RequestRecord(head) }
+        if workload.telemetry != nil {
+            let r = recordStorage ?? RequestRecord()
+            recordStorage = r
+            r.start(head)
+            record = r
+        }
         requestKeepAlive = isHTTP2 || head.isKeepAlive
         if clientIP == nil { clientIP = context.channel.remoteAddress?.weftIP }  // once per connection
         let client = clientIP
@@ -1116,7 +1123,7 @@ extension HTTPOutboundProxyHandler {
         }
         if let tracer = telemetry.tracer, let t = r.trace, t.context.sampled {
             var attributes: [(String, SpanRecord.Attribute)] = [
-                ("http.method", .string(r.method)), ("http.url", .string(r.path)), ("http.status_code", .int(Int64(responseCode))),
+                ("http.method", .string(r.method.rawValue)), ("http.url", .string(r.path)), ("http.status_code", .int(Int64(responseCode))),
                 ("response_flags", .string(responseFlags)), ("upstream_cluster", .string(peers.labels.service.host)),
                 ("istio.canonical_service", .string(telemetry.source.app)), ("istio.namespace", .string(telemetry.source.namespace)),
                 ("component", .string("proxy")), ("request_size", .int(Int64(r.requestBytes))), ("response_size", .int(Int64(r.responseBytes))),
@@ -1124,21 +1131,21 @@ extension HTTPOutboundProxyHandler {
             if let id = r.requestID { attributes.append(("guid:x-request-id", .string(id))) }
             if let d = r.destination { attributes.append(("peer.address", .string("\(d.target)"))) }
             if let grpc = Int(r.grpcStatus) { attributes.append(("rpc.grpc.status_code", .int(Int64(grpc)))) }
-            tracer.finish(SpanRecord(traceID: t.context.traceID, spanID: t.context.spanID, parentSpanID: t.parent,
+            tracer.finish(SpanRecord(traceID: t.context.traceID, spanID: t.context.spanID, parentSpanID: t.parentSpanID,
                                      name: "\(peers.labels.service.host):\(original.port)/*", kind: .client, startNanos: r.startWallNanos,
                                      endNanos: RequestRecord.wallNanos(), attributes: attributes,
                                      isError: responseCode >= 500 || responseCode == 0 || (Int(r.grpcStatus) ?? 0) != 0,
                                      service: telemetry.spanService))
         }
-        if let log = telemetry.accessLog, let d = r.described {
-            var e = RequestLogEntry(startTime: d.startTime, method: d.method, path: d.path, httpProtocol: d.httpProtocol, authority: d.authority,
-                                    responseCode: responseCode, responseFlags: responseFlags, grpcStatus: r.grpcStatus,
+        if let log = telemetry.accessLog, r.described {
+            var e = RequestLogEntry(startTime: r.startTime, method: r.method.rawValue, path: r.uri, httpProtocol: r.http2 ? "HTTP/2" : "HTTP/1.1",
+                                    authority: r.authority, responseCode: responseCode, responseFlags: responseFlags, grpcStatus: r.grpcStatus,
                                     bytesReceived: r.requestBytes, bytesSent: r.responseBytes, durationMilliseconds: elapsed,
                                     peers: peers.logPeers)
-            e.userAgent = d.userAgent
-            e.requestID = d.requestID
-            e.forwardedFor = d.forwardedFor
-            e.downstreamAddress = d.client
+            e.userAgent = r.userAgent
+            e.requestID = r.loggedRequestID
+            e.forwardedFor = r.forwardedFor
+            e.downstreamAddress = r.client
             e.upstream = r.destination?.target
             e.routeName = r.routeName
             e.trace = r.trace?.context
@@ -1193,8 +1200,10 @@ final class LabelCache {
     }
 }
 
-/// One request as the metrics see it. A class: the handler fills it in as the exchange goes
-/// and the telemetry reads it at the end, without copying its many fields.
+/// One request as the metrics, the access log and the trace see it. A class, one per
+/// connection (or HTTP/2 stream), reused for each of its requests: the handler fills it in
+/// as the exchange goes (`start` resets every field) and the telemetry reads it at the end,
+/// without allocating or copying anything per request.
 final class RequestRecord {
     struct Destination {
         let workload: String
@@ -1203,81 +1212,88 @@ final class RequestRecord {
         let target: OriginalDestination
     }
 
-    let started = NIODeadline.now()
-    let startWallNanos = RequestRecord.wallNanos()
-    let isGRPC: Bool
-    let method: String
+    private(set) var started = NIODeadline.uptimeNanoseconds(0)
+    private(set) var startWallNanos: UInt64 = 0
+    private(set) var isGRPC = false
+    private(set) var method = HTTPMethod.GET
     /// The request target as sent; `path` (without the query) is only worked out for the
     /// spans that are sampled.
-    let uri: String
+    private(set) var uri = ""
     var path: String { uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? uri }
     var requestID: String?
     /// This hop's client span: its context (sent on as `traceparent`) and its parent.
     struct Trace {
         let context: TraceContext
-        let parent: [UInt8]
+        /// The caller's span (nil: this hop starts the trace).
+        let parent: UInt64?
+        var parentSpanID: [UInt8] { parent.map(TraceContext.bytes) ?? [] }
     }
     var trace: Trace?
+    var routeName: String?
+    var requestBytes = 0
+    var responseBytes = 0
+    var status = 0
+    var grpcStatus = ""
+    var destination: Destination?
+
+    /// What only the access log prints (gathered when it is on: `described`).
+    private(set) var described = false
+    private(set) var http2 = false
+    private(set) var authority = "-"
+    private(set) var userAgent: String?
+    private(set) var loggedRequestID: String?
+    private(set) var forwardedFor: String?
+    private(set) var client: String?
 
     static func wallNanos() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
-    var routeName: String?
-    /// What the access log prints (only gathered when it is on; a class, read at the end
-    /// without copying its fields).
-    final class Described {
-        let startTime: Date
-        let method: String
-        let path: String
-        let httpProtocol: String
-        let authority: String
-        let userAgent: String?
-        let requestID: String?
-        let forwardedFor: String?
-        let client: String?
 
-        init(_ head: HTTPRequestHead, http2: Bool, client: String?) {
-            startTime = Date()
-            method = head.method.rawValue
-            path = head.uri
-            httpProtocol = http2 ? "HTTP/2" : "HTTP/1.1"
-            // One pass over the headers (the first of each, as first(name:) would give).
-            var host: String?, agent: String?, id: String?, xff: String?
-            for (name, value) in head.headers {
-                switch name.utf8.count {
-                case 4 where host == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "host"): host = value
-                case 10 where agent == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "user-agent"): agent = value
-                case 12 where id == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-request-id"): id = value
-                case 15 where xff == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-forwarded-for"): xff = value
-                default: break
-                }
-            }
-            authority = host ?? "-"
-            userAgent = agent
-            requestID = id
-            forwardedFor = xff
-            self.client = client
-        }
-    }
-    var described: Described?
+    /// When the request began, for the access log.
+    var startTime: Date { Date(timeIntervalSince1970: Double(startWallNanos) / 1e9) }
 
-    func describe(_ head: HTTPRequestHead, http2: Bool, client: String?) {
-        described = Described(head, http2: http2, client: client)
-    }
-    var requestBytes: Int
-    var responseBytes = 0
-    var status = 0
-    var grpcStatus = ""
-    var destination: Destination?
-
-    init(_ head: HTTPRequestHead) {
+    /// A new request on this connection: every field set again.
+    func start(_ head: HTTPRequestHead) {
+        started = NIODeadline.now()
+        startWallNanos = Self.wallNanos()
         let (bytes, contentType) = Self.wireSize(head.headers, finding: "content-type")
         isGRPC = contentType?.hasPrefix("application/grpc") ?? false
-        method = head.method.rawValue
+        method = head.method
         uri = head.uri
-        requestBytes = bytes + head.uri.utf8.count + method.utf8.count + 12
+        requestBytes = bytes + head.uri.utf8.count + head.method.rawValue.utf8.count + 12
+        requestID = nil
+        trace = nil
+        routeName = nil
+        responseBytes = 0
+        status = 0
+        grpcStatus = ""
+        destination = nil
+        described = false
+        userAgent = nil
+        loggedRequestID = nil
+        forwardedFor = nil
+        client = nil
+    }
+
+    /// What the access log prints about the request as it goes upstream (one pass over its
+    /// headers: the first of each, as first(name:) would give).
+    func describe(_ head: HTTPRequestHead, http2: Bool, client: String?) {
+        described = true
+        self.http2 = http2
+        self.client = client
+        var host: String?
+        for (name, value) in head.headers {
+            switch name.utf8.count {
+            case 4 where host == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "host"): host = value
+            case 10 where userAgent == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "user-agent"): userAgent = value
+            case 12 where loggedRequestID == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-request-id"): loggedRequestID = value
+            case 15 where forwardedFor == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-forwarded-for"): forwardedFor = value
+            default: break
+            }
+        }
+        authority = host ?? "-"
     }
 
     func response(_ head: HTTPResponseHead) {
@@ -1323,9 +1339,7 @@ extension HTTPOutboundProxyHandler {
             }
         }
         let incoming = TraceContext.parse(values: traceparents)
-        let traceID = incoming?.traceID ?? Tracer.newTraceID()
-        let context = TraceContext(traceID: traceID, spanID: Tracer.newSpanID(), sampled: incoming?.sampled ?? tracer.sampleNewTrace(),
-                                   random: incoming?.random ?? true)
+        let context = tracer.context(continuing: incoming)
         if traceparents.isEmpty {
             request.headers.add(name: "traceparent", value: context.traceparent)
         } else {
@@ -1347,6 +1361,6 @@ extension HTTPOutboundProxyHandler {
             if let combined { request.headers.add(name: "tracestate", value: combined) }
         }
         record?.requestID = requestID
-        return RequestRecord.Trace(context: context, parent: incoming?.spanID ?? [])
+        return RequestRecord.Trace(context: context, parent: incoming?.span)
     }
 }

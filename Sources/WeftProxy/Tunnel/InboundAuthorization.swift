@@ -232,8 +232,7 @@ extension AuthorizationGate {
     /// one starts a trace.
     fileprivate func startServerSpan(_ head: inout HTTPRequestHead, path: String, tracer: Tracer) {
         let incoming = TraceContext.parse(values: head.headers["traceparent"])
-        let context = TraceContext(traceID: incoming?.traceID ?? Tracer.newTraceID(), spanID: Tracer.newSpanID(),
-                                   sampled: incoming?.sampled ?? tracer.sampleNewTrace(), random: incoming?.random ?? true)
+        let context = tracer.context(continuing: incoming)
         head.headers.replaceOrAdd(name: "traceparent", value: context.traceparent)
         let state = incoming == nil ? nil : TraceContext.combinedTracestate(head.headers["tracestate"])
         head.headers.remove(name: "tracestate")

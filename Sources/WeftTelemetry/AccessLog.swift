@@ -59,14 +59,23 @@ public struct RequestLogEntry: Sendable {
 
 /// The fields of an access-log line that depend only on who talks to whom (reporter,
 /// source and destination workload, namespace and principal, connection security policy
-/// and upstream cluster), rendered as JSON once per label set: a connection's requests to
-/// the same destination share one, so the writer copies these bytes instead of escaping
-/// nine strings per line, and the data path hands over one reference instead of the labels.
+/// and upstream cluster, and the upstream address when made for one endpoint), rendered as
+/// JSON once per label set: a connection's requests to the same destination share one, so
+/// each line copies these bytes instead of formatting ten fields, and the data path hands
+/// over one reference instead of the labels.
 public final class AccessLogPeers: Sendable {
     /// `"upstream_cluster":"…","reporter":"…",…` (no braces).
     let json: [UInt8]
+    /// The endpoint they were made for, if one, and its `"upstream_host":"…"` rendered: a
+    /// line going to it copies that instead of formatting the address.
+    let upstream: OriginalDestination?
+    let upstreamJSON: [UInt8]
 
-    public init(_ l: MeshLabels) {
+    public init(_ l: MeshLabels, upstream: OriginalDestination? = nil) {
+        self.upstream = upstream
+        var u = LogLineBuffer(capacity: 64)
+        u.address("upstream_host", upstream)
+        upstreamJSON = u.bytes
         var b = LogLineBuffer(capacity: 512)
         b.string("upstream_cluster", l.service.host)
         b.string("reporter", l.reporter.rawValue)
@@ -288,7 +297,13 @@ public final class AccessLog: Sendable {
         o.string("user_agent", e.userAgent)
         o.string("x_forwarded_for", e.forwardedFor)
         o.string("request_id", e.requestID)
-        if let host = e.upstreamHost { o.string("upstream_host", host) } else { o.address("upstream_host", e.upstream) }
+        if let host = e.upstreamHost {
+            o.string("upstream_host", host)
+        } else if let upstream = e.upstream, upstream == e.peers.upstream {
+            o.fields(e.peers.upstreamJSON)
+        } else {
+            o.address("upstream_host", e.upstream)
+        }
         o.string("route_name", e.routeName)
         o.string("downstream_remote_address", e.downstreamAddress)
         if let id = e.traceID { o.string("trace_id", id) } else { o.traceID("trace_id", e.trace) }

@@ -165,9 +165,32 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
         }
     }
 
+    /// Whether a byte is a control character, `"` or `\`: eight bytes at a time (the usual
+    /// "has a byte less than n / equal to c" word tests, exact for "any"), then the rest.
+    @inline(__always)
+    static func needsEscaping(_ utf8: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let start = utf8.baseAddress else { return false }
+        let raw = UnsafeRawPointer(start), n = utf8.count
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        var i = 0
+        while i + 8 <= n {
+            let x = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            let quote = x ^ (ones &* 0x22), backslash = x ^ (ones &* 0x5c)
+            let found = ((x &- ones &* 0x20) & ~x) | ((quote &- ones) & ~quote) | ((backslash &- ones) & ~backslash)
+            if found & highs != 0 { return true }
+            i += 8
+        }
+        while i < n {
+            let b = utf8[i]
+            if b < 0x20 || b == 0x22 || b == 0x5c { return true }
+            i += 1
+        }
+        return false
+    }
+
     /// `utf8` as the inside of a JSON string: copied in bulk unless a byte must be escaped.
     private mutating func escaped(_ utf8: UnsafeBufferPointer<UInt8>) {
-        guard utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c }) else {
+        guard Self.needsEscaping(utf8) else {
             if let from = utf8.baseAddress, !utf8.isEmpty {
                 reserve(utf8.count)
                 copy(from, utf8.count)
@@ -258,7 +281,8 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
     /// `w`'s 16 lowercase hex digits (room reserved).
     @inline(__always)
     private mutating func hexWord(_ w: UInt64) {
-        for i in 0..<16 { put(Self.hexDigit(UInt8(truncatingIfNeeded: w >> (60 - 4 * UInt64(i))) & 0xf)) }
+        TraceContext.storeHex(w, at: UnsafeMutableRawPointer(base + count))
+        count += 16
     }
 
     /// Decimal digits of `v` (room for 20 must be reserved), written in place from the last.

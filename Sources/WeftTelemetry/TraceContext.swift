@@ -100,7 +100,28 @@ public struct TraceContext: Equatable, Sendable {
     /// `w`'s 16 lowercase hex digits into `out[at..<at+16]`.
     @inline(__always)
     static func writeHex(_ w: UInt64, to out: UnsafeMutableBufferPointer<UInt8>, at: Int) {
-        for i in 0..<16 { out[at + i] = digit(UInt8(truncatingIfNeeded: w >> (60 - 4 * UInt64(i))) & 0xf) }
+        storeHex(w, at: UnsafeMutableRawPointer(out.baseAddress! + at))
+    }
+
+    /// `w`'s 16 lowercase hex digits at `to` (two stores, no loop).
+    @inline(__always)
+    static func storeHex(_ w: UInt64, at to: UnsafeMutableRawPointer) {
+        to.storeBytes(of: hexDigits(UInt32(truncatingIfNeeded: w >> 32)).littleEndian, as: UInt64.self)
+        (to + 8).storeBytes(of: hexDigits(UInt32(truncatingIfNeeded: w)).littleEndian, as: UInt64.self)
+    }
+
+    /// The 8 lowercase hex digits of `v` as 8 ASCII bytes, the first (most significant
+    /// nibble) in the lowest byte: each nibble is spread into its own byte, then turned into
+    /// '0'…'9' or 'a'…'f' for all eight at once.
+    @inline(__always)
+    static func hexDigits(_ v: UInt32) -> UInt64 {
+        var x = UInt64(v)
+        x = (x | x << 16) & 0x0000_ffff_0000_ffff
+        x = (x | x << 8) & 0x00ff_00ff_00ff_00ff
+        x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f  // nibble i (from the least significant) in byte i
+        x = x.byteSwapped  // the most significant nibble first
+        let letters = ((x &+ 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101  // 1 where the nibble is 10…15
+        return x &+ 0x3030_3030_3030_3030 &+ letters &* 0x27  // '0' + n, and 'a' - '0' - 10 more for letters
     }
 
     /// The lowercase hex digit of `v` (0...15).

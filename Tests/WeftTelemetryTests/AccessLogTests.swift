@@ -75,6 +75,22 @@ final class AccessLogFormatTests: XCTestCase {
         o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(AccessLog.json(e).utf8)) as? [String: Any])
         XCTAssertEqual(o["upstream_host"] as? String, "[fd00::1]:80")
 
+        // Peers made for one endpoint carry its address, rendered: copied when the line goes
+        // there, formatted when it goes elsewhere; once either way.
+        let target = OriginalDestination(ip: IPAddress("10.0.0.7")!, port: 9090)
+        e.peers = AccessLogPeers(MeshLabels(reporter: .source, source: .unknown, destination: .unknown,
+                                            service: ServiceLabels(host: "pay.shop.svc.cluster.local", name: "pay", namespace: "shop"),
+                                            requestProtocol: "http", securityPolicy: "none"), upstream: target)
+        e.upstream = target
+        var line = AccessLog.json(e)
+        XCTAssertEqual(line.components(separatedBy: "\"upstream_host\"").count, 2, line)
+        XCTAssertTrue(line.contains(#""upstream_host":"10.0.0.7:9090""#), line)
+        e.upstream = OriginalDestination(ip: IPAddress("10.0.0.8")!, port: 9090)
+        line = AccessLog.json(e)
+        o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        XCTAssertEqual(line.components(separatedBy: "\"upstream_host\"").count, 2, line)
+        XCTAssertEqual(o["upstream_host"] as? String, "10.0.0.8:9090")
+
         var b = LogLineBuffer(capacity: 64)
         for t in [1_795_000_000.25, 1_795_000_000.75, 1_795_000_001.0, 0.5] {
             b.timestamp(Date(timeIntervalSince1970: t))
@@ -121,6 +137,23 @@ final class AccessLogFormatTests: XCTestCase {
         o.closeObject()
         XCTAssertEqual(String(decoding: o.bytes, as: UTF8.self),
                        #"{"zero":0,"negative":-12,"max":9223372036854775807,"min":-9223372036854775808}"#)
+    }
+
+    /// The word-at-a-time check finds every byte that needs escaping, wherever it sits,
+    /// and nothing else (every byte value at every position of strings up to 20 bytes).
+    func testEscapingIsFoundAtEveryPosition() {
+        func slow(_ b: [UInt8]) -> Bool { b.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c } }
+        for length in 1...20 {
+            for position in 0..<length {
+                for value in 0...255 {
+                    var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                    bytes[position] = UInt8(value)
+                    XCTAssertEqual(bytes.withUnsafeBufferPointer(LogLineBuffer.needsEscaping), slow(bytes), "byte \(value) at \(position) of \(length)")
+                }
+            }
+        }
+        XCTAssertFalse([UInt8]().withUnsafeBufferPointer(LogLineBuffer.needsEscaping))
+        XCTAssertFalse(Array("Mozilla/5.0 (X11; Linux x86_64) é ~".utf8).withUnsafeBufferPointer(LogLineBuffer.needsEscaping))
     }
 
     /// The data path only queues entries; the writer formats them in order. Past the bound,

@@ -1194,7 +1194,7 @@ final class LabelCache {
     /// The access log's fields for these peers, rendered on first use.
     var logPeers: AccessLogPeers {
         if let peers { return peers }
-        let made = AccessLogPeers(labels)
+        let made = AccessLogPeers(labels, upstream: target)
         peers = made
         return made
     }

@@ -37,8 +37,7 @@ public final class Tracer: Sendable {
     public func sampleNewTrace() -> Bool {
         if sampling >= 1 { return true }
         if sampling <= 0 { return false }
-        let draw = Self.idGenerator.withLock { $0.next() }
-        return Double(draw >> 11) * 0x1p-53 < sampling
+        return sampled(Self.idGenerator.withLock { $0.next() })
     }
 
     /// This hop's span context: the caller's trace continued with a new span (its sampled
@@ -48,19 +47,29 @@ public final class Tracer: Sendable {
             return TraceContext(traceHigh: incoming.traceHigh, traceLow: incoming.traceLow, span: Self.newSpan(), sampled: incoming.sampled,
                                 random: incoming.random)
         }
-        let ids = Self.newIDs()
-        return TraceContext(traceHigh: ids.traceHigh, traceLow: ids.traceLow, span: ids.span, sampled: sampleNewTrace(), random: true)
+        // The IDs and the sampling draw under one lock.
+        let (ids, draw) = Self.idGenerator.withLock { g in (Self.newIDs(&g), g.next()) }
+        return TraceContext(traceHigh: ids.traceHigh, traceLow: ids.traceLow, span: ids.span, sampled: sampled(draw), random: true)
+    }
+
+    /// Whether a draw samples a new trace at the configured rate.
+    private func sampled(_ draw: UInt64) -> Bool {
+        if sampling >= 1 { return true }
+        if sampling <= 0 { return false }
+        return Double(draw >> 11) * 0x1p-53 < sampling
     }
 
     /// A new trace ID (two words, not both zero) and span ID (not zero), drawn together.
     public static func newIDs() -> (traceHigh: UInt64, traceLow: UInt64, span: UInt64) {
-        idGenerator.withLock { g in
-            var high = g.next(), low = g.next()
-            while high | low == 0 { (high, low) = (g.next(), g.next()) }
-            var span = g.next()
-            while span == 0 { span = g.next() }
-            return (high, low, span)
-        }
+        idGenerator.withLock { newIDs(&$0) }
+    }
+
+    private static func newIDs(_ g: inout SplitMix64) -> (traceHigh: UInt64, traceLow: UInt64, span: UInt64) {
+        var high = g.next(), low = g.next()
+        while high | low == 0 { (high, low) = (g.next(), g.next()) }
+        var span = g.next()
+        while span == 0 { span = g.next() }
+        return (high, low, span)
     }
 
     /// A new span ID (not zero).

@@ -118,4 +118,22 @@ final class TraceContextTests: XCTestCase {
         let c = TraceContext(traceHigh: 0, traceLow: 1, span: 0xff, sampled: false, random: true)
         XCTAssertEqual(c.traceparent, "00-00000000000000000000000000000001-00000000000000ff-02")
     }
+
+    /// A hop's context: a caller's trace continues (its ID and flags, a new span); without
+    /// one a new trace starts, sampled at the configured rate.
+    func testContextsContinueOrStartTraces() throws {
+        let caller = try XCTUnwrap(TraceContext.parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"))
+        let next = Tracer(collector: "127.0.0.1:4317", sampling: 0).context(continuing: caller)
+        XCTAssertEqual([next.traceHigh, next.traceLow], [caller.traceHigh, caller.traceLow])
+        XCTAssertNotEqual(next.span, caller.span)
+        XCTAssertTrue(next.sampled, "the caller's decision is followed, whatever the rate")
+        XCTAssertTrue(next.random)
+        XCTAssertFalse((0..<1000).contains { _ in Tracer(collector: "127.0.0.1:4317", sampling: 0).context(continuing: nil).sampled })
+        XCTAssertTrue((0..<1000).allSatisfy { _ in Tracer(collector: "127.0.0.1:4317", sampling: 1).context(continuing: nil).sampled })
+        let quarter = Tracer(collector: "127.0.0.1:4317", sampling: 0.25)
+        let started = (0..<40_000).map { _ in quarter.context(continuing: nil) }
+        XCTAssertEqual(Double(started.filter(\.sampled).count) / 40_000, 0.25, accuracy: 0.02)
+        XCTAssertTrue(started.allSatisfy { $0.random && $0.span != 0 && $0.traceHigh | $0.traceLow != 0 })
+        XCTAssertEqual(Set(started.map(\.traceLow)).count, 40_000)
+    }
 }

@@ -126,11 +126,14 @@ measure() { # mode index
 # the same machine, so its drift cancels out of the per-round ratios (the sequential slices
 # above swing by tens of percent between identical agents on this machine).
 declare -A ALL_TOGETHER ALL_TOGETHER_CPU
-measure_together() {
-  local m i t0 t1 n
+measure_together() { # round
+  local m i k t0 t1 n
   declare -A T0 OUT
   for i in 1 2 3; do m=${MODES[$((i - 1))]}; T0[$m]=$(cpu_ns "${AGENT[$m]}"); done
-  for i in 1 2 3; do
+  # The loads start in a turning order too (a few milliseconds apart), so no agent always
+  # gets its load first.
+  for k in 0 1 2; do
+    i=$(( ($1 + k) % 3 + 1 ))
     m=${MODES[$((i - 1))]}
     ip netns exec wbt$i-cli taskset -c "$LOAD_CPU" wrk -t1 -c32 -d"${DURATION}s" "http://${VIP[$m]}/" > "$work/together-$m.txt" &
     OUT[$m]=$!
@@ -150,7 +153,7 @@ for round in $(seq "$ROUNDS"); do
     i=$(( (round + k) % 3 + 1 ))
     measure "${MODES[$((i - 1))]}" $i
   done
-  measure_together
+  measure_together "$round"
   echo "round $round of $ROUNDS: $(for m in "${MODES[@]}"; do printf '%s %s req/s %s us/req; ' "$m" "$(echo "${ALL_RPS[$m]}" | awk '{print $NF}')" "$(echo "${ALL_CPU[$m]}" | awk '{print $NF}')"; done)"
   echo "  together: $(for m in "${MODES[@]}"; do printf '%s %s requests %s us/req; ' "$m" "$(echo "${ALL_TOGETHER[$m]}" | awk '{print $NF}')" "$(echo "${ALL_TOGETHER_CPU[$m]}" | awk '{print $NF}')"; done)"
 done
@@ -198,7 +201,7 @@ fi
   echo "- HTTP/1.1 keep-alive through Weft's L7 outbound path (release build) to nginx, one hop, plaintext mesh (PeerAuthentication DISABLE)"
   echo "- three agents side by side, identical but for telemetry — $names"
   echo "- agents on core $AGENT_CPU (each its own scheduling group, SCHED_BATCH), wrk, hey, nginx and the OTLP receiver on core $LOAD_CPU (of $(nproc)); $ROUNDS rounds of ${DURATION} s slices"
-  echo "- **together**: per round, the three loaded at once (wrk -t1 -c32 each) sharing core $AGENT_CPU; an agent's CPU time per request (all its threads, /proc/PID/task/*/schedstat) and its requests are compared with off's in the same slice, so the machine's drift cancels; the agent is CPU-bound, so its throughput is 1 / CPU per request and the throughput cost is 1 − CPU(off)/CPU(mode); medians of the per-round figures"
+  echo "- **together**: per round, the three loaded at once (wrk -t1 -c32 each, started in an order that turns each round) sharing core $AGENT_CPU; an agent's CPU time per request (all its threads, /proc/PID/task/*/schedstat) and its requests are compared with off's in the same slice, so the machine's drift cancels; the agent is CPU-bound, so its throughput is 1 / CPU per request and the throughput cost is 1 − CPU(off)/CPU(mode); medians of the per-round figures"
   echo "- **alone**: per round, each loaded on its own in turn (the order turning each round): most requests/s with wrk -t1 -c32, then a fixed 1,000 requests/s with hey -c 10 -q 100 for latency; medians (this machine's speed drifts by tens of percent between slices: see the calibration report)"
   echo
   echo "| figure | value | target | |"

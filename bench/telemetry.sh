@@ -9,7 +9,8 @@
 # The agents run on the first core, everything else (wrk, hey, nginx, the receiver) on the
 # second. Each round measures two ways:
 #   together  the three loaded at once for --duration seconds, sharing the agents' core (each
-#             agent is its own scheduling group): the agents' CPU time per request and their
+#             agent is its own scheduling group; the loads start in an order that turns each
+#             round): the agents' CPU time per request and their
 #             requests are compared within the slice, so the machine's drift (tens of percent
 #             over a minute here) hits all three alike and cancels out of the ratios. The
 #             agent is CPU-bound, so its requests/s is 1 / CPU per request: the throughput

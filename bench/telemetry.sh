@@ -7,35 +7,42 @@
 #   on       metrics + a JSON access-log line per request to a file + tracing at 1% sampling
 #            to an OTLP/gRPC receiver (a small Python grpcio server on loopback)
 # The agents run on the first core, everything else (wrk, hey, nginx, the receiver) on the
-# second. Each round measures two ways:
-#   together  the three loaded at once for --duration seconds, sharing the agents' core (each
-#             agent is its own scheduling group; the loads start in an order that turns each
-#             round): the agents' CPU time per request and their
+# second. The run is --sessions sessions (5), each with fresh agents, namespaces and nginx
+# (identical agent processes differ by up to a point and a half in CPU per request for as
+# long as they live, so one set of processes is not enough), of --rounds rounds (6) each:
+#   together  every round: the three loaded at once for --duration seconds, sharing the
+#             agents' core (each agent is its own scheduling group; the loads start in an
+#             order that turns each round): the agents' CPU time per request and their
 #             requests are compared within the slice, so the machine's drift (tens of percent
 #             over a minute here) hits all three alike and cancels out of the ratios. The
 #             agent is CPU-bound, so its requests/s is 1 / CPU per request: the throughput
-#             cost is 1 − CPU(off) / CPU(on), per round, median over rounds. The headline.
-#   alone     each loaded on its own in turn (the order turning each round): most requests/s
-#             with wrk, then latency at a fixed 1,000 requests/s with hey; medians.
+#             cost is 1 − CPU(off) / CPU(on), per round, median over all rounds. The headline.
+#   alone     in two rounds of each session: each loaded on its own in turn (the order
+#             turning each time): most requests/s with wrk, then latency at a fixed 1,000
+#             requests/s with hey; medians.
 # --same MODE runs all three agents as MODE (an A/A calibration: how far apart identical
 # agents come out) and writes bench/reports/telemetry-calibration.md instead.
 # Writes bench/reports/telemetry.md with the machine.
 #
-# Usage: sudo bench/telemetry.sh [--duration SECONDS (3)] [--rounds N (10)] [--weft PATH] [--same off|metrics|on]
+# Usage: sudo bench/telemetry.sh [--duration SECONDS (3)] [--rounds N (6)] [--sessions N (5)] [--weft PATH] [--same off|metrics|on]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 export PATH="/opt/swift/usr/bin:$PATH"
 SAME=""
+SESSIONS=5
+alone=0
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --same) SAME=${2:-}; shift 2 || { echo "telemetry.sh: --same needs off, metrics or on" >&2; exit 2; } ;;
+    --sessions) SESSIONS=${2:-}; shift 2 || { echo "telemetry.sh: --sessions needs a number" >&2; exit 2; } ;;
     *) args+=("$1"); shift ;;
   esac
 done
 case "$SAME" in ""|off|metrics|on) ;; *) echo "telemetry.sh: --same $SAME: use off, metrics or on" >&2; exit 2 ;; esac
-BENCH_DEFAULT_DURATION=3 BENCH_DEFAULT_ROUNDS=10 bench_args telemetry.sh "${args[@]}"
+case "$SESSIONS" in ""|*[!0-9]*|0) echo "telemetry.sh: --sessions $SESSIONS: use a whole number of at least 1" >&2; exit 2 ;; esac
+BENCH_DEFAULT_DURATION=3 BENCH_DEFAULT_ROUNDS=6 bench_args telemetry.sh "${args[@]}"
 WEFT=$(bench_prepare telemetry.sh "$WEFT")
 
 work=$(mktemp -d /tmp/weft-bencht.XXXXXX)
@@ -47,16 +54,20 @@ MODES=(off metrics on)
 AGENT_CPU=0
 LOAD_CPU=$(( $(nproc) > 1 ? 1 : 0 ))
 pids=()
-declare -A AGENT VIP
-cleanup() {
-  set +e
-  for p in "${AGENT[@]}" "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  wait 2>/dev/null
+declare -A AGENT NGINX VIP
+teardown_network() {
   local i
   for i in 1 2 3; do
     ip netns del wbt$i-cli 2>/dev/null; ip netns del wbt$i-srv 2>/dev/null
     ip link del wbencht$i 2>/dev/null; ip link del wbagentt$i 2>/dev/null
   done
+  return 0
+}
+cleanup() {
+  set +e
+  for p in "${AGENT[@]}" "${NGINX[@]}" "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  teardown_network
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -75,37 +86,52 @@ server.add_insecure_port("127.0.0.1:14317"); server.start(); server.wait_for_ter
 PY
 taskset -c "$LOAD_CPU" python3 "$work/otlp.py" 2>>"$work/otlp.log" & pids+=($!)
 
-i=0
-for m in "${MODES[@]}"; do
-  i=$((i + 1))
-  config=${SAME:-$m}
-  flags=(--metrics-address none --admin-address none)
-  [ "$config" = metrics ] && flags=(--metrics-address 127.0.0.1:1599$i --admin-address none)
-  [ "$config" = on ] && flags=(--metrics-address 127.0.0.1:1599$i --admin-address none --access-log "$work/access-$m.log"
-                              --tracing-collector 127.0.0.1:14317 --trace-sampling 1)
-  bench_topology wbencht$i 10.237.1$i wbt$i-cli wbt$i-srv wbt${i}h
-  nginx=$(bench_nginx "$work/$m" wbt$i-srv); pids+=($nginx)
-  taskset -pc "$LOAD_CPU" "$nginx" >/dev/null
-  sock=$work/$m.sock
-  # setsid: each agent its own session, so the scheduler's autogroups share the core between
-  # the agents (not between their threads) when they are loaded together. SCHED_BATCH: an
-  # agent woken by its traffic does not preempt the one running, so each works through its
-  # batch as when alone (with preemption they handed the core back and forth per packet and
-  # spent ~1.5x the CPU per request together).
-  taskset -c "$AGENT_CPU" setsid chrt -b 0 "$WEFT" agent --socket "$sock" --bridge wbagentt$i --pod-cidr 10.238.1$i.0/24 --dns-upstream none --egress-queue none \
-    --state-dir "$work/$m-state" --log-level warning "${flags[@]}" 2>>"$work/agent-$m.log" &
-  AGENT[$m]=$!
-  export WEFT_AGENT_SOCKET=$sock
-  for _ in $(seq 100); do "$WEFT" get workloads >/dev/null 2>&1 && break; sleep 0.1; done
-  bench_plaintext_mesh "$WEFT" "$work"
-  "$WEFT" attach --netns wbt$i-srv --service origin --port 80:8080/http >/dev/null
-  "$WEFT" init --netns wbt$i-srv --remove >/dev/null
-  "$WEFT" attach --netns wbt$i-cli --service bench-client >/dev/null
-  VIP[$m]=$("$WEFT" get services -o json | python3 -c 'import json,sys; print([s["vip"] for s in json.load(sys.stdin) if s["key"]["name"]=="origin"][0])')
-  for _ in $(seq 100); do ip netns exec wbt$i-cli curl -s -o /dev/null "http://${VIP[$m]}/" && break; sleep 0.1; done
-  ip netns exec wbt$i-cli wrk -t1 -c32 -d2s "http://${VIP[$m]}/" >/dev/null 2>&1 || true
-done
-unset WEFT_AGENT_SOCKET
+# One session: the three agents (fresh processes, fresh namespaces, nginx) set up, measured
+# for ROUNDS rounds, and torn down. Identical agents differ by up to a point and a half in CPU
+# per request for as long as they live (how their memory happens to be laid out: the
+# calibration report), so the headline comes from several sets of processes, not one.
+start_session() { # session
+  local i=0 m config sock
+  for m in "${MODES[@]}"; do
+    i=$((i + 1))
+    config=${SAME:-$m}
+    flags=(--metrics-address none --admin-address none)
+    [ "$config" = metrics ] && flags=(--metrics-address 127.0.0.1:1599$i --admin-address none)
+    [ "$config" = on ] && flags=(--metrics-address 127.0.0.1:1599$i --admin-address none --access-log "$work/access-$m.log"
+                                --tracing-collector 127.0.0.1:14317 --trace-sampling 1)
+    bench_topology wbencht$i 10.237.1$i wbt$i-cli wbt$i-srv wbt${i}h
+    NGINX[$m]=$(bench_nginx "$work/$m" wbt$i-srv)
+    taskset -pc "$LOAD_CPU" "${NGINX[$m]}" >/dev/null
+    sock=$work/$m-$1.sock
+    # setsid: each agent its own session, so the scheduler's autogroups share the core between
+    # the agents (not between their threads) when they are loaded together. SCHED_BATCH: an
+    # agent woken by its traffic does not preempt the one running, so each works through its
+    # batch as when alone (with preemption they handed the core back and forth per packet and
+    # spent ~1.5x the CPU per request together).
+    taskset -c "$AGENT_CPU" setsid chrt -b 0 "$WEFT" agent --socket "$sock" --bridge wbagentt$i --pod-cidr 10.238.1$i.0/24 --dns-upstream none --egress-queue none \
+      --state-dir "$work/$m-state-$1" --log-level warning "${flags[@]}" 2>>"$work/agent-$m.log" &
+    AGENT[$m]=$!
+    export WEFT_AGENT_SOCKET=$sock
+    for _ in $(seq 100); do "$WEFT" get workloads >/dev/null 2>&1 && break; sleep 0.1; done
+    bench_plaintext_mesh "$WEFT" "$work"
+    "$WEFT" attach --netns wbt$i-srv --service origin --port 80:8080/http >/dev/null
+    "$WEFT" init --netns wbt$i-srv --remove >/dev/null
+    "$WEFT" attach --netns wbt$i-cli --service bench-client >/dev/null
+    VIP[$m]=$("$WEFT" get services -o json | python3 -c 'import json,sys; print([s["vip"] for s in json.load(sys.stdin) if s["key"]["name"]=="origin"][0])')
+    for _ in $(seq 100); do ip netns exec wbt$i-cli curl -s -o /dev/null "http://${VIP[$m]}/" && break; sleep 0.1; done
+    ip netns exec wbt$i-cli wrk -t1 -c32 -d2s "http://${VIP[$m]}/" >/dev/null 2>&1 || true
+  done
+  unset WEFT_AGENT_SOCKET
+}
+stop_session() {
+  local m
+  for m in "${MODES[@]}"; do
+    kill -TERM "${AGENT[$m]}" "${NGINX[$m]}" 2>/dev/null || true
+    wait "${AGENT[$m]}" "${NGINX[$m]}" 2>/dev/null || true
+  done
+  AGENT=(); NGINX=()
+  teardown_network
+}
 
 # CPU time of every thread of a process, in nanoseconds (the scheduler's own accounting).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f", s }'; }
@@ -147,18 +173,30 @@ measure_together() { # round
     ALL_TOGETHER_CPU[$m]+="$(awk -v d=$((t1 - T0[$m])) -v n="$n" 'BEGIN { printf "%.2f", d / 1000 / n }') "
   done
 }
-for round in $(seq "$ROUNDS"); do
-  # The order turns each round (off metrics on, metrics on off, on off metrics, ...), so no
-  # mode always runs first or last in a round.
-  for k in 0 1 2; do
-    i=$(( (round + k) % 3 + 1 ))
-    measure "${MODES[$((i - 1))]}" $i
+declare -a SESSION_COST
+round=0
+for session in $(seq "$SESSIONS"); do
+  start_session "$session"
+  for r in $(seq "$ROUNDS"); do
+    round=$((round + 1))
+    # Alone (18 s a round) in two rounds of each session; the order turns each time (off
+    # metrics on, metrics on off, on off metrics, ...), so no mode always runs first or last.
+    if [ "$r" = 1 ] || [ "$r" = $((ROUNDS / 2 + 1)) ]; then
+      alone=$((alone + 1))
+      for k in 0 1 2; do
+        i=$(( (alone + k) % 3 + 1 ))
+        measure "${MODES[$((i - 1))]}" $i
+      done
+      echo "session $session round $r, alone: $(for m in "${MODES[@]}"; do printf '%s %s req/s %s us/req; ' "$m" "$(echo "${ALL_RPS[$m]}" | awk '{print $NF}')" "$(echo "${ALL_CPU[$m]}" | awk '{print $NF}')"; done)"
+    fi
+    measure_together "$round"
+    echo "session $session round $r, together: $(for m in "${MODES[@]}"; do printf '%s %s requests %s us/req; ' "$m" "$(echo "${ALL_TOGETHER[$m]}" | awk '{print $NF}')" "$(echo "${ALL_TOGETHER_CPU[$m]}" | awk '{print $NF}')"; done)"
   done
-  measure_together "$round"
-  echo "round $round of $ROUNDS: $(for m in "${MODES[@]}"; do printf '%s %s req/s %s us/req; ' "$m" "$(echo "${ALL_RPS[$m]}" | awk '{print $NF}')" "$(echo "${ALL_CPU[$m]}" | awk '{print $NF}')"; done)"
-  echo "  together: $(for m in "${MODES[@]}"; do printf '%s %s requests %s us/req; ' "$m" "$(echo "${ALL_TOGETHER[$m]}" | awk '{print $NF}')" "$(echo "${ALL_TOGETHER_CPU[$m]}" | awk '{print $NF}')"; done)"
+  if [ "$session" = "$SESSIONS" ]; then
+    series=$( { curl -s "http://127.0.0.1:15993/metrics" || true; } | grep -c '^istio_requests_total{' || true)
+  fi
+  stop_session
 done
-series=$( { curl -s "http://127.0.0.1:15993/metrics" || true; } | grep -c '^istio_requests_total{' || true)
 lines=$( { cat "$work"/access-*.log 2>/dev/null || true; } | wc -l)
 logsize=$( { du -ch "$work"/access-*.log 2>/dev/null || true; } | tail -1 | cut -f1)
 
@@ -183,6 +221,12 @@ for m in "${MODES[@]}"; do
 done
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (1 - a / b) * 100 }'; }
 cost=$(echo "${PCPU[on]}" | median); mcost=$(echo "${PCPU[metrics]}" | median)
+# The same per set of processes (session): how far one set's agents alone would have taken it.
+per_session() { # mode
+  local k; local -a a
+  read -ra a <<< "${PCPU[$1]}"
+  for k in $(seq 0 $((SESSIONS - 1))); do printf '%s ' "$(echo "${a[@]:$((k * ROUNDS)):$ROUNDS}" | median)"; done
+}
 req_cost=$(echo "${PREQ[on]}" | median); req_mcost=$(echo "${PREQ[metrics]}" | median)
 alone_cost=$(pct "${RPS[on]}" "${RPS[off]}"); alone_mcost=$(pct "${RPS[metrics]}" "${RPS[off]}")
 if [ -n "$SAME" ]; then
@@ -201,9 +245,9 @@ fi
   echo "- machine: $(bench_machine)"
   echo "- HTTP/1.1 keep-alive through Weft's L7 outbound path (release build) to nginx, one hop, plaintext mesh (PeerAuthentication DISABLE)"
   echo "- three agents side by side, identical but for telemetry — $names"
-  echo "- agents on core $AGENT_CPU (each its own scheduling group, SCHED_BATCH), wrk, hey, nginx and the OTLP receiver on core $LOAD_CPU (of $(nproc)); $ROUNDS rounds of ${DURATION} s slices"
+  echo "- agents on core $AGENT_CPU (each its own scheduling group, SCHED_BATCH), wrk, hey, nginx and the OTLP receiver on core $LOAD_CPU (of $(nproc)); $SESSIONS sessions (each with fresh agents, namespaces and nginx) of $ROUNDS rounds of ${DURATION} s slices"
   echo "- **together**: per round, the three loaded at once (wrk -t1 -c32 each, started in an order that turns each round) sharing core $AGENT_CPU; an agent's CPU time per request (all its threads, /proc/PID/task/*/schedstat) and its requests are compared with off's in the same slice, so the machine's drift cancels; the agent is CPU-bound, so its throughput is 1 / CPU per request and the throughput cost is 1 − CPU(off)/CPU(mode); medians of the per-round figures"
-  echo "- **alone**: per round, each loaded on its own in turn (the order turning each round): most requests/s with wrk -t1 -c32, then a fixed 1,000 requests/s with hey -c 10 -q 100 for latency; medians (this machine's speed drifts by tens of percent between slices: see the calibration report)"
+  echo "- **alone**: in two rounds of each session, each loaded on its own in turn (the order turning each time): most requests/s with wrk -t1 -c32, then a fixed 1,000 requests/s with hey -c 10 -q 100 for latency; medians (this machine's speed drifts by tens of percent between slices: see the calibration report)"
   echo
   echo "| figure | value | target | |"
   echo "|---|---:|---:|---|"
@@ -218,13 +262,15 @@ fi
   echo
   echo "Every round, together, throughput cost against off from CPU per request (%): on ${PCPU[on]}; metrics ${PCPU[metrics]}."
   echo
+  echo "Per session (one set of agent processes), median of its rounds (%): on $(per_session on); metrics $(per_session metrics)."
+  echo
   echo "Every round, together, CPU µs/request: off ${ALL_TOGETHER_CPU[off]}; metrics ${ALL_TOGETHER_CPU[metrics]}; on ${ALL_TOGETHER_CPU[on]}."
   echo
   echo "Every round, together, requests: off ${ALL_TOGETHER[off]}; metrics ${ALL_TOGETHER[metrics]}; on ${ALL_TOGETHER[on]}."
   echo
-  echo "Every round, alone, requests/s: off ${ALL_RPS[off]}; metrics ${ALL_RPS[metrics]}; on ${ALL_RPS[on]}."
+  echo "Every alone round, requests/s: off ${ALL_RPS[off]}; metrics ${ALL_RPS[metrics]}; on ${ALL_RPS[on]}."
   echo
-  echo "Every round, alone, agent CPU µs/request: off ${ALL_CPU[off]}; metrics ${ALL_CPU[metrics]}; on ${ALL_CPU[on]}."
+  echo "Every alone round, agent CPU µs/request: off ${ALL_CPU[off]}; metrics ${ALL_CPU[metrics]}; on ${ALL_CPU[on]}."
   echo
   if [ -z "$SAME" ]; then
     echo "The \"on\" agent wrote $lines access-log lines ($logsize); its /metrics had $series istio_requests_total series."

@@ -2,7 +2,8 @@ import Prometheus
 import Synchronization
 
 /// Istio's standard metrics for the whole agent (every workload proxy records here), in
-/// the Prometheus exposition format (swift-prometheus).
+/// the Prometheus exposition format (swift-prometheus's registry; the request series are
+/// Weft's own blocks of atomic counters: see RequestSeries).
 ///
 /// Requests: `istio_requests_total`, `istio_request_duration_milliseconds`,
 /// `istio_request_bytes`, `istio_response_bytes`. TCP: `istio_tcp_connections_opened_total`,
@@ -17,22 +18,6 @@ public final class MeshMetrics: Sendable {
     /// Istio's default buckets.
     static let durationBuckets: [Double] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000]
     static let sizeBuckets: [Double] = [1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000]
-
-    /// One request series; callers that see the same labels again may keep it and record
-    /// into it directly (no lookup). A class: kept and handed around as one reference.
-    public final class RequestSeries: Sendable {
-        let requests: Counter
-        let duration: ValueHistogram
-        let requestBytes: ValueHistogram
-        let responseBytes: ValueHistogram
-
-        init(requests: Counter, duration: ValueHistogram, requestBytes: ValueHistogram, responseBytes: ValueHistogram) {
-            self.requests = requests
-            self.duration = duration
-            self.requestBytes = requestBytes
-            self.responseBytes = responseBytes
-        }
-    }
 
     /// One TCP series' counters; a connection keeps it and counts into it.
     public final class TCPSeries: Sendable {
@@ -74,26 +59,18 @@ public final class MeshMetrics: Sendable {
     }
 
     public func record(_ series: RequestSeries, durationMilliseconds: Double, requestBytes: Int, responseBytes: Int) {
-        series.requests.increment()
-        series.duration.record(durationMilliseconds)
-        series.requestBytes.record(Double(requestBytes))
-        series.responseBytes.record(Double(responseBytes))
+        let nanoseconds = UInt64(max(0, (durationMilliseconds * 1e6).rounded()))
+        series.record(durationNanoseconds: nanoseconds, requestBytes: requestBytes, responseBytes: responseBytes)
+    }
+
+    public func record(_ series: RequestSeries, durationNanoseconds: Int64, requestBytes: Int, responseBytes: Int) {
+        series.record(durationNanoseconds: UInt64(max(0, durationNanoseconds)), requestBytes: requestBytes, responseBytes: responseBytes)
     }
 
     /// The series of `labels` (made on first use, bounded).
     public func requestSeries(_ labels: MeshLabels) -> RequestSeries {
         let series = requests.withLock { map in
-            bounded(&map, labels) { key in
-                let l = key.prometheus(withResponse: true)
-                return RequestSeries(
-                    requests: registry.makeCounter(descriptor: Metric.name("istio_requests", "total", "Requests, by source, destination and response"), labels: l),
-                    duration: registry.makeValueHistogram(descriptor: Metric.name("istio_request_duration", "milliseconds", "Request duration in milliseconds"),
-                                                          labels: l, buckets: Self.durationBuckets),
-                    requestBytes: registry.makeValueHistogram(descriptor: Metric.name("istio_request", "bytes", "Request sizes in bytes (headers and body)"),
-                                                              labels: l, buckets: Self.sizeBuckets),
-                    responseBytes: registry.makeValueHistogram(descriptor: Metric.name("istio_response", "bytes", "Response sizes in bytes (headers and body)"),
-                                                               labels: l, buckets: Self.sizeBuckets))
-            }
+            bounded(&map, labels) { key in RequestSeries(labels: key.prometheus(withResponse: true)) }
         }
         return series
     }
@@ -136,8 +113,10 @@ public final class MeshMetrics: Sendable {
         (requests.withLock { $0.count }, tcp.withLock { $0.count })
     }
 
-    /// The exposition: these series and whatever else was registered.
-    public func exposition() -> String { registry.emitToString() }
+    /// The exposition: whatever was registered, then the request series.
+    public func exposition() -> String {
+        registry.emitToString() + Self.exposition(of: requests.withLock { Array($0.values) })
+    }
 }
 
 /// Metric names with their help text (one place, so a name always has the same help: the

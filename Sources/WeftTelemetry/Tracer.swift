@@ -43,13 +43,18 @@ public final class Tracer: Sendable {
     /// This hop's span context: the caller's trace continued with a new span (its sampled
     /// and random flags kept), or a new trace sampled at the configured rate.
     public func context(continuing incoming: TraceContext?) -> TraceContext {
+        Self.idGenerator.withLock { context(continuing: incoming, using: &$0) }
+    }
+
+    /// The same, with the IDs and the sampling draw taken from the caller's own generator (a
+    /// connection's: no lock shared by every request of the agent).
+    public func context(continuing incoming: TraceContext?, using g: inout SplitMix64) -> TraceContext {
         if let incoming {
-            return TraceContext(traceHigh: incoming.traceHigh, traceLow: incoming.traceLow, span: Self.newSpan(), sampled: incoming.sampled,
+            return TraceContext(traceHigh: incoming.traceHigh, traceLow: incoming.traceLow, span: Self.nonZero(&g), sampled: incoming.sampled,
                                 random: incoming.random)
         }
-        // The IDs and the sampling draw under one lock.
-        let (ids, draw) = Self.idGenerator.withLock { g in (Self.newIDs(&g), g.next()) }
-        return TraceContext(traceHigh: ids.traceHigh, traceLow: ids.traceLow, span: ids.span, sampled: sampled(draw), random: true)
+        let ids = Self.newIDs(&g)
+        return TraceContext(traceHigh: ids.traceHigh, traceLow: ids.traceLow, span: ids.span, sampled: sampled(g.next()), random: true)
     }
 
     /// Whether a draw samples a new trace at the configured rate.
@@ -64,21 +69,21 @@ public final class Tracer: Sendable {
         idGenerator.withLock { newIDs(&$0) }
     }
 
-    private static func newIDs(_ g: inout SplitMix64) -> (traceHigh: UInt64, traceLow: UInt64, span: UInt64) {
+    private static func newIDs<G: RandomNumberGenerator>(_ g: inout G) -> (traceHigh: UInt64, traceLow: UInt64, span: UInt64) {
         var high = g.next(), low = g.next()
         while high | low == 0 { (high, low) = (g.next(), g.next()) }
-        var span = g.next()
-        while span == 0 { span = g.next() }
-        return (high, low, span)
+        return (high, low, nonZero(&g))
     }
 
     /// A new span ID (not zero).
     public static func newSpan() -> UInt64 {
-        idGenerator.withLock { g in
-            var span = g.next()
-            while span == 0 { span = g.next() }
-            return span
-        }
+        idGenerator.withLock { nonZero(&$0) }
+    }
+
+    private static func nonZero<G: RandomNumberGenerator>(_ g: inout G) -> UInt64 {
+        var span = g.next()
+        while span == 0 { span = g.next() }
+        return span
     }
 
     /// IDs need to be unique and uniformly random, not secret: a SplitMix64 stream seeded
@@ -242,9 +247,10 @@ struct RawBytes: MessageSerializer, MessageDeserializer {
 
 /// Steele, Lea and Flood's SplitMix64: fast, passes BigCrush; not for secrets.
 public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
+    @usableFromInline var state: UInt64
     public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
+    /// Inlinable: the data path draws from it in other modules, per request.
+    @inlinable public mutating func next() -> UInt64 {
         state &+= 0x9e37_79b9_7f4a_7c15
         var z = state
         z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9

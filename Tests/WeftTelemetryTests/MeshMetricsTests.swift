@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import WeftTelemetry
 
@@ -25,6 +26,66 @@ final class MeshMetricsTests: XCTestCase {
         XCTAssertTrue(text.contains(#"response_code="503",grpc_response_status="",response_flags="-"} 1"#))
         XCTAssertTrue(text.contains(#"response_code="200",grpc_response_status="",response_flags="-",le="5.0"} 1"#), "3 ms ≤ 5: \(text)")
         XCTAssertTrue(text.contains(#"response_code="200",grpc_response_status="",response_flags="-",le="10.0"} 2"#), "and 7 ms ≤ 10")
+    }
+
+    /// Each request adds to one bucket per histogram; the exposition sums them into
+    /// Prometheus's cumulative buckets (+Inf and _count equal to the requests), with the sums
+    /// in milliseconds and bytes, and label values escaped.
+    func testRequestSeriesHistograms() {
+        let m = MeshMetrics()
+        var l = labels(1)
+        l.service = ServiceLabels(host: #"odd"host\x"#, name: "a\nb", namespace: "shop")
+        let s = m.requestSeries(l)
+        XCTAssertTrue(m.requestSeries(l) === s, "one series per label set")
+        m.record(s, durationNanoseconds: 300_000, requestBytes: 0, responseBytes: 1)         // 0.3 ms ≤ 0.5; 0 ≤ 1; 1 ≤ 1
+        m.record(s, durationNanoseconds: 1_000_000, requestBytes: 10, responseBytes: 11)     // 1 ms ≤ 1 (le is inclusive)
+        m.record(s, durationMilliseconds: 7.5, requestBytes: 5_000, responseBytes: 2_000_000_000)  // past the last size bound
+        m.record(s, durationMilliseconds: 5_000_000, requestBytes: 100, responseBytes: 100)  // past the last duration bound
+        let text = m.exposition()
+        let at = #"le=""#
+        func bucket(_ name: String, _ le: String) -> String? {
+            text.split(separator: "\n").first { $0.hasPrefix(name + "_bucket{") && $0.contains(at + le + "\"}") }.map { String($0.split(separator: " ").last!) }
+        }
+        let cumulative: [(family: String, le: String, count: String)] = [
+            ("istio_request_duration_milliseconds", "0.5", "1"),
+            ("istio_request_duration_milliseconds", "1.0", "2"),
+            ("istio_request_duration_milliseconds", "5.0", "2"),
+            ("istio_request_duration_milliseconds", "10.0", "3"),
+            ("istio_request_duration_milliseconds", "3600000.0", "3"),
+            ("istio_request_duration_milliseconds", "+Inf", "4"),
+            ("istio_request_bytes", "1.0", "1"),
+            ("istio_request_bytes", "10.0", "2"),
+            ("istio_request_bytes", "100.0", "3"),
+            ("istio_request_bytes", "10000.0", "4"),
+            ("istio_response_bytes", "1.0", "1"),
+            ("istio_response_bytes", "1000000000.0", "3"),
+            ("istio_response_bytes", "+Inf", "4"),
+        ]
+        for b in cumulative { XCTAssertEqual(bucket(b.family, b.le), b.count, "\(b.family) le=\(b.le)\n\(text)") }
+        XCTAssertTrue(text.contains("istio_request_duration_milliseconds_sum{"), text)
+        let sum = text.split(separator: "\n").first { $0.hasPrefix("istio_request_duration_milliseconds_sum{") }?.split(separator: " ").last
+        XCTAssertEqual(sum.flatMap { Double($0) } ?? 0, 5_000_008.8, accuracy: 1e-6)
+        XCTAssertTrue(text.contains(#"istio_request_bytes_sum{"#) && text.contains(#"} 5110.0"#), text)
+        XCTAssertTrue(text.contains(#"istio_request_duration_milliseconds_count{"#) && text.contains(#"response_flags="-"} 4"#), text)
+        XCTAssertTrue(text.contains(#"destination_service="odd\"host\\x",destination_service_name="a\nb""#), text)
+        XCTAssertEqual(text.components(separatedBy: "# TYPE istio_request_bytes histogram").count, 2, "one TYPE line per family")
+        XCTAssertEqual(MeshMetrics().exposition().contains("istio_requests_total"), false, "no family before its first series")
+    }
+
+    /// Recording from several threads at once loses nothing, and an exposition taken meanwhile
+    /// is consistent (+Inf equals _count).
+    func testRequestSeriesConcurrentRecording() {
+        let m = MeshMetrics()
+        let s = m.requestSeries(labels(1))
+        DispatchQueue.concurrentPerform(iterations: 4) { t in
+            for i in 0..<25_000 {
+                m.record(s, durationNanoseconds: Int64(i % 7) * 1_000_000, requestBytes: i % 300, responseBytes: 10)
+                if t == 0, i % 5_000 == 0 { _ = m.exposition() }
+            }
+        }
+        let text = m.exposition()
+        XCTAssertTrue(text.contains(#"response_flags="-"} 100000"#), text)
+        XCTAssertTrue(text.contains(#"istio_response_bytes_bucket{"#) && text.contains(#"le="10.0"} 100000"#), text)
     }
 
     func testTCPSeriesCountBytesAndCloses() {

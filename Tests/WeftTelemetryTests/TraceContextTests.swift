@@ -135,5 +135,22 @@ final class TraceContextTests: XCTestCase {
         XCTAssertEqual(Double(started.filter(\.sampled).count) / 40_000, 0.25, accuracy: 0.02)
         XCTAssertTrue(started.allSatisfy { $0.random && $0.span != 0 && $0.traceHigh | $0.traceLow != 0 })
         XCTAssertEqual(Set(started.map(\.traceLow)).count, 40_000)
+
+        // The same from a caller's own generator (a connection's): continued or new, and drawn
+        // from that generator alone (the same seed gives the same IDs).
+        var g = SplitMix64(seed: 7)
+        let own = Tracer(collector: "127.0.0.1:4317", sampling: 0.25)
+        let continued = own.context(continuing: caller, using: &g)
+        XCTAssertEqual([continued.traceHigh, continued.traceLow], [caller.traceHigh, caller.traceLow])
+        XCTAssertNotEqual(continued.span, caller.span)
+        XCTAssertTrue(continued.sampled)
+        let drawn = (0..<40_000).map { _ in own.context(continuing: nil, using: &g) }
+        XCTAssertEqual(Double(drawn.filter(\.sampled).count) / 40_000, 0.25, accuracy: 0.02)
+        XCTAssertTrue(drawn.allSatisfy { $0.random && $0.span != 0 && $0.traceHigh | $0.traceLow != 0 })
+        XCTAssertEqual(Set(drawn.map(\.traceLow)).count, 40_000)
+        var same = SplitMix64(seed: 7)
+        _ = own.context(continuing: caller, using: &same)
+        let again = own.context(continuing: nil, using: &same)
+        XCTAssertEqual([again.traceHigh, again.traceLow, again.span], [drawn[0].traceHigh, drawn[0].traceLow, drawn[0].span])
     }
 }

@@ -261,13 +261,17 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return fail(.payloadTooLarge, flags: "DPE", reason: "request body of \(declared) bytes is over the limit of \(limit) (--max-request-body-bytes)",
                         context: context)
         }
-        if workload.telemetry?.accessLog != nil {
-            if clientText == nil { clientText = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "-" }
-            record?.describe(request, http2: isHTTP2, client: clientText)
-        }
-        if let tracer = workload.telemetry?.tracer {
-            let trace = startClientSpan(&request, tracer: tracer)  // not `record?.trace = …`: it writes record too
-            record?.trace = trace
+        let logged = workload.telemetry?.accessLog != nil, tracer = workload.telemetry?.tracer
+        if logged || tracer != nil {
+            let seen = ForwardedHeaders(request.headers)
+            if logged {
+                if clientText == nil { clientText = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "-" }
+                record?.describe(seen, http2: isHTTP2, client: clientText)
+            }
+            if let tracer {
+                let trace = startClientSpan(&request, tracer: tracer, seen: seen)  // not `record?.trace = …`: it writes record too
+                record?.trace = trace
+            }
         }
         let target: OriginalDestination
         var responseOps: [HeaderOperations] = []
@@ -282,7 +286,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .endpoint(let endpoint, let service, _, let route, let lease):
             target = endpoint
             self.lease = lease
-            record?.destination = .init(workload: lease.workload, service: service, host: lease.host, target: endpoint)
+            record?.route(to: .init(workload: lease.workload, service: service, host: lease.host, target: endpoint))
             record?.routeName = route?.routeName
             routed = route
             // Only requests that may be retried count toward (and need) a retry budget.
@@ -1101,8 +1105,7 @@ extension HTTPOutboundProxyHandler {
         // request instead of being worked out again.
         let peers: LabelCache
         let generation = workload.directory.generation
-        if let d = r.destination, let cached = labelCache, cached.target == d.target, cached.workload == d.workload, cached.proto == proto,
-           cached.generation == generation {
+        if let cached = labelCache, cached.matches(r, proto: proto, generation: generation) {
             peers = cached
         } else {
             let labels = r.destination.flatMap {
@@ -1116,10 +1119,11 @@ extension HTTPOutboundProxyHandler {
         }
         let responseCode = status ?? r.status
         let responseFlags = flags ?? "-"
-        let elapsed = Double((NIODeadline.now() - r.started).nanoseconds) / 1e6
+        let elapsedNanoseconds = (NIODeadline.now() - r.started).nanoseconds
+        let elapsed = Double(elapsedNanoseconds) / 1e6
         if let metrics = telemetry.metrics {
             metrics.record(peers.series(in: metrics, code: responseCode, flags: responseFlags, grpcStatus: r.grpcStatus),
-                           durationMilliseconds: elapsed, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
+                           durationNanoseconds: elapsedNanoseconds, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
         }
         if let tracer = telemetry.tracer, let t = r.trace, t.context.sampled {
             var attributes: [(String, SpanRecord.Attribute)] = [
@@ -1179,6 +1183,11 @@ final class LabelCache {
         self.labels = labels
     }
 
+    /// Whether these are the labels of `r`'s destination.
+    func matches(_ r: RequestRecord, proto: String, generation: Int) -> Bool {
+        self.generation == generation && r.endpoint == target && r.endpointWorkload == workload && self.proto == proto
+    }
+
     /// The series of these labels with this response (looked up when it differs from the last).
     func series(in metrics: MeshMetrics, code: Int, flags: String, grpcStatus: String) -> MeshMetrics.RequestSeries {
         if let lastSeries, lastCode == code, lastFlags == flags, lastGRPCStatus == grpcStatus { return lastSeries }
@@ -1234,7 +1243,12 @@ final class RequestRecord {
     var responseBytes = 0
     var status = 0
     var grpcStatus = ""
-    var destination: Destination?
+    private(set) var destination: Destination?
+    /// The destination's endpoint and workload, kept apart too: compared with a connection's
+    /// cached labels per request, without copying the whole destination (and retaining its
+    /// strings) out of the record.
+    private(set) var endpoint: OriginalDestination?
+    private(set) var endpointWorkload = ""
 
     /// What only the access log prints (gathered when it is on: `described`).
     private(set) var described = false
@@ -1269,7 +1283,7 @@ final class RequestRecord {
         responseBytes = 0
         status = 0
         grpcStatus = ""
-        destination = nil
+        route(to: nil)
         described = false
         userAgent = nil
         loggedRequestID = nil
@@ -1277,23 +1291,22 @@ final class RequestRecord {
         client = nil
     }
 
-    /// What the access log prints about the request as it goes upstream (one pass over its
-    /// headers: the first of each, as first(name:) would give).
-    func describe(_ head: HTTPRequestHead, http2: Bool, client: String?) {
+    /// What the access log prints about the request as it goes upstream.
+    func describe(_ seen: ForwardedHeaders, http2: Bool, client: String?) {
         described = true
         self.http2 = http2
         self.client = client
-        var host: String?
-        for (name, value) in head.headers {
-            switch name.utf8.count {
-            case 4 where host == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "host"): host = value
-            case 10 where userAgent == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "user-agent"): userAgent = value
-            case 12 where loggedRequestID == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-request-id"): loggedRequestID = value
-            case 15 where forwardedFor == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-forwarded-for"): forwardedFor = value
-            default: break
-            }
-        }
-        authority = host ?? "-"
+        authority = seen.host ?? "-"
+        userAgent = seen.userAgent
+        loggedRequestID = seen.requestID
+        forwardedFor = seen.forwardedFor
+    }
+
+    /// Where the request goes (nil: passthrough, or not routed yet).
+    func route(to d: Destination?) {
+        destination = d
+        endpoint = d?.target
+        endpointWorkload = d?.workload ?? ""
     }
 
     func response(_ head: HTTPResponseHead) {
@@ -1317,6 +1330,33 @@ final class RequestRecord {
     }
 }
 
+/// What the access log and the trace context read from a request as it goes upstream, found
+/// in one pass over its headers: the first host, user-agent, x-request-id and x-forwarded-for
+/// (as first(name:) would give), every traceparent, and whether there is a tracestate (most
+/// requests from apps that do not trace carry neither).
+struct ForwardedHeaders {
+    var host: String?
+    var userAgent: String?
+    var requestID: String?
+    var forwardedFor: String?
+    var traceparents: [String] = []
+    var hasTracestate = false
+
+    init(_ headers: HTTPHeaders) {
+        for (name, value) in headers {
+            switch name.utf8.count {
+            case 4 where host == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "host"): host = value
+            case 10 where HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "tracestate"): hasTracestate = true
+            case 10 where userAgent == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "user-agent"): userAgent = value
+            case 11 where HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "traceparent"): traceparents.append(value)
+            case 12 where requestID == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-request-id"): requestID = value
+            case 15 where forwardedFor == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-forwarded-for"): forwardedFor = value
+            default: break
+            }
+        }
+    }
+}
+
 // MARK: - tracing
 
 extension HTTPOutboundProxyHandler {
@@ -1326,27 +1366,16 @@ extension HTTPOutboundProxyHandler {
     /// replaced and its `tracestate` dropped, as the spec says. A request without trace
     /// context while this workload serves a traced one means the app dropped it: counted and
     /// logged.
-    fileprivate func startClientSpan(_ request: inout HTTPRequestHead, tracer: Tracer) -> RequestRecord.Trace {
-        // One pass over the headers for what is looked at below (most requests from apps
-        // that do not trace carry none of it).
-        var traceparents: [String] = [], hasTracestate = false, requestID: String?
-        for (name, value) in request.headers {
-            switch name.utf8.count {
-            case 10 where HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "tracestate"): hasTracestate = true
-            case 11 where HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "traceparent"): traceparents.append(value)
-            case 12 where requestID == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-request-id"): requestID = value
-            default: break
-            }
-        }
-        let incoming = TraceContext.parse(values: traceparents)
-        let context = tracer.context(continuing: incoming)
-        if traceparents.isEmpty {
+    fileprivate func startClientSpan(_ request: inout HTTPRequestHead, tracer: Tracer, seen: ForwardedHeaders) -> RequestRecord.Trace {
+        let incoming = TraceContext.parse(values: seen.traceparents)
+        let context = tracer.context(continuing: incoming, using: &requestIDs.draws)
+        if seen.traceparents.isEmpty {
             request.headers.add(name: "traceparent", value: context.traceparent)
         } else {
             request.headers.replaceOrAdd(name: "traceparent", value: context.traceparent)
         }
         if incoming == nil {
-            if hasTracestate { request.headers.remove(name: "tracestate") }
+            if seen.hasTracestate { request.headers.remove(name: "tracestate") }
             if workload.counters.tracedInbound.current > 0 {
                 workload.counters.traceContextDropped.add(1)
                 let n = workload.counters.traceContextDropped.current
@@ -1355,12 +1384,12 @@ extension HTTPOutboundProxyHandler {
                                             metadata: ["destination": "\(original)", "fix": "propagate traceparent/tracestate from inbound to outbound requests"])
                 }
             }
-        } else if hasTracestate {
+        } else if seen.hasTracestate {
             let combined = TraceContext.combinedTracestate(request.headers["tracestate"])
             request.headers.remove(name: "tracestate")
             if let combined { request.headers.add(name: "tracestate", value: combined) }
         }
-        record?.requestID = requestID
+        record?.requestID = seen.requestID
         return RequestRecord.Trace(context: context, parent: incoming?.span)
     }
 }

@@ -1,29 +1,26 @@
+import WeftTelemetry
+
 /// `x-request-id` values: random version-4 UUIDs in lower-case text. Foundation's UUID()
 /// opens /dev/urandom on every call here (an openat + close per request); this draws from a
 /// splitmix64 sequence seeded once per connection from the system generator, which is
 /// unpredictable enough for request correlation (they are not secrets).
 struct RequestIDGenerator {
-    private var state: UInt64
+    /// The connection's draws (its trace IDs are drawn from it too: no lock per request).
+    var draws: SplitMix64
 
     init() {
         var system = SystemRandomNumberGenerator()
-        state = system.next()
+        draws = SplitMix64(seed: system.next())
     }
 
-    init(seed: UInt64) { state = seed }
+    init(seed: UInt64) { draws = SplitMix64(seed: seed) }
 
     /// A uniform draw in [0, 1), for fault-injection percentages.
     mutating func nextUnit() -> Double {
         Double(next() >> 11) * 0x1.0p-53
     }
 
-    private mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    private mutating func next() -> UInt64 { draws.next() }
 
     mutating func uuidString() -> String {
         var bytes = [UInt8](repeating: 0, count: 16)

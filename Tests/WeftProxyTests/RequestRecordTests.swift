@@ -1,0 +1,77 @@
+import NIOHTTP1
+import WeftCore
+import WeftTelemetry
+import XCTest
+
+@testable import WeftProxy
+
+/// What the telemetry reads of a request on its way upstream, and the per-connection caches
+/// it keeps between requests.
+final class RequestRecordTests: XCTestCase {
+    /// One pass finds the first of each header the access log prints (names in any case),
+    /// every traceparent, and whether a tracestate came; headers of the same length as the
+    /// ones looked for are told apart.
+    func testForwardedHeadersAreFoundInOnePass() {
+        let seen = ForwardedHeaders(HTTPHeaders([
+            ("Host", "pay.shop:8080"), ("user-agent", "curl/8"), ("TraceState", "a=1"), ("accept-foo", "x"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("X-Request-ID", "id-1"),
+            ("host", "second"), ("User-Agent", "second"), ("x-request-id", "id-2"),
+            ("X-Forwarded-For", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2"),
+            ("TRACEPARENT", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01"),
+        ]))
+        XCTAssertEqual(seen.host, "pay.shop:8080")
+        XCTAssertEqual(seen.userAgent, "curl/8")
+        XCTAssertEqual(seen.requestID, "id-1")
+        XCTAssertEqual(seen.forwardedFor, "10.0.0.1")
+        XCTAssertEqual(seen.traceparents.count, 2, "every traceparent: more than one makes the context invalid")
+        XCTAssertTrue(seen.hasTracestate)
+
+        let none = ForwardedHeaders(HTTPHeaders([("accept", "*/*"), ("content-type", "text/plain")]))
+        XCTAssertNil(none.host)
+        XCTAssertNil(none.userAgent)
+        XCTAssertNil(none.requestID)
+        XCTAssertNil(none.forwardedFor)
+        XCTAssertEqual(none.traceparents, [])
+        XCTAssertFalse(none.hasTracestate)
+
+        // The access log's description of the request comes from them, "-" without a host.
+        let r = RequestRecord()
+        r.start(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/a?b=1", headers: ["host": "x"]))
+        r.describe(seen, http2: false, client: "10.0.0.9:4000")
+        XCTAssertEqual([r.authority, r.userAgent, r.loggedRequestID, r.forwardedFor, r.client], ["pay.shop:8080", "curl/8", "id-1", "10.0.0.1", "10.0.0.9:4000"])
+        XCTAssertTrue(r.described)
+        r.describe(none, http2: true, client: nil)
+        XCTAssertEqual(r.authority, "-")
+        XCTAssertNil(r.userAgent)
+        XCTAssertTrue(r.http2)
+        // A new request resets what the last one described.
+        r.start(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: [:]))
+        XCTAssertFalse(r.described)
+        XCTAssertNil(r.loggedRequestID)
+    }
+
+    /// A connection's cached labels are reused only for the same endpoint, workload, protocol
+    /// and directory generation.
+    func testLabelCacheMatchesOnlyItsDestination() throws {
+        let target = OriginalDestination(ip: IPAddress("10.0.0.7")!, port: 9090)
+        let service = ServiceKey(name: try ServiceName("pay"), namespace: .default)
+        let labels = MeshLabels(reporter: .source, source: .unknown, destination: .unknown,
+                                service: ServiceLabels(host: "pay.default.svc.cluster.local", name: "pay", namespace: "default"),
+                                requestProtocol: "http", securityPolicy: "none")
+        let cache = LabelCache(target: target, workload: "pay-v1", proto: "http", generation: 3, labels: labels)
+        let r = RequestRecord()
+        r.start(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: [:]))
+        XCTAssertFalse(cache.matches(r, proto: "http", generation: 3), "no destination (passthrough)")
+        r.route(to: .init(workload: "pay-v1", service: service, host: "pay.default.svc.cluster.local", target: target))
+        XCTAssertTrue(cache.matches(r, proto: "http", generation: 3))
+        XCTAssertFalse(cache.matches(r, proto: "grpc", generation: 3))
+        XCTAssertFalse(cache.matches(r, proto: "http", generation: 4), "the directory changed since")
+        r.route(to: .init(workload: "pay-v2", service: service, host: "pay.default.svc.cluster.local", target: target))
+        XCTAssertFalse(cache.matches(r, proto: "http", generation: 3))
+        r.route(to: .init(workload: "pay-v1", service: service, host: "pay.default.svc.cluster.local",
+                              target: OriginalDestination(ip: IPAddress("10.0.0.8")!, port: 9090)))
+        XCTAssertFalse(cache.matches(r, proto: "http", generation: 3))
+        r.route(to: nil)
+        XCTAssertFalse(cache.matches(r, proto: "http", generation: 3), "routed nowhere again")
+    }
+}

@@ -250,7 +250,10 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         let client = clientIP
         let verdict = HTTPHeaderPolicy.request(head, client: client) { requestIDs.uuidString() }
         var request: HTTPRequestHead
-        switch verdict {
+        // The verdict is consumed: the forwarded head's header list is then this request's
+        // alone, and the headers the mesh adds below (traceparent, routes' header operations)
+        // go into it in place instead of copying it first.
+        switch consume verdict {
         case .reject(let status, let reason):
             return fail(status, flags: "DPE", reason: reason, context: context)
         case .forward(let h):

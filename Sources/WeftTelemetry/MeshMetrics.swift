@@ -59,8 +59,9 @@ public final class MeshMetrics: Sendable {
     }
 
     public func record(_ series: RequestSeries, durationMilliseconds: Double, requestBytes: Int, responseBytes: Int) {
-        let nanoseconds = UInt64(max(0, (durationMilliseconds * 1e6).rounded()))
-        series.record(durationNanoseconds: nanoseconds, requestBytes: requestBytes, responseBytes: responseBytes)
+        // Any Double in: not finite or negative counts as 0, past Int64 as Int64's most.
+        let nanoseconds = durationMilliseconds.isFinite ? min(max(0, (durationMilliseconds * 1e6).rounded()), 9.2e18) : 0
+        series.record(durationNanoseconds: UInt64(nanoseconds), requestBytes: requestBytes, responseBytes: responseBytes)
     }
 
     public func record(_ series: RequestSeries, durationNanoseconds: Int64, requestBytes: Int, responseBytes: Int) {

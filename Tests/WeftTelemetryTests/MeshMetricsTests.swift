@@ -70,6 +70,14 @@ final class MeshMetricsTests: XCTestCase {
         XCTAssertTrue(text.contains(#"destination_service="odd\"host\\x",destination_service_name="a\nb""#), text)
         XCTAssertEqual(text.components(separatedBy: "# TYPE istio_request_bytes histogram").count, 2, "one TYPE line per family")
         XCTAssertEqual(MeshMetrics().exposition().contains("istio_requests_total"), false, "no family before its first series")
+
+        // Durations from any source: nothing a Double can hold stops the recording.
+        let odd = m.requestSeries(labels(2))
+        for ms in [Double.nan, .infinity, -.infinity, -5, 1e300] {
+            m.record(odd, durationMilliseconds: ms, requestBytes: -1, responseBytes: .max)
+        }
+        m.record(odd, durationNanoseconds: -7, requestBytes: 1, responseBytes: 1)
+        XCTAssertTrue(m.exposition().contains(#"source_workload="cart-2""#) && m.exposition().contains(#"response_flags="-"} 6"#))
     }
 
     /// Recording from several threads at once loses nothing, and an exposition taken meanwhile

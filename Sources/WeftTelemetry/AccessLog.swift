@@ -262,6 +262,14 @@ public final class AccessLog: Sendable {
 
     // MARK: - formats
 
+    /// A duration as whole milliseconds, rounded to nearest (no call into libm, which a
+    /// profile showed on every line); not finite or negative: 0, so a bad clock reading
+    /// cannot trap in the conversion to Int.
+    static func wholeMilliseconds(_ ms: Double) -> Int {
+        guard ms.isFinite, ms > 0 else { return 0 }
+        return ms < 1e15 ? Int(ms + 0.5) : 1_000_000_000_000_000
+    }
+
     /// RFC 3339 UTC with milliseconds, e.g. 2026-11-24T17:11:23.890Z.
     static func time(_ d: Date) -> String {
         var b = LogLineBuffer(capacity: 32)
@@ -292,7 +300,7 @@ public final class AccessLog: Sendable {
         o.string("grpc_status", e.grpcStatus.isEmpty ? nil : e.grpcStatus)
         o.int("bytes_received", e.bytesReceived)
         o.int("bytes_sent", e.bytesSent)
-        o.int("duration", Int(e.durationMilliseconds.rounded()))
+        o.int("duration", wholeMilliseconds(e.durationMilliseconds))
         o.string("authority", e.authority)
         o.string("user_agent", e.userAgent)
         o.string("x_forwarded_for", e.forwardedFor)
@@ -318,7 +326,7 @@ public final class AccessLog: Sendable {
         o.string("response_flags", "-")
         o.int("bytes_received", e.bytesReceived)
         o.int("bytes_sent", e.bytesSent)
-        o.int("duration", Int(e.durationMilliseconds.rounded()))
+        o.int("duration", wholeMilliseconds(e.durationMilliseconds))
         o.string("upstream_host", e.upstreamHost)
         o.string("downstream_remote_address", e.downstreamAddress)
         o.fields(AccessLogPeers(e.labels).json)
@@ -330,7 +338,7 @@ public final class AccessLog: Sendable {
     static func text(_ e: RequestLogEntry) -> String {
         func q(_ s: String?) -> String { "\"" + safe(s ?? "-") + "\"" }
         return "[\(time(e.startTime))] \"\(e.method) \(safe(e.path)) \(e.httpProtocol)\" \(e.responseCode) \(e.responseFlags) "
-            + "\(e.bytesReceived) \(e.bytesSent) \(Int(e.durationMilliseconds.rounded())) - \(q(e.forwardedFor)) \(q(e.userAgent)) "
+            + "\(e.bytesReceived) \(e.bytesSent) \(wholeMilliseconds(e.durationMilliseconds)) - \(q(e.forwardedFor)) \(q(e.userAgent)) "
             + "\(q(e.requestID)) \(q(e.authority)) \(q(e.upstreamHost ?? e.upstream?.description))"
     }
 
@@ -344,7 +352,7 @@ public final class AccessLog: Sendable {
     }
 
     static func text(_ e: ConnectionLogEntry) -> String {
-        "[\(time(e.startTime))] \"- - -\" 0 - \(e.bytesReceived) \(e.bytesSent) \(Int(e.durationMilliseconds.rounded())) - \"-\" \"-\" \"-\" \"-\" \"\(e.upstreamHost ?? "-")\""
+        "[\(time(e.startTime))] \"- - -\" 0 - \(e.bytesReceived) \(e.bytesSent) \(wholeMilliseconds(e.durationMilliseconds)) - \"-\" \"-\" \"-\" \"-\" \"\(e.upstreamHost ?? "-")\""
     }
 }
 

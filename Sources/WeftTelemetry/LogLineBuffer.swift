@@ -224,9 +224,12 @@ struct LogLineBuffer: ~Copyable, @unchecked Sendable {
 
     /// The timestamp alone (no quotes): the text format uses it too.
     mutating func timestamp(_ d: Date) {
+        // Whole seconds by truncation (floor for the dates a clock gives; libm's floor was a
+        // call per line), clamped so that no Date can trap the conversion.
         let since1970 = d.timeIntervalSince1970
-        var t = time_t(since1970.rounded(.down))
-        let ms = min(max(Int((since1970 - Double(t)) * 1000), 0), 999)
+        let clamped = since1970.isFinite ? min(max(since1970, 0), 253_402_300_799) : 0  // up to 9999-12-31T23:59:59
+        var t = time_t(clamped)
+        let ms = min(max(Int((clamped - Double(t)) * 1000), 0), 999)
         if t != cachedSecond {
             var tm = Glibc.tm()
             gmtime_r(&t, &tm)

@@ -50,6 +50,43 @@ final class RequestRecordTests: XCTestCase {
         XCTAssertNil(r.loggedRequestID)
     }
 
+    /// Once a request is recorded, the record lets go of every string the request gave it
+    /// (they are freed then, not when the connection's next request comes), and the next
+    /// request starts from it as from a new one.
+    func testFinishedRecordHoldsNothingOfItsRequest() throws {
+        let target = OriginalDestination(ip: IPAddress("10.0.0.7")!, port: 9090)
+        let r = RequestRecord()
+        r.start(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/pay/a-long-path?with=query", headers: ["content-type": "application/grpc"]))
+        r.describe(ForwardedHeaders(HTTPHeaders([("host", "pay"), ("user-agent", "curl/8"), ("x-request-id", "0f3c5a1e-7d7e-4a44-9d0e-6c1f7c2b9a10"),
+                                                 ("x-forwarded-for", "10.0.0.1")])), http2: false, client: "10.0.0.9:4000")
+        r.requestID = "0f3c5a1e-7d7e-4a44-9d0e-6c1f7c2b9a10"
+        r.routeName = "pay-route"
+        r.grpcStatus = "14"
+        r.trace = .init(context: TraceContext(traceHigh: 1, traceLow: 2, span: 3, sampled: true), parent: 4)
+        r.route(to: .init(workload: "pay-v1", service: ServiceKey(name: try ServiceName("pay"), namespace: .default),
+                          host: "pay.default.svc.cluster.local", target: target))
+        XCTAssertEqual(r.endpoint, target)
+
+        r.finish()
+        XCTAssertEqual(r.uri, "")
+        XCTAssertNil(r.requestID)
+        XCTAssertNil(r.routeName)
+        XCTAssertEqual(r.grpcStatus, "")
+        XCTAssertNil(r.trace)
+        XCTAssertNil(r.destination)
+        XCTAssertNil(r.endpoint)
+        XCTAssertEqual(r.endpointWorkload, "")
+        XCTAssertEqual(r.authority, "-")
+        XCTAssertNil(r.userAgent)
+        XCTAssertNil(r.loggedRequestID)
+        XCTAssertNil(r.forwardedFor)
+
+        r.start(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/next", headers: [:]))
+        XCTAssertEqual(r.uri, "/next")
+        XCTAssertFalse(r.isGRPC)
+        XCTAssertFalse(r.described)
+    }
+
     /// A connection's cached labels are reused only for the same endpoint, workload, protocol
     /// and directory generation.
     func testLabelCacheMatchesOnlyItsDestination() throws {

@@ -100,6 +100,28 @@ final class AccessLogFormatTests: XCTestCase {
                        "2026-11-18T11:06:40.250Z 2026-11-18T11:06:40.750Z 2026-11-18T11:06:41.000Z 1970-01-01T00:00:00.500Z ")
     }
 
+    /// Whatever a clock or a caller hands over, a line is written and nothing traps: a date
+    /// before 1970 or past year 9999 is clamped, a duration that is not finite or negative
+    /// is 0, and durations round to the nearest millisecond.
+    func testOutOfRangeTimesAndDurationsAreClamped() throws {
+        var b = LogLineBuffer(capacity: 64)
+        for t in [-1.5, 1e300, -.infinity, .nan] {
+            b.timestamp(Date(timeIntervalSince1970: t))
+            b.append(UInt8(ascii: " "))
+        }
+        XCTAssertEqual(String(decoding: b.bytes, as: UTF8.self),
+                       "1970-01-01T00:00:00.000Z 9999-12-31T23:59:59.000Z 1970-01-01T00:00:00.000Z 1970-01-01T00:00:00.000Z ")
+        for (ms, whole) in [(0.4, 0), (0.5, 1), (2.49, 2), (2.5, 3), (299.6, 300), (-3.0, 0), (.nan, 0), (.infinity, 0), (1e300, 1_000_000_000_000_000)] {
+            XCTAssertEqual(AccessLog.wholeMilliseconds(ms), whole, "\(ms)")
+        }
+        var e = entry()
+        e.durationMilliseconds = .nan
+        let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(AccessLog.json(e).utf8)) as? [String: Any])
+        XCTAssertEqual(o["duration"] as? Int, 0)
+        e.durationMilliseconds = -.infinity
+        XCTAssertTrue(AccessLog.text(e).contains(" 0 - "), AccessLog.text(e))
+    }
+
     /// Lines from many threads at once land whole, one per line, none lost (each is
     /// formatted under the pending buffer's lock; the writer swaps buffers meanwhile).
     func testLinesFromManyThreadsStayWhole() throws {

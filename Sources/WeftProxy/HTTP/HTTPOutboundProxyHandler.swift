@@ -1116,9 +1116,8 @@ extension HTTPOutboundProxyHandler {
             } ?? MeshLabels(reporter: .source, source: telemetry.source, destination: .unknown,
                             service: ServiceLabels(host: "\(original.ip)", name: "PassthroughCluster", namespace: "unknown"),
                             requestProtocol: proto, securityPolicy: "none")
-            peers = LabelCache(target: r.destination?.target, workload: r.destination?.workload ?? "", proto: proto, generation: generation,
-                               labels: labels)
-            if r.destination != nil { labelCache = peers }
+            peers = LabelCache(target: r.endpoint, workload: r.endpointWorkload, proto: proto, generation: generation, labels: labels)
+            if r.endpoint != nil { labelCache = peers }
         }
         let responseCode = status ?? r.status
         let responseFlags = flags ?? "-"
@@ -1136,7 +1135,7 @@ extension HTTPOutboundProxyHandler {
                 ("component", .string("proxy")), ("request_size", .int(Int64(r.requestBytes))), ("response_size", .int(Int64(r.responseBytes))),
             ]
             if let id = r.requestID { attributes.append(("guid:x-request-id", .string(id))) }
-            if let d = r.destination { attributes.append(("peer.address", .string("\(d.target)"))) }
+            if let target = r.endpoint { attributes.append(("peer.address", .string("\(target)"))) }
             if let grpc = Int(r.grpcStatus) { attributes.append(("rpc.grpc.status_code", .int(Int64(grpc)))) }
             tracer.finish(SpanRecord(traceID: t.context.traceID, spanID: t.context.spanID, parentSpanID: t.parentSpanID,
                                      name: "\(peers.labels.service.host):\(original.port)/*", kind: .client, startNanos: r.startWallNanos,
@@ -1153,11 +1152,12 @@ extension HTTPOutboundProxyHandler {
             e.requestID = r.loggedRequestID
             e.forwardedFor = r.forwardedFor
             e.downstreamAddress = r.client
-            e.upstream = r.destination?.target
+            e.upstream = r.endpoint
             e.routeName = r.routeName
             e.trace = r.trace?.context
             log.request(e)
         }
+        r.finish()
     }
 }
 
@@ -1292,6 +1292,22 @@ final class RequestRecord {
         loggedRequestID = nil
         forwardedFor = nil
         client = nil
+    }
+
+    /// The request is recorded: the strings it holds (request ID, URI, headers' values, the
+    /// destination's names) are let go now, while they are in the cache, rather than when the
+    /// connection's next request starts (or never, on its last one).
+    func finish() {
+        uri = ""
+        requestID = nil
+        trace = nil
+        routeName = nil
+        grpcStatus = ""
+        route(to: nil)
+        authority = "-"
+        userAgent = nil
+        loggedRequestID = nil
+        forwardedFor = nil
     }
 
     /// What the access log prints about the request as it goes upstream.

@@ -192,6 +192,30 @@ public final class AccessLog: Sendable {
 
     public var dropped: Int { droppedLines.load(ordering: .relaxed) }
 
+    /// The rendered peers of each label set (and endpoint) lines were written for, shared:
+    /// every connection between the same peers copies its fields from one AccessLogPeers, so
+    /// those bytes stay in the cache instead of one copy per connection competing for it.
+    /// Label sets are bounded (see MeshLabels); past `maxSharedPeers` the table starts over.
+    private let sharedPeers = Mutex<[PeersKey: AccessLogPeers]>([:])
+    static let maxSharedPeers = 4096
+
+    private struct PeersKey: Hashable {
+        let labels: MeshLabels
+        let upstream: OriginalDestination?
+    }
+
+    /// The shared rendering of `labels` (made on first use).
+    public func peers(_ labels: MeshLabels, upstream: OriginalDestination? = nil) -> AccessLogPeers {
+        let key = PeersKey(labels: labels, upstream: upstream)
+        return sharedPeers.withLock { table in
+            if let known = table[key] { return known }
+            if table.count >= Self.maxSharedPeers { table.removeAll(keepingCapacity: true) }
+            let made = AccessLogPeers(labels, upstream: upstream)
+            table[key] = made
+            return made
+        }
+    }
+
     /// Formats the line into the pending buffer (or drops and counts it when `maxPending`
     /// lines already wait: the disk cannot keep up, and traffic must not wait for it).
     public func request(_ e: RequestLogEntry) {

@@ -100,6 +100,29 @@ final class AccessLogFormatTests: XCTestCase {
                        "2026-11-18T11:06:40.250Z 2026-11-18T11:06:40.750Z 2026-11-18T11:06:41.000Z 1970-01-01T00:00:00.500Z ")
     }
 
+    /// Connections between the same peers share one rendering of them (one copy of those
+    /// bytes for the cache, not one per connection); another label set or endpoint gets its
+    /// own, and the table is bounded.
+    func testPeersAreRenderedOnceAndShared() throws {
+        let log = try AccessLog(destination: "/dev/null", format: .json, writerThread: false)
+        defer { log.close() }
+        let target = OriginalDestination(ip: IPAddress("10.0.0.7")!, port: 9090)
+        let a = log.peers(labels(), upstream: target)
+        XCTAssertTrue(a === log.peers(labels(), upstream: target))
+        XCTAssertFalse(a === log.peers(labels(), upstream: OriginalDestination(ip: IPAddress("10.0.0.8")!, port: 9090)))
+        XCTAssertFalse(a === log.peers(labels(), upstream: nil))
+        var other = labels()
+        other.destination = PeerLabels(workload: "pay-2", namespace: "shop", principal: nil, app: "pay", version: nil)
+        let b = log.peers(other, upstream: target)
+        XCTAssertFalse(a === b)
+        XCTAssertTrue(String(decoding: b.json, as: UTF8.self).contains(#""destination_workload":"pay-2""#))
+        XCTAssertEqual(String(decoding: a.upstreamJSON, as: UTF8.self), #""upstream_host":"10.0.0.7:9090""#)
+        for port in 0..<UInt16(AccessLog.maxSharedPeers + 10) {
+            _ = log.peers(labels(), upstream: OriginalDestination(ip: IPAddress("10.0.0.9")!, port: port))
+        }
+        XCTAssertFalse(a === log.peers(labels(), upstream: target), "the table started over once full")
+    }
+
     /// Whatever a clock or a caller hands over, a line is written and nothing traps: a date
     /// before 1970 or past year 9999 is clamped, a duration that is not finite or negative
     /// is 0, and durations round to the nearest millisecond.

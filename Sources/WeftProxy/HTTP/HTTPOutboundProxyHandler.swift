@@ -1147,7 +1147,7 @@ extension HTTPOutboundProxyHandler {
             var e = RequestLogEntry(startTime: r.startTime, method: r.method.rawValue, path: r.uri, httpProtocol: r.http2 ? "HTTP/2" : "HTTP/1.1",
                                     authority: r.authority, responseCode: responseCode, responseFlags: responseFlags, grpcStatus: r.grpcStatus,
                                     bytesReceived: r.requestBytes, bytesSent: r.responseBytes, durationMilliseconds: elapsed,
-                                    peers: peers.logPeers)
+                                    peers: peers.logPeers(in: log))
             e.userAgent = r.userAgent
             e.requestID = r.loggedRequestID
             e.forwardedFor = r.forwardedFor
@@ -1203,10 +1203,11 @@ final class LabelCache {
         return series
     }
 
-    /// The access log's fields for these peers, rendered on first use.
-    var logPeers: AccessLogPeers {
+    /// The access log's fields for these peers (the log's shared rendering, looked up on
+    /// first use).
+    func logPeers(in log: AccessLog) -> AccessLogPeers {
         if let peers { return peers }
-        let made = AccessLogPeers(labels, upstream: target)
+        let made = log.peers(labels, upstream: target)
         peers = made
         return made
     }

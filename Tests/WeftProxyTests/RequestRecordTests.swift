@@ -110,5 +110,45 @@ final class RequestRecordTests: XCTestCase {
         XCTAssertFalse(cache.matches(r, proto: "http", generation: 3))
         r.route(to: nil)
         XCTAssertFalse(cache.matches(r, proto: "http", generation: 3), "routed nowhere again")
+
+        // Found to fit as the request is routed: the record keeps the labels, not the names.
+        XCTAssertTrue(cache.fits(endpoint: target, workload: "pay-v1", proto: "http", generation: 3))
+        XCTAssertFalse(cache.fits(endpoint: target, workload: "pay-v2", proto: "http", generation: 3))
+        XCTAssertFalse(cache.fits(endpoint: target, workload: "pay-v1", proto: "grpc", generation: 3))
+        XCTAssertFalse(cache.fits(endpoint: target, workload: "pay-v1", proto: "http", generation: 2))
+        XCTAssertFalse(cache.fits(endpoint: OriginalDestination(ip: IPAddress("10.0.0.8")!, port: 9090), workload: "pay-v1", proto: "http", generation: 3))
+        r.route(to: target, labels: cache)
+        XCTAssertTrue(r.knownLabels === cache)
+        XCTAssertNil(r.destination)
+        XCTAssertEqual(r.endpoint, target)
+        XCTAssertTrue(cache.matches(r, proto: "http", generation: 3))
+        r.route(to: .init(workload: "pay-v2", service: service, host: "pay.default.svc.cluster.local", target: target))
+        XCTAssertNil(r.knownLabels, "routed elsewhere: the labels are worked out from the destination")
+        r.route(to: target, labels: cache)
+        r.finish()
+        XCTAssertNil(r.knownLabels)
+        XCTAssertNil(r.endpoint)
+    }
+
+    /// Header bytes as on the wire, and the first value of the header looked for (none when
+    /// nothing is: grpc-status is only looked for on gRPC exchanges).
+    func testWireSizeFindsOnlyWhatItIsAskedFor() {
+        let headers = HTTPHeaders([("Content-Type", "application/grpc"), ("grpc-status", "14"), ("grpc-status", "0")])
+        let found = RequestRecord.wireSize(headers, finding: "grpc-status")
+        XCTAssertEqual(found.bytes, (12 + 16 + 4) + (11 + 2 + 4) + (11 + 1 + 4))
+        XCTAssertEqual(found.value, "14")
+        XCTAssertEqual(RequestRecord.wireSize(headers, finding: "content-type").value, "application/grpc")
+        let none = RequestRecord.wireSize(headers, finding: nil)
+        XCTAssertEqual(none.bytes, found.bytes)
+        XCTAssertNil(none.value)
+
+        let r = RequestRecord()
+        r.start(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: [:]))
+        r.response(HTTPResponseHead(version: .http1_1, status: .ok, headers: ["grpc-status": "7"]))
+        XCTAssertEqual(r.grpcStatus, "", "not a gRPC request")
+        r.start(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/pkg.Svc/Call", headers: ["content-type": "application/grpc+proto"]))
+        XCTAssertTrue(r.isGRPC)
+        r.response(HTTPResponseHead(version: .http1_1, status: .ok, headers: ["grpc-status": "7"]))
+        XCTAssertEqual(r.grpcStatus, "7", "a trailers-only gRPC answer")
     }
 }

@@ -289,7 +289,16 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
         case .endpoint(let endpoint, let service, _, let route, let lease):
             target = endpoint
             self.lease = lease
-            record?.route(to: .init(workload: lease.workload, service: service, host: lease.host, target: endpoint))
+            if let r = record {
+                // The connection's labels from its last request, when they are this
+                // destination's: the record keeps them rather than the destination's names.
+                if let cached = labelCache, cached.fits(endpoint: endpoint, workload: lease.workload, proto: r.isGRPC ? "grpc" : "http",
+                                                        generation: workload.directory.generation) {
+                    r.route(to: endpoint, labels: cached)
+                } else {
+                    r.route(to: .init(workload: lease.workload, service: service, host: lease.host, target: endpoint))
+                }
+            }
             record?.routeName = route?.routeName
             routed = route
             // Only requests that may be retried count toward (and need) a retry budget.
@@ -1108,7 +1117,9 @@ extension HTTPOutboundProxyHandler {
         // request instead of being worked out again.
         let peers: LabelCache
         let generation = workload.directory.generation
-        if let cached = labelCache, cached.matches(r, proto: proto, generation: generation) {
+        if let known = r.knownLabels {
+            peers = known
+        } else if let cached = labelCache, cached.matches(r, proto: proto, generation: generation) {
             peers = cached
         } else {
             let labels = r.destination.flatMap {
@@ -1188,7 +1199,13 @@ final class LabelCache {
 
     /// Whether these are the labels of `r`'s destination.
     func matches(_ r: RequestRecord, proto: String, generation: Int) -> Bool {
-        self.generation == generation && r.endpoint == target && r.endpointWorkload == workload && self.proto == proto
+        r.endpoint.map { fits(endpoint: $0, workload: r.endpointWorkload, proto: proto, generation: generation) } ?? false
+    }
+
+    /// Whether these are the labels of requests to `endpoint` (of `workload`) with `proto`,
+    /// the directory being at `generation`.
+    func fits(endpoint: OriginalDestination, workload: String, proto: String, generation: Int) -> Bool {
+        self.generation == generation && target == endpoint && self.workload == workload && self.proto == proto
     }
 
     /// The series of these labels with this response (looked up when it differs from the last).
@@ -1253,6 +1270,9 @@ final class RequestRecord {
     /// strings) out of the record.
     private(set) var endpoint: OriginalDestination?
     private(set) var endpointWorkload = ""
+    /// The connection's cached labels, when the handler found them to be the destination's
+    /// as it routed (then `destination` is not kept: no names copied in and released again).
+    private(set) var knownLabels: LabelCache?
 
     /// What only the access log prints (gathered when it is on: `described`).
     private(set) var described = false
@@ -1327,24 +1347,34 @@ final class RequestRecord {
         destination = d
         endpoint = d?.target
         endpointWorkload = d?.workload ?? ""
+        knownLabels = nil
+    }
+
+    /// To `endpoint`, whose labels (and workload) `labels` already has.
+    func route(to endpoint: OriginalDestination, labels: LabelCache) {
+        destination = nil
+        self.endpoint = endpoint
+        endpointWorkload = labels.workload
+        knownLabels = labels
     }
 
     func response(_ head: HTTPResponseHead) {
         status = Int(head.status.code)
-        let (bytes, grpc) = Self.wireSize(head.headers, finding: "grpc-status")
+        // grpc-status only matters (and is only looked for) on gRPC exchanges.
+        let (bytes, grpc) = Self.wireSize(head.headers, finding: isGRPC ? "grpc-status" : nil)
         responseBytes += bytes + 15
         if let grpc { grpcStatus = grpc }
     }
 
     /// In one pass over the headers: their bytes as on the wire (HTTP/1.1 framing) and the
-    /// first value of `name` (lowercase).
-    static func wireSize(_ headers: HTTPHeaders, finding name: String) -> (bytes: Int, value: String?) {
+    /// first value of `name` (lowercase; nil: none looked for).
+    static func wireSize(_ headers: HTTPHeaders, finding name: String?) -> (bytes: Int, value: String?) {
         var bytes = 0
         var found: String?
-        let length = name.utf8.count
+        let length = name?.utf8.count ?? -1
         for (n, v) in headers {
             bytes += n.utf8.count + v.utf8.count + 4
-            if found == nil, n.utf8.count == length, HTTPHeaderPolicy.asciiCaseInsensitiveEquals(n, name) { found = v }
+            if found == nil, n.utf8.count == length, let name, HTTPHeaderPolicy.asciiCaseInsensitiveEquals(n, name) { found = v }
         }
         return (bytes, found)
     }

@@ -64,4 +64,21 @@ extension UpstreamPoolTests {
         try c.close().wait()
         XCTAssertNil(pool.take(endpoint))
     }
+
+    /// Several idle connections to one endpoint: the one returned last is taken first (the
+    /// warmest), each is taken once, and a closed one is never handed out.
+    func testIdleConnectionsAreTakenLastInFirstOutAndOnlyWhileOpen() throws {
+        let loop = EmbeddedEventLoop()
+        let pool = UpstreamPool()
+        let a = try connected(loop), b = try connected(loop), c = try connected(loop)
+        pool.give(a, for: endpoint)
+        pool.give(b, for: endpoint)
+        pool.give(c, for: endpoint)
+        try b.close().wait()
+        XCTAssertTrue(pool.take(endpoint) === c)
+        XCTAssertTrue(pool.take(endpoint) === a, "the closed one in between is not handed out")
+        XCTAssertNil(pool.take(endpoint))
+        pool.give(a, for: endpoint)
+        XCTAssertTrue(pool.take(endpoint) === a, "an emptied endpoint takes connections again")
+    }
 }

@@ -31,8 +31,10 @@ final class UpstreamPool {
     }
 
     func take(_ endpoint: UpstreamKey) -> Channel? {
-        while var list = idle[endpoint], let entry = list.popLast() {
-            idle[endpoint] = list.isEmpty ? nil : list
+        // Popped in place: copying the list out of the dictionary first made popLast copy it
+        // again (a retain per idle connection) on every request.
+        while let entry = idle[endpoint]?.popLast() {
+            if idle[endpoint]?.isEmpty == true { idle[endpoint] = nil }
             if entry.channel.isActive { return entry.channel }
         }
         return nil

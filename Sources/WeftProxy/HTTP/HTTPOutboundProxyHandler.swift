@@ -292,7 +292,7 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             if let r = record {
                 // The connection's labels from its last request, when they are this
                 // destination's: the record keeps them rather than the destination's names.
-                if let cached = labelCache, cached.fits(endpoint: endpoint, workload: lease.workload, proto: r.isGRPC ? "grpc" : "http",
+                if let cached = labelCache, cached.fits(endpoint: endpoint, workload: lease.workload, proto: r.requestProtocol,
                                                         generation: workload.directory.generation) {
                     r.route(to: endpoint, labels: cached)
                 } else {
@@ -1111,7 +1111,7 @@ extension HTTPOutboundProxyHandler {
     fileprivate func recordRequest(status: Int?, flags: String?) {
         guard let r = record, let telemetry = workload.telemetry else { return }
         record = nil
-        let proto = r.isGRPC ? "grpc" : "http"
+        let proto = r.requestProtocol
         // A keep-alive connection mostly goes to the same few endpoints: their labels (with
         // the metric series and the access log's rendering of them) are kept for the next
         // request instead of being worked out again.
@@ -1245,6 +1245,8 @@ final class RequestRecord {
     private(set) var started = NIODeadline.uptimeNanoseconds(0)
     private(set) var startWallNanos: UInt64 = 0
     private(set) var isGRPC = false
+    /// Istio's `request_protocol` label for this request.
+    var requestProtocol: String { isGRPC ? "grpc" : "http" }
     private(set) var method = HTTPMethod.GET
     /// The request target as sent; `path` (without the query) is only worked out for the
     /// spans that are sampled.

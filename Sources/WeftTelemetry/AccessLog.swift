@@ -47,6 +47,13 @@ public struct RequestLogEntry: Sendable {
         self.peers = peers
     }
 
+    /// A line to be filled in as a request goes (a record that keeps one and logs it in
+    /// place, without copying its strings into a new entry per request).
+    public init() {
+        self.init(startTime: Date(timeIntervalSince1970: 0), method: "", path: "", httpProtocol: "HTTP/1.1", authority: "-",
+                  responseCode: 0, responseFlags: "-", bytesReceived: 0, bytesSent: 0, durationMilliseconds: 0, peers: .none)
+    }
+
     /// With the peers rendered from `labels` now (callers that log many requests between
     /// the same peers keep an AccessLogPeers instead).
     public init(startTime: Date, method: String, path: String, httpProtocol: String, authority: String, responseCode: Int,
@@ -70,6 +77,15 @@ public final class AccessLogPeers: Sendable {
     /// line going to it copies that instead of formatting the address.
     let upstream: OriginalDestination?
     let upstreamJSON: [UInt8]
+
+    /// No peers (a blank entry's, before a request is routed).
+    public static let none = AccessLogPeers()
+
+    private init() {
+        json = []
+        upstream = nil
+        upstreamJSON = []
+    }
 
     public init(_ l: MeshLabels, upstream: OriginalDestination? = nil) {
         self.upstream = upstream
@@ -219,8 +235,16 @@ public final class AccessLog: Sendable {
     /// Formats the line into the pending buffer (or drops and counts it when `maxPending`
     /// lines already wait: the disk cannot keep up, and traffic must not wait for it).
     public func request(_ e: RequestLogEntry) {
+        var e = e
+        request(&e)
+    }
+
+    /// The same, from an entry the caller keeps (inout: formatted where it is, without
+    /// copying its strings, a retain and a release each, as passing it by value from a
+    /// class's stored property would). `e` is not changed.
+    public func request(_ e: inout RequestLogEntry) {
         add { buffer, format in
-            if format == .json { Self.appendJSON(e, to: &buffer) } else { buffer.append(Self.text(e)) }
+            if format == .json { Self.appendJSON(&e, to: &buffer) } else { buffer.append(Self.text(e)) }
         }
     }
 
@@ -303,7 +327,8 @@ public final class AccessLog: Sendable {
 
     static func json(_ e: RequestLogEntry) -> String {
         var b = LogLineBuffer(capacity: 1024)
-        appendJSON(e, to: &b)
+        var e = e
+        appendJSON(&e, to: &b)
         return String(decoding: b.bytes, as: UTF8.self)
     }
 
@@ -313,7 +338,7 @@ public final class AccessLog: Sendable {
         return String(decoding: b.bytes, as: UTF8.self)
     }
 
-    static func appendJSON(_ e: RequestLogEntry, to o: inout LogLineBuffer) {
+    static func appendJSON(_ e: inout RequestLogEntry, to o: inout LogLineBuffer) {
         o.openObject()
         o.time("start_time", e.startTime)
         o.string("method", e.method)

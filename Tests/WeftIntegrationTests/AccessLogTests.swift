@@ -69,6 +69,7 @@ final class AccessLogTests: XCTestCase {
             curl -s -o /dev/null http://web/limited; curl -s -o /dev/null http://web/limited
             curl -s -o /dev/null http://gone/
             curl -s -o /dev/null -m 0.1 http://web/slow
+            curl -s -o /dev/null -A refused/1 -H 'Upgrade: websocket' -H 'Connection: Upgrade' http://web/refused
             python3 -c 'import socket; c = socket.create_connection(("\\(mesh.gateway)", 9), 2)' 2>/dev/null || true
             sleep 1.2
             """], timeout: 60)
@@ -77,7 +78,7 @@ final class AccessLogTests: XCTestCase {
         do {
             try mesh.waitUntil("the access log has every request", timeout: 10) {
                 entries = try self.lines()
-                return entries.filter { $0["method"] != nil }.count >= 7
+                return entries.filter { $0["method"] != nil }.count >= 8
             }
         } catch {
             throw HarnessError("\(error): \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "no file")")
@@ -101,5 +102,11 @@ final class AccessLogTests: XCTestCase {
         XCTAssertEqual(find("/limited", "RL")?["response_code"] as? Int, 429, "rate limited")
         XCTAssertEqual(find("/", "UF")?["response_code"] as? Int, 503, "connect failure")
         XCTAssertEqual(find("/slow", "DC")?["response_code"] as? Int, 0, "the client went away: \(entries.filter { $0["path"] as? String == "/slow" })")
+        // Refused by the mesh before routing (an upgrade it does not proxy): logged as a
+        // downstream protocol error, with what the request said about itself.
+        let refused = try XCTUnwrap(find("/refused", "DPE"), "\(entries)")
+        XCTAssertEqual(refused["response_code"] as? Int, 501)
+        XCTAssertEqual(refused["user_agent"] as? String, "refused/1")
+        XCTAssertEqual(refused["method"] as? String, "GET")
     }
 }

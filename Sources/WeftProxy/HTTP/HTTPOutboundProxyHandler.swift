@@ -239,16 +239,24 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         idleSince = nil  // the head is here; the timer, if any, looks again later
         workload.counters.httpRequests.add(1)
-        if workload.telemetry != nil {
-            let r = recordStorage ?? RequestRecord()
-            recordStorage = r
-            r.start(head)
-            record = r
-        }
         requestKeepAlive = isHTTP2 || head.isKeepAlive
         if clientIP == nil { clientIP = context.channel.remoteAddress?.weftIP }  // once per connection
         let client = clientIP
-        let verdict = HTTPHeaderPolicy.request(head, client: client) { requestIDs.uuidString() }
+        let telemetry = workload.telemetry
+        // What the telemetry reads of the headers comes from the policy's own pass over them.
+        var seen: HTTPHeaderPolicy.RequestFacts? = telemetry == nil ? nil : HTTPHeaderPolicy.RequestFacts()
+        let verdict = HTTPHeaderPolicy.request(head, client: client, facts: &seen) { requestIDs.uuidString() }
+        if let seen {
+            let r = recordStorage ?? RequestRecord()
+            recordStorage = r
+            r.start(head, headerBytes: seen.bytes, contentType: seen.contentType)
+            record = r
+            // Described before the verdict is looked at: a refused request is logged too.
+            if telemetry?.accessLog != nil {
+                if clientText == nil { clientText = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "-" }
+                r.describe(seen, http2: isHTTP2, client: clientText)
+            }
+        }
         var request: HTTPRequestHead
         // The verdict is consumed: the forwarded head's header list is then this request's
         // alone, and the headers the mesh adds below (traceparent, routes' header operations)
@@ -264,17 +272,9 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
             return fail(.payloadTooLarge, flags: "DPE", reason: "request body of \(declared) bytes is over the limit of \(limit) (--max-request-body-bytes)",
                         context: context)
         }
-        let logged = workload.telemetry?.accessLog != nil, tracer = workload.telemetry?.tracer
-        if logged || tracer != nil {
-            let seen = ForwardedHeaders(request.headers)
-            if logged {
-                if clientText == nil { clientText = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "-" }
-                record?.describe(seen, http2: isHTTP2, client: clientText)
-            }
-            if let tracer {
-                let trace = startClientSpan(&request, tracer: tracer, seen: seen)  // not `record?.trace = …`: it writes record too
-                record?.trace = trace
-            }
+        if let tracer = telemetry?.tracer, let seen {
+            let trace = startClientSpan(&request, tracer: tracer, seen: seen)  // not `record?.trace = …`: it writes record too
+            record?.trace = trace
         }
         let target: OriginalDestination
         var responseOps: [HeaderOperations] = []
@@ -571,10 +571,13 @@ final class HTTPOutboundProxyHandler: ChannelDuplexHandler {
                 if retryAfter(failure) { return }
             }
             retry = nil  // a response is on its way to the client: nothing left to replay
-            record?.response(head)
             exchange.responseHeadSent = true
             exchange.upstreamKeepAlive = head.isKeepAlive
-            var out = HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive && !(draining && pipelined.isEmpty))
+            // What the telemetry reads of the head comes from the policy's pass over it.
+            var seen: HTTPHeaderPolicy.ResponseFacts? = record == nil ? nil : .init()
+            var out = HTTPHeaderPolicy.response(head, keepClientAlive: exchange.keepAlive && !(draining && pipelined.isEmpty),
+                                                facts: &seen, gRPC: record?.isGRPC ?? false)
+            if let seen { record?.response(head.status, facts: seen) }
             if retriesExhausted { out.headers.replaceOrAdd(name: Self.exhaustedHeader, value: "true") }
             for ops in exchange.responseHeaders { Self.apply(ops, to: &out.headers) }
             if isHTTP2, out.headers.contains(name: "grpc-status") {
@@ -1122,13 +1125,7 @@ extension HTTPOutboundProxyHandler {
         } else if let cached = labelCache, cached.matches(r, proto: proto, generation: generation) {
             peers = cached
         } else {
-            let labels = r.destination.flatMap {
-                workload.outboundLabels(target: $0.target, service: $0.service, host: $0.host, workload: $0.workload, requestProtocol: proto)
-            } ?? MeshLabels(reporter: .source, source: telemetry.source, destination: .unknown,
-                            service: ServiceLabels(host: "\(original.ip)", name: "PassthroughCluster", namespace: "unknown"),
-                            requestProtocol: proto, securityPolicy: "none")
-            peers = LabelCache(target: r.endpoint, workload: r.endpointWorkload, proto: proto, generation: generation, labels: labels)
-            if r.endpoint != nil { labelCache = peers }
+            peers = newLabels(r, proto: proto, generation: generation, source: telemetry.source)
         }
         let responseCode = status ?? r.status
         let responseFlags = flags ?? "-"
@@ -1139,36 +1136,49 @@ extension HTTPOutboundProxyHandler {
                            durationNanoseconds: elapsedNanoseconds, requestBytes: r.requestBytes, responseBytes: r.responseBytes)
         }
         if let tracer = telemetry.tracer, let t = r.trace, t.context.sampled {
-            var attributes: [(String, SpanRecord.Attribute)] = [
-                ("http.method", .string(r.method.rawValue)), ("http.url", .string(r.path)), ("http.status_code", .int(Int64(responseCode))),
-                ("response_flags", .string(responseFlags)), ("upstream_cluster", .string(peers.labels.service.host)),
-                ("istio.canonical_service", .string(telemetry.source.app)), ("istio.namespace", .string(telemetry.source.namespace)),
-                ("component", .string("proxy")), ("request_size", .int(Int64(r.requestBytes))), ("response_size", .int(Int64(r.responseBytes))),
-            ]
-            if let id = r.requestID { attributes.append(("guid:x-request-id", .string(id))) }
-            if let target = r.endpoint { attributes.append(("peer.address", .string("\(target)"))) }
-            if let grpc = Int(r.grpcStatus) { attributes.append(("rpc.grpc.status_code", .int(Int64(grpc)))) }
-            tracer.finish(SpanRecord(traceID: t.context.traceID, spanID: t.context.spanID, parentSpanID: t.parentSpanID,
-                                     name: "\(peers.labels.service.host):\(original.port)/*", kind: .client, startNanos: r.startWallNanos,
-                                     endNanos: RequestRecord.wallNanos(), attributes: attributes,
-                                     isError: responseCode >= 500 || responseCode == 0 || (Int(r.grpcStatus) ?? 0) != 0,
-                                     service: telemetry.spanService))
+            exportSpan(r, trace: t, tracer: tracer, telemetry: telemetry, peers: peers, code: responseCode, flags: responseFlags)
         }
         if let log = telemetry.accessLog, r.described {
-            var e = RequestLogEntry(startTime: r.startTime, method: r.method.rawValue, path: r.uri, httpProtocol: r.http2 ? "HTTP/2" : "HTTP/1.1",
-                                    authority: r.authority, responseCode: responseCode, responseFlags: responseFlags, grpcStatus: r.grpcStatus,
-                                    bytesReceived: r.requestBytes, bytesSent: r.responseBytes, durationMilliseconds: elapsed,
-                                    peers: peers.logPeers(in: log))
-            e.userAgent = r.userAgent
-            e.requestID = r.loggedRequestID
-            e.forwardedFor = r.forwardedFor
-            e.downstreamAddress = r.client
-            e.upstream = r.endpoint
-            e.routeName = r.routeName
-            e.trace = r.trace?.context
-            log.request(e)
+            r.completeLine(code: responseCode, flags: responseFlags, durationMilliseconds: elapsed, peers: peers.logPeers(in: log))
+            r.writeLine(to: log)
         }
         r.finish()
+    }
+
+    /// The labels of a destination this connection has none cached for (its first request
+    /// there, or the directory changed): apart from recordRequest, which runs per request,
+    /// so that its code stays small.
+    @inline(never)
+    private func newLabels(_ r: RequestRecord, proto: String, generation: Int, source: PeerLabels) -> LabelCache {
+        let labels = r.destination.flatMap {
+            workload.outboundLabels(target: $0.target, service: $0.service, host: $0.host, workload: $0.workload, requestProtocol: proto)
+        } ?? MeshLabels(reporter: .source, source: source, destination: .unknown,
+                        service: ServiceLabels(host: "\(original.ip)", name: "PassthroughCluster", namespace: "unknown"),
+                        requestProtocol: proto, securityPolicy: "none")
+        let made = LabelCache(target: r.endpoint, workload: r.endpointWorkload, proto: proto, generation: generation, labels: labels)
+        if r.endpoint != nil { labelCache = made }
+        return made
+    }
+
+    /// The client span of a sampled request (1 % by default), to the exporter: kept out of
+    /// recordRequest's code for the same reason.
+    @inline(never)
+    private func exportSpan(_ r: RequestRecord, trace t: RequestRecord.Trace, tracer: Tracer, telemetry: WorkloadTelemetry, peers: LabelCache,
+                            code responseCode: Int, flags responseFlags: String) {
+        var attributes: [(String, SpanRecord.Attribute)] = [
+            ("http.method", .string(r.method.rawValue)), ("http.url", .string(r.path)), ("http.status_code", .int(Int64(responseCode))),
+            ("response_flags", .string(responseFlags)), ("upstream_cluster", .string(peers.labels.service.host)),
+            ("istio.canonical_service", .string(telemetry.source.app)), ("istio.namespace", .string(telemetry.source.namespace)),
+            ("component", .string("proxy")), ("request_size", .int(Int64(r.requestBytes))), ("response_size", .int(Int64(r.responseBytes))),
+        ]
+        if let id = r.requestID { attributes.append(("guid:x-request-id", .string(id))) }
+        if let target = r.endpoint { attributes.append(("peer.address", .string("\(target)"))) }
+        if let grpc = Int(r.grpcStatus) { attributes.append(("rpc.grpc.status_code", .int(Int64(grpc)))) }
+        tracer.finish(SpanRecord(traceID: t.context.traceID, spanID: t.context.spanID, parentSpanID: t.parentSpanID,
+                                 name: "\(peers.labels.service.host):\(original.port)/*", kind: .client, startNanos: r.startWallNanos,
+                                 endNanos: RequestRecord.wallNanos(), attributes: attributes,
+                                 isError: responseCode >= 500 || responseCode == 0 || (Int(r.grpcStatus) ?? 0) != 0,
+                                 service: telemetry.spanService))
     }
 }
 
@@ -1248,9 +1258,14 @@ final class RequestRecord {
     /// Istio's `request_protocol` label for this request.
     var requestProtocol: String { isGRPC ? "grpc" : "http" }
     private(set) var method = HTTPMethod.GET
+    /// The request's access-log line, filled in as the request goes and logged where it is
+    /// (`writeLine(to:)`): its strings are set once and released once, never copied into a
+    /// new entry per request. Its request fields are the record's too (`uri`, `routeName`),
+    /// whether the log is on or not.
+    private(set) var line = RequestLogEntry()
     /// The request target as sent; `path` (without the query) is only worked out for the
     /// spans that are sampled.
-    private(set) var uri = ""
+    var uri: String { line.path }
     var path: String { uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? uri }
     var requestID: String?
     /// This hop's client span: its context (sent on as `traceparent`) and its parent.
@@ -1261,7 +1276,10 @@ final class RequestRecord {
         var parentSpanID: [UInt8] { parent.map(TraceContext.bytes) ?? [] }
     }
     var trace: Trace?
-    var routeName: String?
+    var routeName: String? {
+        get { line.routeName }
+        set { line.routeName = newValue }
+    }
     var requestBytes = 0
     var responseBytes = 0
     var status = 0
@@ -1276,14 +1294,9 @@ final class RequestRecord {
     /// as it routed (then `destination` is not kept: no names copied in and released again).
     private(set) var knownLabels: LabelCache?
 
-    /// What only the access log prints (gathered when it is on: `described`).
+    /// Whether what only the access log prints (authority, user agent, request ID,
+    /// x-forwarded-for, client, protocol) was gathered into `line` (it is when the log is on).
     private(set) var described = false
-    private(set) var http2 = false
-    private(set) var authority = "-"
-    private(set) var userAgent: String?
-    private(set) var loggedRequestID: String?
-    private(set) var forwardedFor: String?
-    private(set) var client: String?
 
     static func wallNanos() -> UInt64 {
         var ts = timespec()
@@ -1294,15 +1307,16 @@ final class RequestRecord {
     /// When the request began, for the access log.
     var startTime: Date { Date(timeIntervalSince1970: Double(startWallNanos) / 1e9) }
 
-    /// A new request on this connection: every field set again.
-    func start(_ head: HTTPRequestHead) {
+    /// A new request on this connection: every field set again. `headerBytes` and
+    /// `contentType`: what the header policy's pass found (HTTPHeaderPolicy.RequestFacts).
+    func start(_ head: HTTPRequestHead, headerBytes: Int, contentType: String?) {
         started = NIODeadline.now()
         startWallNanos = Self.wallNanos()
-        let (bytes, contentType) = Self.wireSize(head.headers, finding: "content-type")
         isGRPC = contentType?.hasPrefix("application/grpc") ?? false
         method = head.method
-        uri = head.uri
-        requestBytes = bytes + head.uri.utf8.count + head.method.rawValue.utf8.count + 12
+        line.method = head.method.rawValue
+        line.path = head.uri
+        requestBytes = headerBytes + head.uri.utf8.count + head.method.rawValue.utf8.count + 12
         requestID = nil
         trace = nil
         routeName = nil
@@ -1310,38 +1324,65 @@ final class RequestRecord {
         status = 0
         grpcStatus = ""
         route(to: nil)
+        // Normally let go of by finish(); a request that ended without being recorded
+        // must not lend its description to this one.
         described = false
-        userAgent = nil
-        loggedRequestID = nil
-        forwardedFor = nil
-        client = nil
+        line.authority = "-"
+        line.userAgent = nil
+        line.requestID = nil
+        line.forwardedFor = nil
     }
 
     /// The request is recorded: the strings it holds (request ID, URI, headers' values, the
     /// destination's names) are let go now, while they are in the cache, rather than when the
     /// connection's next request starts (or never, on its last one).
     func finish() {
-        uri = ""
         requestID = nil
         trace = nil
-        routeName = nil
         grpcStatus = ""
         route(to: nil)
-        authority = "-"
-        userAgent = nil
-        loggedRequestID = nil
-        forwardedFor = nil
+        line.method = ""
+        line.path = ""
+        line.routeName = nil
+        line.authority = "-"
+        line.userAgent = nil
+        line.requestID = nil
+        line.forwardedFor = nil
+        line.grpcStatus = ""
+        line.responseFlags = "-"
+        line.peers = .none
+        line.upstream = nil
+    }
+
+    /// The access-log line, completed with how the request ended (the rest was filled in
+    /// as it went).
+    func completeLine(code: Int, flags: String, durationMilliseconds: Double, peers: AccessLogPeers) {
+        line.startTime = startTime
+        line.responseCode = code
+        line.responseFlags = flags
+        line.grpcStatus = grpcStatus
+        line.bytesReceived = requestBytes
+        line.bytesSent = responseBytes
+        line.durationMilliseconds = durationMilliseconds
+        line.peers = peers
+        line.upstream = endpoint
+        line.trace = trace?.context
+    }
+
+    /// Formats the line into the log where it is (inout: no copy of its strings).
+    func writeLine(to log: AccessLog) {
+        log.request(&line)
     }
 
     /// What the access log prints about the request as it goes upstream.
-    func describe(_ seen: ForwardedHeaders, http2: Bool, client: String?) {
+    func describe(_ seen: HTTPHeaderPolicy.RequestFacts, http2: Bool, client: String?) {
         described = true
-        self.http2 = http2
-        self.client = client
-        authority = seen.host ?? "-"
-        userAgent = seen.userAgent
-        loggedRequestID = seen.requestID
-        forwardedFor = seen.forwardedFor
+        line.httpProtocol = http2 ? "HTTP/2" : "HTTP/1.1"
+        line.downstreamAddress = client
+        line.authority = seen.host ?? "-"
+        line.userAgent = seen.userAgent
+        line.requestID = seen.requestID
+        line.forwardedFor = seen.forwardedFor
     }
 
     /// Where the request goes (nil: passthrough, or not routed yet).
@@ -1360,52 +1401,13 @@ final class RequestRecord {
         knownLabels = labels
     }
 
-    func response(_ head: HTTPResponseHead) {
-        status = Int(head.status.code)
-        // grpc-status only matters (and is only looked for) on gRPC exchanges.
-        let (bytes, grpc) = Self.wireSize(head.headers, finding: isGRPC ? "grpc-status" : nil)
-        responseBytes += bytes + 15
-        if let grpc { grpcStatus = grpc }
-    }
-
-    /// In one pass over the headers: their bytes as on the wire (HTTP/1.1 framing) and the
-    /// first value of `name` (lowercase; nil: none looked for).
-    static func wireSize(_ headers: HTTPHeaders, finding name: String?) -> (bytes: Int, value: String?) {
-        var bytes = 0
-        var found: String?
-        let length = name?.utf8.count ?? -1
-        for (n, v) in headers {
-            bytes += n.utf8.count + v.utf8.count + 4
-            if found == nil, n.utf8.count == length, let name, HTTPHeaderPolicy.asciiCaseInsensitiveEquals(n, name) { found = v }
-        }
-        return (bytes, found)
-    }
-}
-
-/// What the access log and the trace context read from a request as it goes upstream, found
-/// in one pass over its headers: the first host, user-agent, x-request-id and x-forwarded-for
-/// (as first(name:) would give), every traceparent, and whether there is a tracestate (most
-/// requests from apps that do not trace carry neither).
-struct ForwardedHeaders {
-    var host: String?
-    var userAgent: String?
-    var requestID: String?
-    var forwardedFor: String?
-    var traceparents: [String] = []
-    var hasTracestate = false
-
-    init(_ headers: HTTPHeaders) {
-        for (name, value) in headers {
-            switch name.utf8.count {
-            case 4 where host == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "host"): host = value
-            case 10 where HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "tracestate"): hasTracestate = true
-            case 10 where userAgent == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "user-agent"): userAgent = value
-            case 11 where HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "traceparent"): traceparents.append(value)
-            case 12 where requestID == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-request-id"): requestID = value
-            case 15 where forwardedFor == nil && HTTPHeaderPolicy.asciiCaseInsensitiveEquals(name, "x-forwarded-for"): forwardedFor = value
-            default: break
-            }
-        }
+    /// The response head came: its status, and its bytes and grpc-status as the header
+    /// policy's pass found them (grpc-status is only looked for, and only matters, on gRPC
+    /// exchanges: Istio's label is empty for HTTP).
+    func response(_ status: HTTPResponseStatus, facts: HTTPHeaderPolicy.ResponseFacts) {
+        self.status = Int(status.code)
+        responseBytes += facts.bytes + 15
+        if let grpc = facts.grpcStatus { grpcStatus = grpc }
     }
 }
 
@@ -1418,7 +1420,7 @@ extension HTTPOutboundProxyHandler {
     /// replaced and its `tracestate` dropped, as the spec says. A request without trace
     /// context while this workload serves a traced one means the app dropped it: counted and
     /// logged.
-    fileprivate func startClientSpan(_ request: inout HTTPRequestHead, tracer: Tracer, seen: ForwardedHeaders) -> RequestRecord.Trace {
+    fileprivate func startClientSpan(_ request: inout HTTPRequestHead, tracer: Tracer, seen: HTTPHeaderPolicy.RequestFacts) -> RequestRecord.Trace {
         let incoming = TraceContext.parse(values: seen.traceparents)
         let context = tracer.context(continuing: incoming, using: &requestIDs.draws)
         if seen.traceparents.isEmpty {
@@ -1428,20 +1430,33 @@ extension HTTPOutboundProxyHandler {
         }
         if incoming == nil {
             if seen.hasTracestate { request.headers.remove(name: "tracestate") }
-            if workload.counters.tracedInbound.current > 0 {
-                workload.counters.traceContextDropped.add(1)
-                let n = workload.counters.traceContextDropped.current
-                if n == 1 || n % 100 == 0 {
-                    workload.logger.warning("workload \(workload.spec.name) sent a request without trace context while serving a traced one: its traces break here (\(n) so far)",
-                                            metadata: ["destination": "\(original)", "fix": "propagate traceparent/tracestate from inbound to outbound requests"])
-                }
-            }
+            if workload.counters.tracedInbound.current > 0 { traceContextDropped() }
         } else if seen.hasTracestate {
-            let combined = TraceContext.combinedTracestate(request.headers["tracestate"])
-            request.headers.remove(name: "tracestate")
-            if let combined { request.headers.add(name: "tracestate", value: combined) }
+            forwardTracestate(&request.headers)
         }
         record?.requestID = seen.requestID
         return RequestRecord.Trace(context: context, parent: incoming?.span)
+    }
+
+    /// The app dropped the trace context it was given (it serves a traced request, and sends
+    /// one without): counted, and logged on the first and every hundredth time. Out of line,
+    /// as is forwardTracestate: startClientSpan runs per request.
+    @inline(never)
+    private func traceContextDropped() {
+        workload.counters.traceContextDropped.add(1)
+        let n = workload.counters.traceContextDropped.current
+        if n == 1 || n % 100 == 0 {
+            workload.logger.warning("workload \(workload.spec.name) sent a request without trace context while serving a traced one: its traces break here (\(n) so far)",
+                                    metadata: ["destination": "\(original)", "fix": "propagate traceparent/tracestate from inbound to outbound requests"])
+        }
+    }
+
+    /// A valid context came with `tracestate`: its members combined into one header (or
+    /// dropped whole when one breaks the grammar).
+    @inline(never)
+    private func forwardTracestate(_ headers: inout HTTPHeaders) {
+        let combined = TraceContext.combinedTracestate(headers["tracestate"])
+        headers.remove(name: "tracestate")
+        if let combined { headers.add(name: "tracestate", value: combined) }
     }
 }

@@ -47,6 +47,13 @@ YAML
 # via the bridge.
 bench_topology() {
   local br=$1 prefix=$2 cli=$3 srv=$4 veth=$5 n=0 pair ns ip
+  # The last session's teardown may still be finishing in the kernel (veth and bridge removal
+  # is asynchronous): wait, up to 5 s, until its names are free rather than fail with
+  # "File exists".
+  for _ in $(seq 50); do
+    ip link show "$br" >/dev/null 2>&1 || ip link show "${veth}1" >/dev/null 2>&1 || [ -e "/run/netns/$cli" ] || [ -e "/run/netns/$srv" ] || break
+    sleep 0.1
+  done
   ip link add "$br" type bridge && ip addr add "$prefix.1/24" dev "$br" && ip link set "$br" up
   for pair in "$cli:$prefix.2" "$srv:$prefix.3"; do
     ns=${pair%%:*}; ip=${pair##*:}; n=$((n + 1))

@@ -25,7 +25,8 @@
 # Writes bench/reports/telemetry.md with the machine.
 #
 # Usage: sudo bench/telemetry.sh [--duration SECONDS (3)] [--rounds N (6)] [--sessions N (5)] [--weft PATH] [--same off|metrics|on]
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "telemetry.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 export PATH="/opt/swift/usr/bin:$PATH"
@@ -57,13 +58,16 @@ pids=()
 declare -A AGENT NGINX VIP
 teardown_network() {
   local i
+  # Each may be gone already (an agent removes its own bridge when it stops): not an error,
+  # and under set -e it must not end the run.
   for i in 1 2 3; do
-    ip netns del wbt$i-cli 2>/dev/null; ip netns del wbt$i-srv 2>/dev/null
-    ip link del wbencht$i 2>/dev/null; ip link del wbagentt$i 2>/dev/null
+    ip netns del wbt$i-cli 2>/dev/null || true; ip netns del wbt$i-srv 2>/dev/null || true
+    ip link del wbencht$i 2>/dev/null || true; ip link del wbagentt$i 2>/dev/null || true
   done
   return 0
 }
 cleanup() {
+  trap - ERR
   set +e
   for p in "${AGENT[@]}" "${NGINX[@]}" "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   wait 2>/dev/null
